@@ -1,0 +1,277 @@
+r"""One SVI loop for every model: :func:`fit`.
+
+Each step draws a batch, computes ``objective.differentiable_loss(model.model, model.guide,
+*batch)`` and takes an Adam step over all parameters with one ``torch.optim`` optimizer.
+Losses are accumulated on the device and read once per ``log_every`` steps. Checkpoints
+(parameters, optimizer, RNG state, history) are written atomically at the end of each epoch,
+and never after a non-finite loss, so a run that fails keeps its last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+import pyro
+import torch
+from pyro import poutine
+from torch import Tensor
+
+from . import evaluate
+from .data import TensorData
+from .objectives import Objective, make
+from .protocol import as_pair, check_batch, named_parameters
+from .utils import PPModelsError, model_name, resolve_device, rng_state, set_rng_state, set_seed
+
+__all__ = ["fit", "NonFiniteLoss", "load_checkpoint", "lr_factor", "CHECKPOINT"]
+
+CHECKPOINT = "checkpoint.pt"
+SCHEDULES = ("constant", "cosine", "burda")
+
+
+class NonFiniteLoss(PPModelsError, FloatingPointError):
+    """The loss became NaN or inf during training."""
+
+
+def lr_factor(schedule: str | Callable[[int], float] | None, step: int, total_steps: int, steps_per_epoch: int) -> float:
+    r"""Multiplier of the base learning rate at ``step`` (0-based).
+
+    ``"cosine"``: :math:`\frac12(1 + \cos(\pi t / T))`; ``"burda"``: :math:`10^{-i/7}` during
+    epochs :math:`[\sum_{j<i} 3^j, \sum_{j\le i} 3^j)` (Burda et al. 2016); a callable gets the step.
+    """
+    if schedule is None or schedule == "constant":
+        return 1.0
+    if callable(schedule):
+        return float(schedule(step))
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+    if schedule == "burda":
+        epoch, i, edge = step // max(steps_per_epoch, 1), 0, 1
+        while epoch >= edge and i < 7:
+            i += 1
+            edge += 3**i
+        return 10 ** (-i / 7)
+    raise PPModelsError(f"fit: lr_schedule must be one of {SCHEDULES} or a callable, got {schedule!r}")
+
+
+def _collect_params(obj: Any, objective: Objective, batch: tuple) -> dict[str, Tensor]:
+    """Every trainable tensor: the module's parameters and any ``pyro.param`` the pair touches."""
+    with poutine.trace(param_only=True) as tr:
+        objective.differentiable_loss(obj.model, obj.guide, *batch)
+    params: dict[str, Tensor] = {}
+    seen: set[int] = set()
+    for name, p in named_parameters(obj):
+        params[f"module.{name}"] = p
+        seen.add(id(p))
+    for name, site in tr.trace.nodes.items():
+        p = site["value"].unconstrained()
+        if id(p) not in seen and p.requires_grad:
+            params[f"param.{name}"] = p
+            seen.add(id(p))
+    if not params:
+        raise PPModelsError(f"{model_name(obj)}: the model and guide have no trainable parameters")
+    return dict(sorted(params.items()))
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """A checkpoint written by :func:`fit`, loaded with ``weights_only=True``."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT
+    if not path.exists():
+        raise PPModelsError(f"no checkpoint at {path}")
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def _save(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def fit(
+    obj: Any,
+    train: TensorData | Tensor | tuple,
+    *,
+    objective: str | Objective = "elbo",
+    epochs: int | None = None,
+    steps: int | None = None,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    lr_schedule: str | Callable[[int], float] | None = None,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    clip_norm: float | None = None,
+    seed: int = 0,
+    device: str | torch.device = "auto",
+    validation: TensorData | None = None,
+    test: TensorData | None = None,
+    eval_particles: int = 1,
+    out: str | os.PathLike | None = None,
+    resume: bool | str | os.PathLike = False,
+    meta: dict[str, Any] | None = None,
+    progress: bool | None = None,
+    log_every: int = 50,
+    drop_last: bool = True,
+    **objective_options: Any,
+) -> pd.DataFrame:
+    """Train ``obj`` (anything with ``model`` and ``guide``) by SVI; return the per-epoch history.
+
+    ``objective`` is a name for :func:`ppmodels.objectives.make` (with ``objective_options``)
+    or a configured objective. Give ``epochs`` or ``steps``. With ``out``, ``history.csv`` and
+    ``checkpoint.pt`` are written each epoch; ``resume=True`` continues from ``out``'s
+    checkpoint (or ``resume=PATH``) on the same trajectory as an uninterrupted run.
+    History columns: epoch, step, train_loss (minus the objective per datapoint), val_elbo,
+    test_elbo (per datapoint), lr, seconds (cumulative wall time).
+    """
+    obj = as_pair(obj)
+    name = model_name(obj)
+    device = resolve_device(device)
+    objective = make(objective, **objective_options)
+    if epochs is None and steps is None:
+        raise PPModelsError("fit: give epochs=... or steps=...")
+    if (epochs is not None and epochs < 1) or (steps is not None and steps < 1):
+        raise PPModelsError(f"fit: epochs and steps must be >= 1, got epochs={epochs}, steps={steps}")
+    if lr <= 0 or not math.isfinite(lr):
+        raise PPModelsError(f"fit: lr must be a positive number, got {lr}")
+    if not callable(lr_schedule) and lr_schedule not in (None, *SCHEDULES):
+        raise PPModelsError(f"fit: lr_schedule must be one of {SCHEDULES} or a callable, got {lr_schedule!r}")
+    train = evaluate._as_data(train).to(device)
+    if batch_size < 1:
+        raise PPModelsError(f"fit: batch_size must be >= 1, got {batch_size}")
+    batch_size = min(batch_size, len(train))
+    steps_per_epoch = train.num_batches(batch_size, drop_last)
+    total_steps = steps if steps is not None else epochs * steps_per_epoch
+    num_epochs = math.ceil(total_steps / steps_per_epoch)
+    out_dir = Path(out) if out is not None else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    validation = validation.to(device) if validation is not None else None
+    test = test.to(device) if test is not None else None
+
+    if isinstance(obj, torch.nn.Module):
+        obj.to(device)
+    pyro.clear_param_store()
+    set_seed(seed)
+    probe = next(train.batches(batch_size, shuffle=False))
+    check_batch(obj, probe, device)
+    params = _collect_params(obj, objective, probe)
+    fused = device.type == "cuda"
+    optimizer = torch.optim.Adam(list(params.values()), lr=lr, betas=betas, eps=eps,
+                                 **({"fused": True} if fused else {"foreach": True}))
+
+    history: list[dict[str, Any]] = []
+    step, start_epoch, elapsed = 0, 0, 0.0
+    if resume:
+        ckpt_path = Path(resume) if not isinstance(resume, bool) else out_dir
+        if ckpt_path is None:
+            raise PPModelsError("fit: resume=True needs out=RUN_DIR (or resume=PATH)")
+        ckpt = load_checkpoint(ckpt_path, map_location=device)
+        missing = set(params) ^ set(ckpt["params"])
+        if missing:
+            raise PPModelsError(f"{name}: checkpoint parameters do not match the model: {sorted(missing)}")
+        with torch.no_grad():
+            for key, p in params.items():
+                p.copy_(ckpt["params"][key])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        set_rng_state(ckpt["rng"])
+        step, start_epoch, elapsed = ckpt["step"], ckpt["epoch"], ckpt["seconds"]
+        history = pd.DataFrame(ckpt["history"]).to_dict("records")
+
+    if progress is None:
+        progress = sys.stderr.isatty()
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total_steps, initial=step, disable=not progress, desc=f"fit {name}", unit="step")
+    last_good = (out_dir / CHECKPOINT) if out_dir is not None and (out_dir / CHECKPOINT).exists() else None
+    t0 = time.perf_counter() - elapsed
+    try:
+        with pyro.validation_enabled(False):
+            for epoch in range(start_epoch, num_epochs):
+                g = torch.Generator(device="cpu").manual_seed(seed * 100003 + epoch)
+                gd = g if device.type == "cpu" else torch.Generator(device=device).manual_seed(seed * 100003 + epoch)
+                running = torch.zeros((), device=device)
+                first_bad = torch.full((), -1, device=device, dtype=torch.long)
+                n_seen = 0
+                for batch in _batches(train, batch_size, g, gd, drop_last):
+                    if step >= total_steps:
+                        break
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr * lr_factor(lr_schedule, step, total_steps, steps_per_epoch)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss = objective.differentiable_loss(obj.model, obj.guide, *batch)
+                    loss.backward()
+                    if clip_norm is not None:
+                        torch.nn.utils.clip_grad_norm_(list(params.values()), clip_norm)
+                    optimizer.step()
+                    loss = loss.detach()
+                    bad = ~torch.isfinite(loss)
+                    first_bad = torch.where(bad & (first_bad < 0), step, first_bad)
+                    running = running + torch.where(bad, 0.0, loss)
+                    n_seen += batch[0].shape[0]
+                    step += 1
+                    if step % log_every == 0 or step == total_steps:
+                        _raise_if_bad(first_bad, name, last_good)
+                        bar.set_postfix(loss=f"{float(running) / max(n_seen, 1):.2f}", refresh=False)
+                    bar.update(1)
+                _raise_if_bad(first_bad, name, last_good)
+                row: dict[str, Any] = {"epoch": epoch + 1, "step": step,
+                                       "train_loss": float(running) / max(n_seen, 1),
+                                       "lr": optimizer.param_groups[0]["lr"]}
+                if validation is not None:
+                    row["val_elbo"] = float(evaluate.elbo(obj, validation, eval_particles).mean())
+                if test is not None:
+                    row["test_elbo"] = float(evaluate.elbo(obj, test, eval_particles).mean())
+                row["seconds"] = time.perf_counter() - t0
+                history.append(row)
+                if out_dir is not None:
+                    _save(out_dir / CHECKPOINT, {
+                        "params": {k: p.detach().cpu() for k, p in params.items()},
+                        "optimizer": optimizer.state_dict(),
+                        "rng": rng_state(),
+                        "epoch": epoch + 1,
+                        "step": step,
+                        "seconds": row["seconds"],
+                        "history": pd.DataFrame(history).to_dict("list"),
+                        "objective": {"name": objective.name, **objective.options()},
+                        "meta": meta or {},
+                        "seed": seed,
+                    })
+                    last_good = out_dir / CHECKPOINT
+                    pd.DataFrame(history).to_csv(out_dir / "history.csv", index=False)
+                if progress:
+                    bar.write(_format_row(row))
+    finally:
+        bar.close()
+    df = pd.DataFrame(history)
+    df.attrs.update({"model": name, "objective": repr(objective), "device": str(device), "seed": seed,
+                     "checkpoint": str(last_good) if last_good else None})
+    return df
+
+
+def _batches(train: TensorData, batch_size: int, g: torch.Generator, gd: torch.Generator, drop_last: bool):
+    """Shuffle with the CPU generator ``g``; binarize with ``gd`` (on the data's device)."""
+    order = torch.randperm(len(train), generator=g).to(train.device)
+    n = len(train)
+    stop = n - n % batch_size if drop_last else n
+    for start in range(0, stop, batch_size):
+        yield train._serve(order[start : start + batch_size], gd)
+
+
+def _raise_if_bad(first_bad: Tensor, name: str, last_good: Path | None) -> None:
+    bad_step = int(first_bad)
+    if bad_step >= 0:
+        where = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was written yet"
+        raise NonFiniteLoss(
+            f"{name}: the loss became NaN/inf at step {bad_step + 1}; {where}. "
+            "Try a lower lr, clip_norm=..., or check the data"
+        )
+
+
+def _format_row(row: dict[str, Any]) -> str:
+    return "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())

@@ -1,0 +1,47 @@
+r"""The evidence lower bound, estimated with K particles (Trace_ELBO semantics).
+
+.. math:: \mathcal L(\theta, \phi) = \mathbb E_{q_\phi(z|x)}[\log p_\theta(x, z) - \log q_\phi(z|x)]
+
+Gradient: pathwise (reparameterization, Kingma & Welling 2014) at reparameterizable guide
+sites; score function (Williams 1992) at the others, each datapoint's latent weighted by that
+datapoint's own log weight (Rao-Blackwellized over the data plate), global latents by the
+whole batch's. Particles are vectorized.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from torch import Tensor
+
+from .base import LogWeights, Objective
+
+__all__ = ["Elbo", "elbo_surrogate"]
+
+
+def elbo_surrogate(lw: LogWeights) -> tuple[Tensor, Tensor]:
+    r"""``(bound, surrogate)`` of the K-particle ELBO from log weights.
+
+    surrogate :math:`= \frac1K \sum_k \big[\log w_k + \frac NB \sum_b \overline{\log w_{kb}}\,
+    \log q(z_{kb}) + \overline{\log w_k}\, \log q(z^{\mathrm{global}}_k)\big]` (bars: detached).
+    """
+    total = lw.total()
+    bound = total.mean(0)
+    if not lw.has_score:
+        return bound, bound
+    surrogate = total + total.detach() * lw.global_score
+    if lw.local is not None:
+        surrogate = surrogate + lw.scale * (lw.local.detach() * lw.local_score).sum(-1)
+    return bound, surrogate.mean(0)
+
+
+class Elbo(Objective):
+    """``"elbo"``: the ELBO with pathwise / score-function gradients (Trace_ELBO)."""
+
+    name = "elbo"
+    analytic_kl = False
+    detach_guide = False
+
+    def surrogate(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
+        lw, _ = self.draw(model, guide, args, kwargs, detach_guide=self.detach_guide, analytic_kl=self.analytic_kl)
+        return elbo_surrogate(lw)

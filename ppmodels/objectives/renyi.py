@@ -1,0 +1,61 @@
+r"""The Rényi (variational Rényi, VR) bound (Li & Turner, NeurIPS 2016).
+
+.. math:: \mathcal L_{\alpha,K} = \frac{1}{1-\alpha}\,
+          \log \frac1K \sum_{k=1}^K w_k^{1-\alpha},\qquad w_k = \frac{p(x, z_k)}{q(z_k|x)}
+
+taken per datapoint when every latent is local to the data plate (the N/B subsampling scale
+outside the log: unlike Pyro's ``RenyiELBO``), over the whole batch otherwise. α = 0 is IWAE,
+α → 1 the ELBO. Gradient: pathwise at reparameterized sites; at non-reparameterized sites the
+score function :math:`\mathcal L_{\alpha,K}\,\nabla_\phi \sum_k \log q(z_k)` (the term Pyro's
+``RenyiELBO`` drops, which leaves discrete encoders untrained).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+from torch import Tensor
+
+from ..utils import PPModelsError
+from .base import Objective, log_mean_exp, units
+
+__all__ = ["Renyi", "multisample_surrogate"]
+
+
+def multisample_surrogate(
+    bound_fn: Callable[[Tensor], Tensor], log_w: Tensor, score: Tensor, scale: float, offset: Tensor,
+    has_score: bool,
+) -> tuple[Tensor, Tensor]:
+    r"""``(bound, surrogate)`` for :math:`\frac NB\sum_u f(\log w_{\cdot u}) + \text{offset}` with
+    the plain score-function term :math:`\bar f_u \sum_k \log q(z_{ku})` at discrete sites."""
+    f = bound_fn(log_w)  # (U,)
+    bound = scale * f.sum() + offset
+    if not has_score:
+        return bound, bound
+    return bound, bound + scale * (f.detach() * score.sum(0)).sum()
+
+
+class Renyi(Objective):
+    """``"renyi"``: the VR bound :math:`\\mathcal L_{\\alpha,K}`, α ≠ 1."""
+
+    name = "renyi"
+
+    def __init__(self, num_particles: int = 5, *, alpha: float = 0.5, **kwargs: Any) -> None:
+        super().__init__(num_particles, **kwargs)
+        if not isinstance(alpha, (int, float)) or math.isnan(alpha) or alpha == 1:
+            raise PPModelsError(
+                f"objective 'renyi': alpha={alpha!r} is not allowed; alpha = 1 is the ELBO, use "
+                "objective 'elbo' (or any alpha != 1, e.g. 0 for the IWAE bound)"
+            )
+        self.alpha = float(alpha)
+
+    def options(self) -> dict[str, Any]:
+        return {**super().options(), "alpha": self.alpha}
+
+    def bound_fn(self, log_w: Tensor) -> Tensor:
+        return log_mean_exp((1 - self.alpha) * log_w, 0) / (1 - self.alpha)
+
+    def surrogate(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
+        lw, _ = self.draw(model, guide, args, kwargs)
+        return multisample_surrogate(self.bound_fn, *units(lw, self.name), lw.has_score)

@@ -1,0 +1,107 @@
+"""The model protocol: anything with ``model(*batch)`` and ``guide(*batch)`` Pyro programs.
+
+:func:`check_batch` runs the pair once on a batch, with Pyro's validation on, and turns
+whatever is wrong — NaN/inf data, data outside the likelihood's support, a wrong shape, a
+tensor on the wrong device — into a :class:`PPModelsError` naming the model, the site or
+argument, and what was expected. ``fit`` and ``evaluate`` call it before any work starts.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator
+
+import pyro
+import torch
+from pyro import poutine
+from torch import Tensor
+
+from .utils import PPModelsError, model_name
+
+__all__ = ["ModelGuide", "as_pair", "check_batch", "parameters", "named_parameters"]
+
+
+class ModelGuide:
+    """A (model, guide) pair of functions, for users who have two functions and no object."""
+
+    def __init__(self, model: Callable, guide: Callable, name: str | None = None) -> None:
+        self.model, self.guide = model, guide
+        self.name = name or getattr(model, "__name__", "model")
+
+    def __repr__(self) -> str:
+        return f"ModelGuide({self.name})"
+
+
+def as_pair(obj: Any) -> Any:
+    """Check that ``obj`` follows the protocol; return it."""
+    missing = [m for m in ("model", "guide") if not callable(getattr(obj, m, None))]
+    if missing:
+        raise PPModelsError(
+            f"{type(obj).__name__} does not follow the model protocol: it needs callable "
+            f"`model(*batch)` and `guide(*batch)` methods (missing: {', '.join(missing)}); "
+            "wrap two functions with ppmodels.protocol.ModelGuide(model, guide)"
+        )
+    return obj
+
+
+def named_parameters(obj: Any) -> Iterator[tuple[str, Tensor]]:
+    """The module parameters of ``obj`` (if it is an ``nn.Module``)."""
+    if isinstance(obj, torch.nn.Module):
+        yield from obj.named_parameters()
+
+
+def parameters(obj: Any) -> list[Tensor]:
+    return [p for _, p in named_parameters(obj)]
+
+
+def _describe(t: Any) -> str:
+    return f"{tuple(t.shape)} {t.dtype} on {t.device}" if torch.is_tensor(t) else type(t).__name__
+
+
+def check_batch(obj: Any, batch: tuple, device: torch.device | None = None) -> None:
+    """Run ``obj.guide`` and ``obj.model`` once on ``batch``; raise a clear error on bad input."""
+    name = model_name(obj)
+    as_pair(obj)
+    params = parameters(obj)
+    for i, t in enumerate(batch):
+        if not torch.is_tensor(t):
+            continue
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            bad = int((~torch.isfinite(t)).sum())
+            raise PPModelsError(f"{name}: batch argument {i} ({_describe(t)}) has {bad} NaN/inf values")
+        want = device or (params[0].device if params else None)
+        if want is not None and t.device.type != torch.device(want).type:
+            raise PPModelsError(
+                f"{name}: batch argument {i} is on {t.device} but the model is on {want}; "
+                "move the data (or pass device=...) so both are on one device"
+            )
+    if params and device is not None and params[0].device.type != device.type:
+        raise PPModelsError(f"{name}: parameters are on {params[0].device}, expected {device}")
+    try:
+        with pyro.validation_enabled(True), poutine.block(), torch.no_grad():
+            guide_trace = poutine.trace(obj.guide).get_trace(*batch)
+            model_trace = poutine.trace(poutine.replay(obj.model, trace=guide_trace)).get_trace(*batch)
+            for trace in (model_trace, guide_trace):
+                for site_name, site in trace.nodes.items():
+                    if site["type"] != "sample":
+                        continue
+                    value = site["value"]
+                    if site["is_observed"] and torch.is_tensor(value):
+                        support = site["fn"].support
+                        if value.is_floating_point() and not torch.isfinite(value).all():
+                            raise PPModelsError(f"{name}: observed site {site_name!r} has NaN/inf values")
+                        ok = support.check(value)
+                        if not bool(ok.all()):
+                            raise PPModelsError(
+                                f"{name}: observed site {site_name!r} has values outside the "
+                                f"likelihood's support (expected {support}); e.g. binarize the "
+                                "data for a Bernoulli likelihood"
+                            )
+            model_trace.compute_log_prob()
+            guide_trace.compute_log_prob()
+    except PPModelsError:
+        raise
+    except Exception as e:  # noqa: BLE001 - re-raised with the model's name
+        raise PPModelsError(
+            f"{name}: running model/guide on a batch of {[_describe(t) for t in batch]} failed: "
+            f"{type(e).__name__}: {e}"
+        ) from e
