@@ -79,7 +79,7 @@ class TensorData:
         x = tensors[0]
         if binarize == "fixed":
             g = torch.Generator(device=x.device).manual_seed(fixed_seed)
-            x = torch.bernoulli(_intensity(x), generator=g).to(torch.uint8)
+            x = (torch.bernoulli(_intensity(x), generator=g) * 255).to(torch.uint8)  # {0, 255}
         self.tensors: tuple[Tensor, ...] = (x, *tensors[1:])
 
     def __len__(self) -> int:

@@ -3,3 +3,19 @@
 from .vae import PRESETS, VAE
 
 __all__ = ["VAE", "PRESETS"]
+
+from typing import Any
+
+from ..utils import PPModelsError
+
+REGISTRY: dict[str, type] = {"vae": VAE}
+
+
+def build(family: str, **config: Any) -> Any:
+    """A zoo model by family name and configuration (as stored in checkpoints)."""
+    if family not in REGISTRY:
+        raise PPModelsError(f"unknown model family {family!r}; available: {sorted(REGISTRY)}")
+    return REGISTRY[family](**config)
+
+
+__all__ += ["REGISTRY", "build"]

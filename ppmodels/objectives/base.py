@@ -21,7 +21,7 @@ from typing import Any, Callable
 import pyro
 import torch
 from pyro import poutine
-from pyro.distributions.util import detach, is_identically_zero
+from pyro.distributions.util import detach, is_identically_zero, scale_and_mask
 from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor
 
@@ -80,8 +80,10 @@ class LogWeights:
 
 
 def guess_max_plate_nesting(model: Callable, guide: Callable, args: tuple, kwargs: dict) -> int:
-    """Run the pair once, without particles, and read the deepest plate dimension."""
-    with poutine.block():
+    """Run the pair once, without particles, and read the deepest plate dimension.
+    The RNG state is restored afterwards, so guessing does not shift the random stream."""
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices), poutine.block():
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
     dims = [
@@ -184,16 +186,15 @@ def log_weights(
     has_score = False
 
     def add(site: dict, value: Tensor, score: Tensor | None = None) -> None:
+        """Add a site's (already scaled and masked) term; local terms lose the plate's N/B."""
         nonlocal local, global_, local_score, global_score
         frame = _data_frame(site, data_plate)
-        site_scale = site["scale"]
         if frame is not None:
-            site_scale = site_scale / scale  # the N/B factor is applied outside the bound
-            local = local + _reduce(value * site_scale, ndim, frame.dim, K, B)
+            local = local + _reduce(value / scale, ndim, frame.dim, K, B)
             if score is not None:
-                local_score = local_score + _reduce(score, ndim, frame.dim, K, B)
+                local_score = local_score + _reduce(score / scale, ndim, frame.dim, K, B)
         else:
-            global_ = global_ + _reduce(value * site_scale, ndim, None, K, None)
+            global_ = global_ + _reduce(value, ndim, None, K, None)
             if score is not None:
                 global_score = global_score + _reduce(score, ndim, None, K, None)
 
@@ -208,7 +209,7 @@ def log_weights(
                 kl = torch.distributions.kl_divergence(gsite["fn"], model_trace.nodes[name]["fn"])
             except NotImplementedError:
                 continue
-            add(gsite, -kl)
+            add(gsite, -scale_and_mask(kl, gsite["scale"], gsite["mask"]))
             kl_sites.add(name)
 
     for name, site in model_trace.nodes.items():
@@ -221,7 +222,7 @@ def log_weights(
             global_latents.append(name)
         lp = site["log_prob"]
         if detach_guide:
-            lp = detach(site["fn"]).log_prob(site["value"])
+            lp = scale_and_mask(detach(site["fn"]).log_prob(site["value"]), site["scale"], site["mask"])
         score = site["score_parts"].score_function
         if is_identically_zero(score):
             add(site, -lp)
@@ -253,6 +254,8 @@ class Objective:
     """
 
     name: str = "objective"
+    #: whether ``surrogate_units`` returns one unit per datapoint (False: one unit per batch)
+    per_unit: bool = True
 
     def __init__(
         self,
@@ -307,9 +310,16 @@ class Objective:
         return self.draw(model, guide, args, kwargs)[0]
 
     # -- the interface ----------------------------------------------------------------------
-    def surrogate(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
-        """``(bound, surrogate)``: the bound estimate and a tensor with the estimator's gradient."""
+    def surrogate_units(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
+        """``(bound, surrogate)`` per independent unit, shape (U,): one per datapoint when every
+        latent is local to the data plate, else U = 1. Their sums are the bound estimate and a
+        tensor whose gradient is the estimator; unit u's gradient is that unit's own estimate."""
         raise NotImplementedError
+
+    def surrogate(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
+        """``(bound, surrogate)``: the bound estimate and a scalar with the estimator's gradient."""
+        bound, surrogate = self.surrogate_units(model, guide, *args, **kwargs)
+        return bound.sum(), surrogate.sum()
 
     def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> Tensor:
         bound, surrogate = self.surrogate(model, guide, *args, **kwargs)

@@ -35,15 +35,16 @@ class Dreg(Iwae):
 
     name = "dreg"
 
-    def surrogate(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
+    def surrogate_units(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
         lw, pairs = self.draw(model, guide, args, kwargs, detach_guide=True)
         require_reparameterized(lw, self.name, instead="vimco (discrete latents) or iwae")
         log_w, _, scale, offset = units(lw, self.name)
-        bound = scale * self.bound_fn(log_w).sum() + offset
+        U = log_w.shape[1]
+        bound = scale * self.bound_fn(log_w) + offset / U
         w = torch.softmax(log_w.detach(), 0)  # (K, U)
         if torch.is_grad_enabled():
             self._scale_guide_gradients(pairs, w, local=log_w.shape[1] > 1 or lw.local is not None and not lw.global_latents)
-        surrogate = scale * (w * log_w).sum() + offset
+        surrogate = scale * (w * log_w).sum(0) + offset / U
         return bound, surrogate
 
     def _scale_guide_gradients(self, pairs: list[tuple[poutine.Trace, poutine.Trace]], w: Tensor, local: bool) -> None:

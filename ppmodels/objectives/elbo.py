@@ -20,19 +20,22 @@ __all__ = ["Elbo", "elbo_surrogate"]
 
 
 def elbo_surrogate(lw: LogWeights) -> tuple[Tensor, Tensor]:
-    r"""``(bound, surrogate)`` of the K-particle ELBO from log weights.
+    r"""``(bound, surrogate)`` per unit of the K-particle ELBO, from log weights.
 
     surrogate :math:`= \frac1K \sum_k \big[\log w_k + \frac NB \sum_b \overline{\log w_{kb}}\,
     \log q(z_{kb}) + \overline{\log w_k}\, \log q(z^{\mathrm{global}}_k)\big]` (bars: detached).
     """
+    if lw.local is not None and not lw.global_latents:  # one unit per datapoint
+        per = lw.scale * lw.local + lw.global_[:, None] / lw.local.shape[1]  # (K, B)
+        surrogate = per + lw.scale * lw.local.detach() * lw.local_score if lw.has_score else per
+        return per.mean(0), surrogate.mean(0)
     total = lw.total()
-    bound = total.mean(0)
-    if not lw.has_score:
-        return bound, bound
-    surrogate = total + total.detach() * lw.global_score
-    if lw.local is not None:
-        surrogate = surrogate + lw.scale * (lw.local.detach() * lw.local_score).sum(-1)
-    return bound, surrogate.mean(0)
+    surrogate = total
+    if lw.has_score:
+        surrogate = surrogate + total.detach() * lw.global_score
+        if lw.local is not None:
+            surrogate = surrogate + lw.scale * (lw.local.detach() * lw.local_score).sum(-1)
+    return total.mean(0)[None], surrogate.mean(0)[None]
 
 
 class Elbo(Objective):
@@ -42,6 +45,6 @@ class Elbo(Objective):
     analytic_kl = False
     detach_guide = False
 
-    def surrogate(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
+    def surrogate_units(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
         lw, _ = self.draw(model, guide, args, kwargs, detach_guide=self.detach_guide, analytic_kl=self.analytic_kl)
         return elbo_surrogate(lw)

@@ -28,6 +28,7 @@ class Enum(Objective):
     """``"enum"``: TraceEnum_ELBO with the guide's discrete sites enumerated in parallel."""
 
     name = "enum"
+    per_unit = False
 
     def __init__(self, num_particles: int = 1, **kwargs: Any) -> None:
         super().__init__(num_particles, **kwargs)
@@ -66,9 +67,9 @@ class Enum(Objective):
         elbo, guide = self._setup(model, guide, args, kwargs)
         return elbo.differentiable_loss(model, guide, *args, **kwargs)
 
-    def surrogate(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
+    def surrogate_units(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
         loss = self.differentiable_loss(model, guide, *args, **kwargs)
-        return -loss.detach(), -loss
+        return -loss.detach().reshape(1), -loss.reshape(1)
 
     def loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
         elbo, guide = self._setup(model, guide, args, kwargs)

@@ -35,6 +35,7 @@ class Reinforce(Objective):
     """``"reinforce"``: score-function ELBO gradients with a baseline."""
 
     name = "reinforce"
+    per_unit = False
 
     def __init__(
         self,
@@ -86,10 +87,10 @@ class Reinforce(Objective):
 
         return poutine.infer_config(guide, config)
 
-    def surrogate(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
+    def surrogate_units(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
         guide = self._guide_with_baselines(guide, args, kwargs)
         elbo, surrogate_loss = self._elbo._loss_and_surrogate_loss(model, guide, args, kwargs)
-        return torch.as_tensor(elbo), -surrogate_loss
+        return torch.as_tensor(elbo).reshape(1), -surrogate_loss.reshape(1)
 
     def loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
         with torch.no_grad():

@@ -27,13 +27,12 @@ def multisample_surrogate(
     bound_fn: Callable[[Tensor], Tensor], log_w: Tensor, score: Tensor, scale: float, offset: Tensor,
     has_score: bool,
 ) -> tuple[Tensor, Tensor]:
-    r"""``(bound, surrogate)`` for :math:`\frac NB\sum_u f(\log w_{\cdot u}) + \text{offset}` with
-    the plain score-function term :math:`\bar f_u \sum_k \log q(z_{ku})` at discrete sites."""
-    f = bound_fn(log_w)  # (U,)
-    bound = scale * f.sum() + offset
+    r"""``(bound, surrogate)`` per unit for :math:`\frac NB f(\log w_{\cdot u}) + \text{offset}/U`,
+    with the plain score-function term :math:`\bar f_u \sum_k \log q(z_{ku})` at discrete sites."""
+    bound = scale * bound_fn(log_w) + offset / log_w.shape[1]  # (U,)
     if not has_score:
         return bound, bound
-    return bound, bound + scale * (f.detach() * score.sum(0)).sum()
+    return bound, bound + scale * bound_fn(log_w).detach() * score.sum(0)
 
 
 class Renyi(Objective):
@@ -56,6 +55,6 @@ class Renyi(Objective):
     def bound_fn(self, log_w: Tensor) -> Tensor:
         return log_mean_exp((1 - self.alpha) * log_w, 0) / (1 - self.alpha)
 
-    def surrogate(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
+    def surrogate_units(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
         lw, _ = self.draw(model, guide, args, kwargs)
         return multisample_surrogate(self.bound_fn, *units(lw, self.name), lw.has_score)

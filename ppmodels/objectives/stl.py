@@ -30,7 +30,7 @@ class Stl(Elbo):
     name = "stl"
     detach_guide = True
 
-    def surrogate(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
+    def surrogate_units(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
         lw, _ = self.draw(model, guide, args, kwargs, detach_guide=True)
         require_reparameterized(lw, self.name, instead="elbo or reinforce")
         return elbo_surrogate(lw)

@@ -51,12 +51,12 @@ class Vimco(Iwae):
             )
         super().__init__(num_particles, **kwargs)
 
-    def surrogate(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
+    def surrogate_units(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
         lw, _ = self.draw(model, guide, args, kwargs)
         log_w, score, scale, offset = units(lw, self.name)
         f = log_mean_exp(log_w, 0)  # (U,)
-        bound = scale * f.sum() + offset
+        bound = scale * f + offset / log_w.shape[1]
         if not lw.has_score:
             return bound, bound
         signal = (f[None] - leave_one_out_bounds(log_w)).detach()  # (K, U)
-        return bound, bound + scale * (signal * score).sum()
+        return bound, bound + scale * (signal * score).sum(0)

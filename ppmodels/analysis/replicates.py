@@ -1,0 +1,100 @@
+r"""Replicate gradient estimates: R independent draws of an objective's gradient estimator.
+
+Vectorized path (objectives with per-datapoint units, models whose latents are all local): the
+batch is repeated R times along the data plate, so one forward pass draws every replicate's
+particles, and the surrogate is summed per replicate, :math:`S \in \mathbb R^R`. The Jacobian
+:math:`J = \partial S / \partial \theta` (R × P) then comes from the double-backward trick:
+:math:`g(u) = J^\top u` with ``create_graph=True``, and :math:`J = \partial g / \partial u`
+by one batched backward pass over the P coordinates — cost O(P) passes, independent of R.
+When P > R the rows are taken directly, chunked (``is_grads_batched`` over replicates).
+Otherwise (global latents, objectives with U = 1): the loop path, R forward/backward passes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import pyro
+import torch
+from torch import Tensor
+
+from ..objectives import Objective, make
+from ..utils import PPModelsError
+
+__all__ = ["replicate_gradients", "flat_grad"]
+
+
+def flat_grad(grads: Sequence[Tensor | None], params: Sequence[Tensor], batch_shape: tuple = ()) -> Tensor:
+    """Concatenate gradients (None → zeros) into one (*batch_shape, P) tensor."""
+    return torch.cat([
+        (g if g is not None else torch.zeros(batch_shape + p.shape, dtype=p.dtype, device=p.device))
+        .reshape(*batch_shape, -1)
+        for g, p in zip(grads, params)
+    ], -1)
+
+
+def _repeat(batch: tuple, R: int) -> tuple:
+    return tuple(t.repeat(R, *([1] * (t.dim() - 1))) if torch.is_tensor(t) else t for t in batch)
+
+
+def replicate_gradients(
+    objective: str | Objective,
+    obj: Any,
+    batch: tuple,
+    params: Sequence[Tensor],
+    replicates: int,
+    *,
+    seed: int = 0,
+    vectorize: bool = True,
+    chunk: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """R gradient estimates of minus the objective w.r.t. ``params``: ``(grads (R, P), bounds (R,))``.
+
+    ``vectorize=False`` forces the loop path (the reference the vectorized path is tested against).
+    ``chunk`` bounds the replicates per vectorized pass (memory).
+    """
+    objective = make(objective) if isinstance(objective, str) else objective
+    params = list(params)
+    if replicates < 1:
+        raise PPModelsError(f"replicate_gradients: replicates must be >= 1, got {replicates}")
+    B = batch[0].shape[0]
+    P = sum(p.numel() for p in params)
+    pyro.set_rng_seed(seed)
+    with pyro.validation_enabled(False):
+        if vectorize and objective.per_unit:
+            chunk = chunk or (replicates if P <= 4 * replicates else 16)
+            out_g, out_b = [], []
+            for start in range(0, replicates, chunk):
+                r = min(chunk, replicates - start)
+                bound, surrogate = objective.surrogate_units(obj.model, obj.guide, *_repeat(batch, r))
+                if surrogate.shape[0] != r * B:
+                    break  # global latents: no per-datapoint units, use the loop
+                out_g.append(_jacobian(-surrogate.reshape(r, B).sum(1), params))
+                out_b.append(bound.detach().reshape(r, B).sum(1))
+            else:
+                return torch.cat(out_g), torch.cat(out_b)
+            pyro.set_rng_seed(seed)
+        grads_list, bounds = [], []
+        for _ in range(replicates):
+            bound, surrogate = objective.surrogate(obj.model, obj.guide, *batch)
+            grads = torch.autograd.grad(-surrogate, params, allow_unused=True)
+            grads_list.append(flat_grad(grads, params))
+            bounds.append(bound.detach())
+        return torch.stack(grads_list), torch.stack(bounds)
+
+
+def _jacobian(S: Tensor, params: list[Tensor]) -> Tensor:
+    """:math:`\partial S_r / \partial \theta`, shape (R, P), for a vector ``S`` of R independent terms."""
+    R = S.shape[0]
+    P = sum(p.numel() for p in params)
+    if P <= 4 * R:  # double-backward: P passes
+        u = torch.ones(R, dtype=S.dtype, device=S.device, requires_grad=True)
+        g = flat_grad(torch.autograd.grad(S, params, grad_outputs=u, create_graph=True, allow_unused=True), params)
+        if not g.requires_grad:  # the gradient does not depend on S's weights: rows are equal
+            return g.expand(R, P) / R
+        eye = torch.eye(P, dtype=S.dtype, device=S.device)
+        (J,) = torch.autograd.grad(g, u, grad_outputs=eye, is_grads_batched=True, allow_unused=True)
+        return J.T if J is not None else torch.zeros(R, P, dtype=S.dtype, device=S.device)
+    eye = torch.eye(R, dtype=S.dtype, device=S.device)
+    grads = torch.autograd.grad(S, params, grad_outputs=eye, is_grads_batched=True, allow_unused=True)
+    return flat_grad(grads, params, (R,))

@@ -1,0 +1,244 @@
+"""The ``ppmodels`` command: ``train``, ``evaluate``, ``sample``, ``data``.
+
+Every command has ``--help``; a bad argument or a missing run directory prints one line
+``ppmodels: error: ...`` and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["main", "build_parser"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit code 2
+        self.exit(2, f"ppmodels: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in text.split(",") if t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _positive(kind: type):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .models import PRESETS
+    from .objectives import names
+
+    p = _Parser(prog="ppmodels", description="Latent-variable models as Pyro programs: train, evaluate, sample.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train a zoo model by SVI on MNIST",
+                       description="Train a zoo model by SVI on MNIST; writes history.csv, checkpoint.pt, "
+                       "samples.png and reconstructions.png to --out and prints the test ELBO and NLL.")
+    t.add_argument("model", choices=["vae"], help="the zoo model")
+    t.add_argument("--preset", choices=sorted(PRESETS), default="pyro", help="architecture preset (default: pyro)")
+    t.add_argument("--z-dim", type=_positive(int), help="latent size (overrides the preset)")
+    t.add_argument("--hidden", type=_ints, help="hidden sizes, e.g. 200,200 (overrides the preset)")
+    t.add_argument("--activation", help="activation (overrides the preset)")
+    t.add_argument("--objective", choices=names(), default="elbo")
+    t.add_argument("--num-particles", "-K", type=_positive(int), default=None, help="particles K of the objective")
+    t.add_argument("--alpha", type=float, default=None, help="α of the renyi objective")
+    t.add_argument("--baseline", choices=["none", "decaying", "neural"], default=None, help="reinforce baseline")
+    t.add_argument("--epochs", type=_positive(int), default=None)
+    t.add_argument("--steps", type=_positive(int), default=None)
+    t.add_argument("--batch-size", type=_positive(int), default=128)
+    t.add_argument("--lr", type=_positive(float), default=1e-3)
+    t.add_argument("--lr-schedule", choices=["constant", "cosine", "burda"], default="constant")
+    t.add_argument("--binarize", choices=["dynamic", "fixed"], default="dynamic")
+    t.add_argument("--validation", type=int, default=0, help="hold out this many training images")
+    t.add_argument("--train-subset", type=_positive(int), default=None, help="train on the first N images only")
+    t.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", required=True, help="run directory")
+    t.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
+    t.add_argument("--eval-subset", type=_positive(int), default=1000,
+                   help="test images for the importance-sampled NLL (default 1000)")
+    t.add_argument("--num-samples", type=_positive(int), default=1000, help="importance samples for the NLL")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    e = sub.add_parser("evaluate", help="test ELBO and importance-sampled NLL of a run",
+                       description="Evaluate a trained run: test ELBO, importance-sampled NLL (K samples), active units.")
+    e.add_argument("run_dir")
+    e.add_argument("--num-samples", type=_positive(int), default=5000)
+    e.add_argument("--subset", type=_positive(int), default=None, help="first N test images (default: all)")
+    e.add_argument("--device", default="auto")
+    e.add_argument("--seed", type=int, default=0)
+
+    s = sub.add_parser("sample", help="draw images from a trained run's prior",
+                       description="Decode prior draws of a trained run into an image grid.")
+    s.add_argument("run_dir")
+    s.add_argument("-n", type=_positive(int), default=64)
+    s.add_argument("--out", default=None, help="PNG path (default RUN_DIR/samples.png)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto")
+
+    d = sub.add_parser("data", help="fetch MNIST into the cache",
+                       description="Fetch MNIST into $PPMODELS_DATA (default ~/.cache/ppmodels) and report the sources.")
+    d.add_argument("--root", default=None)
+    return p
+
+
+def _save_grid(images, path: Path, nrow: int = 8) -> None:
+    from torchvision.utils import save_image
+
+    save_image(images.reshape(-1, 1, 28, 28).float().cpu(), path, nrow=nrow)
+
+
+def _objective_options(args: argparse.Namespace) -> dict[str, Any]:
+    opts: dict[str, Any] = {}
+    if args.num_particles is not None:
+        opts["num_particles"] = args.num_particles
+    if args.alpha is not None:
+        opts["alpha"] = args.alpha
+    if args.baseline is not None:
+        opts["baseline"] = args.baseline
+    return opts
+
+
+def _load_run(run_dir: str, device: str):
+    from .fit import CHECKPOINT, load_checkpoint
+    from .models import build
+    from .utils import PPModelsError, resolve_device
+
+    path = Path(run_dir)
+    if not (path / CHECKPOINT).exists():
+        raise PPModelsError(f"{run_dir}: not a run directory (no {CHECKPOINT}); train one with `ppmodels train`")
+    dev = resolve_device(device)
+    ckpt = load_checkpoint(path, map_location=dev)
+    meta = ckpt["meta"]
+    model = build(meta["family"], **meta["config"]).to(dev)
+    state = {k[len("module."):]: v for k, v in ckpt["params"].items() if k.startswith("module.")}
+    model.load_state_dict(state, strict=False)
+    return model, ckpt, dev
+
+
+def _report(model, test, num_samples: int, subset: int | None, seed: int) -> dict[str, float]:
+    import torch
+
+    from . import evaluate
+
+    g = torch.Generator(device=test.device).manual_seed(seed)
+    sub = test.subset(subset) if subset else test
+    t0 = time.perf_counter()
+    nll = -evaluate.log_likelihood(model, sub, num_samples, generator=g).mean().item()
+    return {
+        "test_elbo": evaluate.elbo(model, test, generator=g).mean().item(),
+        "test_nll": nll,
+        "nll_images": len(sub),
+        "nll_samples": num_samples,
+        "nll_seconds": time.perf_counter() - t0,
+        "active_units": sum(evaluate.active_units(model, test, generator=g).values()),
+    }
+
+
+def _train(args: argparse.Namespace) -> None:
+    from . import data
+    from .fit import fit
+    from .models import build
+    from .models.vae import PRESETS
+    from .utils import PPModelsError
+
+    if args.epochs is None and args.steps is None:
+        raise PPModelsError("train: give --epochs N or --steps N")
+    config = dict(PRESETS[args.preset])
+    for key in ("z_dim", "hidden", "activation"):
+        if getattr(args, key) is not None:
+            config[key] = getattr(args, key)
+    model = build(args.model, **config)
+    splits = data.mnist(validation=args.validation, binarize=args.binarize, device=args.device)
+    train = splits["train"].subset(args.train_subset) if args.train_subset else splits["train"]
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    history = fit(
+        model, train, objective=args.objective, epochs=args.epochs, steps=args.steps,
+        batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule, seed=args.seed,
+        device=args.device, validation=splits.get("validation"), test=splits["test"], out=out,
+        resume=args.resume, progress=False if args.quiet else None,
+        meta={"family": args.model, "config": config, "args": {k: str(v) for k, v in vars(args).items()}},
+        **_objective_options(args),
+    )
+    train_seconds = time.perf_counter() - t0
+    import torch
+
+    torch.manual_seed(args.seed)
+    model.eval()
+    _save_grid(model.sample(64), out / "samples.png")
+    x = splits["test"].subset(32).full(torch.Generator(device=splits["test"].device).manual_seed(0))[0]
+    _save_grid(torch.cat([x.reshape(4, 8, -1), model.reconstruct(x).reshape(4, 8, -1)], 1), out / "reconstructions.png")
+    report = _report(model, splits["test"], args.num_samples, args.eval_subset, args.seed)
+    report["train_seconds"] = train_seconds
+    report["epochs"] = int(history["epoch"].iloc[-1])
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    print(f"test ELBO {report['test_elbo']:.2f} nats (10000 images, K=1)")
+    print(f"test NLL  {report['test_nll']:.2f} nats ({report['nll_images']} images, K={args.num_samples} "
+          f"importance samples, {report['nll_seconds']:.0f}s)")
+    print(f"active units {report['active_units']}; trained {report['epochs']} epochs in {train_seconds:.0f}s")
+    print(f"wrote {out}/history.csv, checkpoint.pt, samples.png, reconstructions.png, report.json")
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from . import data
+
+    model, ckpt, dev = _load_run(args.run_dir, args.device)
+    test = data.mnist(binarize=ckpt["meta"]["args"].get("binarize", "dynamic"), device=dev)["test"]
+    report = _report(model, test, args.num_samples, args.subset, args.seed)
+    print(json.dumps(report, indent=2))
+
+
+def _sample(args: argparse.Namespace) -> None:
+    import torch
+
+    model, _, _ = _load_run(args.run_dir, args.device)
+    torch.manual_seed(args.seed)
+    out = Path(args.out) if args.out else Path(args.run_dir) / "samples.png"
+    _save_grid(model.sample(args.n), out)
+    print(f"wrote {out}")
+
+
+def _data(args: argparse.Namespace) -> None:
+    from . import data
+
+    arrays = data.load_mnist(args.root)
+    print(f"MNIST: {len(arrays['train_images'])} train, {len(arrays['test_images'])} test images "
+          f"in {data.data_root(args.root)}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from .utils import PPModelsError
+
+    try:
+        {"train": _train, "evaluate": _evaluate, "sample": _sample, "data": _data}[args.command](args)
+    except PPModelsError as e:
+        print(f"ppmodels: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ppmodels: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
