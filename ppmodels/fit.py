@@ -142,6 +142,11 @@ def fit(
     if not callable(lr_schedule) and lr_schedule not in (None, *SCHEDULES):
         raise PPModelsError(f"fit: lr_schedule must be one of {SCHEDULES} or a callable, got {lr_schedule!r}")
     train = evaluate._as_data(train).to(device)
+    for i, t in enumerate(train.tensors):
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise PPModelsError(
+                f"{name}: training data tensor {i} has {int((~torch.isfinite(t)).sum())} NaN/inf values"
+            )
     if batch_size < 1:
         raise PPModelsError(f"fit: batch_size must be >= 1, got {batch_size}")
     batch_size = min(batch_size, len(train))

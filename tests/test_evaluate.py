@@ -1,0 +1,101 @@
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+from ppmodels import evaluate
+from ppmodels.data import TensorData
+from ppmodels.models.conjugate import LinearGaussian
+
+
+@pytest.fixture
+def lg():
+    m = LinearGaussian.with_diagonal_posterior(6, 3, seed=0)
+    m.set_guide_to_posterior()
+    with torch.no_grad():  # a guide near, not at, the posterior
+        m.A.add_(0.15 * torch.randn(m.A.shape, generator=torch.Generator().manual_seed(1)))
+        m.log_s.add_(0.3)
+    return m, m.sample_data(300, seed=2)
+
+
+def test_is_estimate_approaches_the_analytic_marginal(lg):
+    m, x = lg
+    exact = m.log_marginal(x).detach()
+    gaps = {}
+    for K in (1, 10, 100, 2000):
+        est = evaluate.log_likelihood(m, x, K)
+        diff = exact - est
+        gaps[K] = (diff.mean().item(), (diff.std() / math.sqrt(len(x))).item())
+    # the gap shrinks as K grows (each step by more than the noise) ...
+    assert gaps[1][0] > gaps[10][0] + 3 * gaps[10][1]
+    assert gaps[10][0] > gaps[2000][0]
+    # ... and at K = 2000 the estimate agrees with log p(x) within its Monte-Carlo error
+    assert abs(gaps[2000][0]) < 5 * gaps[2000][1] + 1e-3
+
+
+def test_is_estimate_is_above_the_elbo_on_average(lg):
+    m, x = lg
+    est = evaluate.log_likelihood(m, x, 200)
+    elbo = m.elbo(x).detach()
+    diff = est - elbo
+    assert diff.mean() > 5 * diff.std() / math.sqrt(len(x))
+    mc_elbo = evaluate.elbo(m, x, num_particles=50)
+    se = (mc_elbo - elbo).std() / math.sqrt(len(x))
+    assert abs((mc_elbo - elbo).mean()) < 5 * se
+
+
+def test_chunking_does_not_change_the_estimate(lg):
+    m, x = lg
+    a = evaluate.log_likelihood(m, x, 500)
+    b = evaluate.log_likelihood(m, x, 500, batch_size=7, particle_chunk=33)
+    d = a - b
+    assert abs(d.mean()) < 5 * d.std() / math.sqrt(len(x)) + 1e-6
+
+
+def test_user_defined_model_without_module_evaluates():
+    x = torch.randn(50, 2) + 1.0
+
+    class Model:
+        def model(self, x):
+            with pyro.plate("data", len(x)):
+                z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+                pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x)
+
+        def guide(self, x):
+            with pyro.plate("data", len(x)):
+                pyro.sample("z", dist.Normal(x / 2, math.sqrt(0.5)).to_event(1))  # exact posterior
+
+    est = evaluate.log_likelihood(Model(), x, 10)
+    exact = dist.Normal(torch.zeros(2), math.sqrt(2.0)).to_event(1).log_prob(x)
+    assert torch.allclose(est, exact, atol=1e-4)
+
+
+def test_active_units(lg):
+    m, x = lg
+    assert evaluate.active_units(m, x) == {"z": 3}
+    with torch.no_grad():
+        m.A[0].zero_()  # unit 0's posterior mean no longer depends on x
+    assert evaluate.active_units(m, x) == {"z": 2}
+
+
+def test_global_latent_models_are_refused_with_a_clear_error():
+    def model(x):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", dist.Normal(mu, 1.0), obs=x)
+
+    def guide(x):
+        pyro.sample("mu", dist.Normal(pyro.param("loc", torch.tensor(0.0)), 1.0))
+
+    from ppmodels.protocol import ModelGuide
+    from ppmodels.utils import PPModelsError
+
+    with pytest.raises(PPModelsError, match="global latents \\['mu'\\]"):
+        evaluate.log_likelihood(ModelGuide(model, guide), torch.randn(10), 5)
+
+
+def test_tensor_data_is_accepted(lg):
+    m, x = lg
+    assert evaluate.elbo(m, TensorData(x)).shape == (300,)

@@ -1,0 +1,162 @@
+import math
+
+import pandas as pd
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+from ppmodels import evaluate
+from ppmodels.data import TensorData, synthetic_images
+from ppmodels.fit import NonFiniteLoss, fit, load_checkpoint, lr_factor
+from ppmodels.models import VAE
+from ppmodels.models.conjugate import LinearGaussian
+from ppmodels.utils import PPModelsError
+
+
+@pytest.fixture
+def images():
+    x, _ = synthetic_images(400, seed=0)
+    return TensorData(x[:300], binarize="dynamic"), TensorData(x[300:], binarize="dynamic")
+
+
+def small_vae(seed=0):
+    torch.manual_seed(seed)
+    return VAE(784, 4, (32,), "tanh")
+
+
+def test_training_reduces_the_loss_and_records_history(images):
+    train, test = images
+    h = fit(small_vae(), train, epochs=4, batch_size=50, lr=1e-2, test=test, device="cpu")
+    assert list(h.columns) == ["epoch", "step", "train_loss", "lr", "test_elbo", "seconds"]
+    assert len(h) == 4 and h["train_loss"].iloc[-1] < h["train_loss"].iloc[0]
+    assert h["seconds"].is_monotonic_increasing
+
+
+def test_resume_continues_the_same_trajectory(images, tmp_path):
+    train, test = images
+    full = fit(small_vae(), train, epochs=3, batch_size=50, lr=1e-2, out=tmp_path / "a", device="cpu",
+               objective="iwae", num_particles=2)
+    fit(small_vae(), train, epochs=1, batch_size=50, lr=1e-2, out=tmp_path / "b", device="cpu",
+        objective="iwae", num_particles=2)
+    resumed = fit(small_vae(seed=5), train, epochs=3, batch_size=50, lr=1e-2, out=tmp_path / "b",
+                  resume=True, device="cpu", objective="iwae", num_particles=2)
+    pd.testing.assert_series_equal(full["train_loss"], resumed["train_loss"])
+    a, b = load_checkpoint(tmp_path / "a"), load_checkpoint(tmp_path / "b")
+    for k in a["params"]:
+        assert torch.equal(a["params"][k], b["params"][k]), k
+
+
+def test_nan_guard_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    x = torch.randn(40, 2)
+
+    class Exploding:
+        calls = 0
+
+        def model(self, x):
+            loc = pyro.param("loc", torch.zeros(2))
+            self.calls += 1
+            if self.calls > 15:  # bad from step 13, in the 4th epoch (4 steps an epoch; 3 set-up calls)
+                loc = loc * float("nan")
+            with pyro.plate("data", len(x)):
+                z = pyro.sample("z", dist.Normal(loc, 1.0).to_event(1))
+                pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x)
+
+        def guide(self, x):
+            s = pyro.param("s", torch.ones(2), constraint=dist.constraints.positive)
+            with pyro.plate("data", len(x)):
+                pyro.sample("z", dist.Normal(x / 2, s).to_event(1))
+
+    with pytest.raises(NonFiniteLoss, match=r"at step 13;.*checkpoint\.pt") as err:
+        fit(Exploding(), x, epochs=6, batch_size=10, out=tmp_path, device="cpu", log_every=1)
+    assert "Exploding" in str(err.value)
+    ckpt = load_checkpoint(tmp_path)
+    assert ckpt["epoch"] == 3
+    assert all(torch.isfinite(v).all() for v in ckpt["params"].values())
+
+
+def test_user_defined_model_trains_and_evaluates():
+    x = torch.randn(200, 3) * 0.5 + torch.tensor([1.0, -2.0, 0.5])
+
+    class Gaussian:
+        """z ~ N(mu, I), x | z ~ N(z, I); amortized guide N(a x + b, s)."""
+
+        def model(self, x):
+            mu = pyro.param("mu", torch.zeros(3))
+            with pyro.plate("data", len(x)):
+                z = pyro.sample("z", dist.Normal(mu, 1.0).to_event(1))
+                pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x)
+
+        def guide(self, x):
+            a = pyro.param("a", torch.tensor(0.1))
+            b = pyro.param("b", torch.zeros(3))
+            s = pyro.param("s", torch.ones(3), constraint=dist.constraints.positive)
+            with pyro.plate("data", len(x)):
+                pyro.sample("z", dist.Normal(a * x + b, s).to_event(1))
+
+    h = fit(Gaussian(), x, steps=600, batch_size=50, lr=0.05, device="cpu")
+    # maximum likelihood: mu = mean(x); the guide at the posterior: a = 1/2, b = mu/2
+    assert torch.allclose(pyro.param("mu").detach(), x.mean(0), atol=0.1)
+    assert abs(pyro.param("a").item() - 0.5) < 0.1
+    assert len(h) == 150 and h["step"].iloc[-1] == 600
+    ll = evaluate.log_likelihood(Gaussian(), x, 50).mean()
+    exact = dist.Normal(pyro.param("mu"), math.sqrt(2.0)).to_event(1).log_prob(x).mean()
+    assert abs(ll - exact) < 0.05
+
+
+def test_bad_input_is_refused_before_training(images):
+    train, _ = images
+    vae = small_vae()
+    bad = train.tensors[0].float() / 255
+    bad[3, 5] = float("nan")
+    with pytest.raises(PPModelsError, match="VAE: training data tensor 0 has 1 NaN"):
+        fit(vae, bad, steps=1, device="cpu")
+    with pytest.raises(PPModelsError, match="VAE: observed site 'x' has values outside the likelihood's support"):
+        fit(vae, torch.full((10, 784), 0.5), steps=1, device="cpu")
+    with pytest.raises(PPModelsError, match=r"VAE.*site 'x' expects a batch of shape \(B, 784\)"):
+        fit(vae, torch.zeros(10, 100), steps=1, device="cpu")
+    with pytest.raises(PPModelsError, match="unknown objective 'elbow'"):
+        fit(vae, train, steps=1, objective="elbow", device="cpu")
+    with pytest.raises(PPModelsError, match="does not follow the model protocol.*guide"):
+        fit(object(), train, steps=1)
+    with pytest.raises(PPModelsError, match="give epochs"):
+        fit(vae, train, device="cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without a GPU")
+def test_cuda_without_a_gpu_is_a_clear_error(images):
+    with pytest.raises(PPModelsError, match="no CUDA device"):
+        fit(small_vae(), images[0], steps=1, device="cuda")
+
+
+@pytest.mark.cuda
+def test_fit_and_evaluate_on_cuda(images):
+    train, test = images
+    vae = small_vae()
+    h = fit(vae, train, epochs=2, batch_size=50, lr=1e-2, test=test, device="cuda")
+    assert next(vae.parameters()).is_cuda and math.isfinite(h["test_elbo"].iloc[-1])
+    nll = -evaluate.log_likelihood(vae, test.to("cuda"), 100).mean()
+    assert math.isfinite(nll.item())
+
+
+def test_lr_schedules():
+    assert lr_factor("cosine", 0, 100, 10) == 1.0
+    assert lr_factor("cosine", 100, 100, 10) == pytest.approx(0.0)
+    # Burda et al.: 1 pass at 1e-3, 3 passes at 1e-3 * 10^(-1/7), ...
+    assert lr_factor("burda", 0, 10**6, 1) == 1.0
+    assert lr_factor("burda", 1, 10**6, 1) == pytest.approx(10 ** (-1 / 7))
+    assert lr_factor("burda", 3, 10**6, 1) == pytest.approx(10 ** (-1 / 7))
+    assert lr_factor("burda", 4, 10**6, 1) == pytest.approx(10 ** (-2 / 7))
+    with pytest.raises(PPModelsError, match="lr_schedule"):
+        lr_factor("linear", 0, 10, 1)
+
+
+def test_linear_gaussian_trains_with_every_reparameterized_objective():
+    m = LinearGaussian(5, 2, seed=1)
+    x = LinearGaussian(5, 2, seed=2).sample_data(256)
+    exact_before = m.log_marginal(x).mean().item()
+    for name, opts in [("elbo", {}), ("iwae", {"num_particles": 5}), ("dreg", {"num_particles": 5}),
+                       ("stl", {}), ("renyi", {"num_particles": 5, "alpha": 0.5}), ("meanfield", {})]:
+        m = LinearGaussian(5, 2, seed=1)
+        fit(m, x, steps=300, batch_size=64, lr=0.03, objective=name, device="cpu", **opts)
+        assert m.log_marginal(x).mean().item() > exact_before + 1.0, name
