@@ -51,8 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a zoo model by SVI on MNIST",
                        description="Train a zoo model by SVI on MNIST; writes history.csv, checkpoint.pt, "
                        "samples.png and reconstructions.png to --out and prints the test ELBO and NLL.")
-    t.add_argument("model", choices=["vae"], help="the zoo model")
-    t.add_argument("--preset", choices=sorted(PRESETS), default="pyro", help="architecture preset (default: pyro)")
+    t.add_argument("model", choices=["vae", "dvae"], help="the zoo model: vae, or dvae (discrete latents)")
+    t.add_argument("--preset", choices=sorted(PRESETS), default="pyro", help="vae architecture preset (default: pyro)")
+    t.add_argument("--latent", choices=["categorical", "mixture"], default="categorical",
+                   help="dvae: G x C categoricals, or a categorical mixture over a Gaussian z")
+    t.add_argument("--groups", type=_positive(int), help="dvae: categorical groups G (default 20)")
+    t.add_argument("--classes", type=_positive(int), help="dvae: classes C per group (default 10)")
     t.add_argument("--z-dim", type=_positive(int), help="latent size (overrides the preset)")
     t.add_argument("--hidden", type=_ints, help="hidden sizes, e.g. 200,200 (overrides the preset)")
     t.add_argument("--activation", help="activation (overrides the preset)")
@@ -148,7 +152,7 @@ def _report(model, test, num_samples: int, subset: int | None, seed: int) -> dic
         "nll_images": len(sub),
         "nll_samples": num_samples,
         "nll_seconds": time.perf_counter() - t0,
-        "active_units": sum(evaluate.active_units(model, test, generator=g).values()),
+        "active_units": sum(evaluate.active_units(model, test, generator=g).values()),  # continuous sites
     }
 
 
@@ -161,8 +165,8 @@ def _train(args: argparse.Namespace) -> None:
 
     if args.epochs is None and args.steps is None:
         raise PPModelsError("train: give --epochs N or --steps N")
-    config = dict(PRESETS[args.preset])
-    for key in ("z_dim", "hidden", "activation"):
+    config = dict(PRESETS[args.preset]) if args.model == "vae" else {"latent": args.latent}
+    for key in ("z_dim", "hidden", "activation") + (("groups", "classes") if args.model == "dvae" else ()):
         if getattr(args, key) is not None:
             config[key] = getattr(args, key)
     model = build(args.model, **config)

@@ -138,7 +138,8 @@ def active_units(
     generator: torch.Generator | None = None,
 ) -> dict[str, int]:
     r"""Active latent units per guide site (Burda et al. 2016): unit u is active when
-    :math:`\mathrm{Cov}_x\big(\mathbb E_{q(z|x)}[z_u]\big) > 0.01`. Uses each site's ``mean``."""
+    :math:`\mathrm{Cov}_x\big(\mathbb E_{q(z|x)}[z_u]\big) > 0.01`. Uses each continuous
+    (reparameterizable) site's ``mean``; discrete sites are skipped."""
     from pyro import poutine
     from pyro.poutine.util import prune_subsample_sites
 
@@ -149,6 +150,6 @@ def active_units(
         for batch in data.batches(batch_size, shuffle=False, generator=generator):
             trace = prune_subsample_sites(poutine.trace(obj.guide).get_trace(*batch))
             for name, site in trace.nodes.items():
-                if site["type"] == "sample" and not site["is_observed"]:
+                if site["type"] == "sample" and not site["is_observed"] and site["fn"].has_rsample:
                     means.setdefault(name, []).append(site["fn"].mean.reshape(len(batch[0]), -1))
     return {name: int((torch.cat(m).var(0) > threshold).sum()) for name, m in means.items()}

@@ -49,6 +49,22 @@ def test_train_with_each_objective(fake_mnist, tmp_path, capsys, objective):
     assert code == 0, err
 
 
+@pytest.mark.parametrize("latent,objective", [
+    ("categorical", ["--objective", "vimco", "-K", "3"]),
+    ("categorical", ["--objective", "reinforce", "--baseline", "neural"]),
+    ("mixture", ["--objective", "enum"]),
+    ("mixture", ["--objective", "reinforce", "--baseline", "decaying"]),
+])
+def test_train_discrete_vae(fake_mnist, tmp_path, capsys, latent, objective):
+    out_dir = tmp_path / "d"
+    code, out, err = run(["train", "dvae", "--latent", latent, "--groups", "4", "--classes", "3",
+                          "--out", str(out_dir), *TINY, *objective], capsys)
+    assert code == 0, err
+    assert json.loads((out_dir / "report.json").read_text())["test_nll"] > 0
+    code, out, err = run(["evaluate", str(out_dir), "--num-samples", "5", "--subset", "5", "--device", "cpu"], capsys)
+    assert code == 0, err
+
+
 @pytest.mark.parametrize("args,message", [
     (["train", "vae", "--epochs", "-1", "--out", "x"], "expected a positive int"),
     (["train", "vae", "--objective", "nope", "--epochs", "1", "--out", "x"], "invalid choice"),

@@ -1,14 +1,16 @@
 """The zoo: one family per module, each with its model, guide and any closed forms."""
 
+from .conjugate import CategoricalGaussian, LinearGaussian
+from .discrete_vae import DiscreteVAE
 from .vae import PRESETS, VAE
 
-__all__ = ["VAE", "PRESETS"]
+__all__ = ["VAE", "PRESETS", "DiscreteVAE", "LinearGaussian", "CategoricalGaussian"]
 
 from typing import Any
 
 from ..utils import PPModelsError
 
-REGISTRY: dict[str, type] = {"vae": VAE}
+REGISTRY: dict[str, type] = {"vae": VAE, "dvae": DiscreteVAE}
 
 
 def build(family: str, **config: Any) -> Any:
