@@ -19,20 +19,24 @@ from .base import LogWeights, Objective
 __all__ = ["Elbo", "elbo_surrogate"]
 
 
-def elbo_surrogate(lw: LogWeights) -> tuple[Tensor, Tensor]:
+def elbo_surrogate(lw: LogWeights, baseline: Tensor | float = 0.0) -> tuple[Tensor, Tensor]:
     r"""``(bound, surrogate)`` per unit of the K-particle ELBO, from log weights.
 
-    surrogate :math:`= \frac1K \sum_k \big[\log w_k + \frac NB \sum_b \overline{\log w_{kb}}\,
-    \log q(z_{kb}) + \overline{\log w_k}\, \log q(z^{\mathrm{global}}_k)\big]` (bars: detached).
+    surrogate :math:`= \frac1K \sum_k \big[\log w_k + \frac NB \sum_b (\overline{\log w_{kb}} - b_b)\,
+    \log q(z_{kb}) + (\overline{\log w_k} - b)\, \log q(z^{\mathrm{global}}_k)\big]` (bars: detached;
+    ``baseline`` :math:`b`: per datapoint, or per batch when there are global latents).
     """
     if lw.local is not None and not lw.global_latents:  # one unit per datapoint
         per = lw.scale * lw.local + lw.global_[:, None] / lw.local.shape[1]  # (K, B)
-        surrogate = per + lw.scale * lw.local.detach() * lw.local_score if lw.has_score else per
+        if lw.has_score:
+            surrogate = per + lw.scale * (lw.local.detach() - baseline) * lw.local_score
+        else:
+            surrogate = per
         return per.mean(0), surrogate.mean(0)
     total = lw.total()
     surrogate = total
     if lw.has_score:
-        surrogate = surrogate + total.detach() * lw.global_score
+        surrogate = surrogate + (total.detach() - baseline) * lw.global_score
         if lw.local is not None:
             surrogate = surrogate + lw.scale * (lw.local.detach() * lw.local_score).sum(-1)
     return total.mean(0)[None], surrogate.mean(0)[None]

@@ -1,16 +1,19 @@
-r"""REINFORCE: score-function ELBO gradients with baselines (TraceGraph_ELBO semantics;
-Williams 1992; Mnih & Gregor 2014 for the neural baseline).
+r"""REINFORCE: score-function ELBO gradients with baselines (Williams 1992; Mnih & Gregor 2014).
 
-Bound: the ELBO. At each non-reparameterized guide site z,
+Bound: the ELBO. At the non-reparameterized guide sites of datapoint b, with
+:math:`\log w_{kb}` that datapoint's log weight (its downstream cost: every model and guide
+term of the datapoint, as TraceGraph_ELBO's dependency graph gives for per-datapoint latents),
 
-.. math:: \hat\nabla_\phi = \big(c_z - b_z\big)\,\nabla_\phi \log q(z) + \text{pathwise terms}
+.. math:: \hat\nabla_\phi = \frac1K\sum_k \big(\log w_{kb} - b_b\big)\,\nabla_\phi \log q(z_{kb} \mid x_b)
+          + \text{pathwise terms}
 
-where :math:`c_z` is the sum of the cost terms downstream of z in the dependency graph
-(Rao-Blackwellized, Schulman et al. 2015) and :math:`b_z` a baseline: ``"none"``,
-``"decaying"`` (an exponential moving average of :math:`c_z`, weight ``beta``) or
-``"neural"`` (a network of the batch, trained by :math:`(c_z - b_z)^2`). Unlike Pyro's
-``TraceGraph_ELBO``, this objective has ``differentiable_loss``: its value is minus the
-ELBO estimate and its gradient the estimator above plus the baseline's regression loss.
+with the baseline :math:`b_b`: ``"none"``; ``"decaying"``, an exponential moving average
+(weight ``beta``) of past mean log weights, kept as a (gradient-free) Pyro param so it is
+checkpointed; or ``"neural"``, a network of :math:`x_b` trained by :math:`(\log w_{kb} - b_b)^2`
+(its gradient is added to the surrogate; it does not bias the estimator because the baseline
+does not depend on :math:`z_{kb}`). Models with global latents get a batch-level baseline
+(``"none"`` or ``"decaying"``). Vectorized over particles, and, unlike Pyro's
+``TraceGraph_ELBO``, with ``differentiable_loss``.
 """
 
 from __future__ import annotations
@@ -19,23 +22,20 @@ from typing import Any, Callable
 
 import pyro
 import torch
-from pyro import poutine
-from pyro.infer import TraceGraph_ELBO
 from torch import Tensor, nn
 
 from ..utils import PPModelsError
-from .base import Objective
+from .elbo import Elbo, elbo_surrogate
 
-__all__ = ["Reinforce"]
+__all__ = ["Reinforce", "BASELINES"]
 
 BASELINES = ("none", "decaying", "neural")
 
 
-class Reinforce(Objective):
+class Reinforce(Elbo):
     """``"reinforce"``: score-function ELBO gradients with a baseline."""
 
     name = "reinforce"
-    per_unit = False
 
     def __init__(
         self,
@@ -56,42 +56,37 @@ class Reinforce(Objective):
         self.baseline, self.beta, self.hidden = baseline, beta, hidden
         self.baseline_net = baseline_net
         self.baseline_input = baseline_input or (lambda *args, **kwargs: args[0])
-        self._elbo = TraceGraph_ELBO(
-            num_particles=num_particles,
-            vectorize_particles=self.vectorize_particles,
-            max_plate_nesting=float("inf") if self.max_plate_nesting is None else self.max_plate_nesting,
-        )
 
     def options(self) -> dict[str, Any]:
         return {**super().options(), "baseline": self.baseline, "beta": self.beta}
 
-    def _guide_with_baselines(self, guide: Callable, args: tuple, kwargs: dict) -> Callable:
-        if self.baseline == "none":
-            return guide
-        if self.baseline == "decaying":
-            options: dict[str, Any] = {"use_decaying_avg_baseline": True, "baseline_beta": self.beta}
-        else:
-            x = self.baseline_input(*args, **kwargs).detach()
-            x = x.reshape(x.shape[0], -1)
-            if self.baseline_net is None:
-                self.baseline_net = nn.Sequential(
-                    nn.Linear(x.shape[-1], self.hidden), nn.Tanh(), nn.Linear(self.hidden, 1), nn.Flatten(0)
-                ).to(x.device)
-            net = pyro.module("reinforce_baseline", self.baseline_net)
-            options = {"nn_baseline": net, "nn_baseline_input": x}
-
-        def config(msg: dict) -> dict:
-            if msg["type"] == "sample" and not msg["is_observed"] and not msg["fn"].has_rsample:
-                return {"baseline": dict(options)}
-            return {}
-
-        return poutine.infer_config(guide, config)
+    def _neural(self, args: tuple, kwargs: dict) -> Tensor:
+        x = self.baseline_input(*args, **kwargs).detach()
+        x = x.reshape(x.shape[0], -1)
+        if self.baseline_net is None:
+            self.baseline_net = nn.Sequential(
+                nn.Linear(x.shape[-1], self.hidden), nn.Tanh(), nn.Linear(self.hidden, 1), nn.Flatten(0)
+            ).to(x.device)
+        return pyro.module("reinforce_baseline", self.baseline_net)(x)
 
     def surrogate_units(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
-        guide = self._guide_with_baselines(guide, args, kwargs)
-        elbo, surrogate_loss = self._elbo._loss_and_surrogate_loss(model, guide, args, kwargs)
-        return torch.as_tensor(elbo).reshape(1), -surrogate_loss.reshape(1)
-
-    def loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
-        with torch.no_grad():
-            return float(self._elbo.loss(model, guide, *args, **kwargs))
+        lw, _ = self.draw(model, guide, args, kwargs)
+        per_datapoint = lw.local is not None and not lw.global_latents
+        signal = (lw.local if per_datapoint else lw.total()[:, None]).detach()  # (K, U)
+        if self.baseline == "none" or not lw.has_score:
+            return elbo_surrogate(lw)
+        if self.baseline == "decaying":
+            avg = pyro.param("reinforce_baseline_avg", lambda: signal.mean().detach().clone())
+            baseline = avg.detach().clone()
+            with torch.no_grad():
+                avg.mul_(self.beta).add_((1 - self.beta) * signal.mean())
+            return elbo_surrogate(lw, baseline)
+        if not per_datapoint:
+            raise PPModelsError(
+                "objective 'reinforce': the neural baseline needs per-datapoint latents (the model has "
+                f"global latents {list(lw.global_latents)}); use baseline='decaying'"
+            )
+        b = self._neural(args, kwargs)  # (B,)
+        bound, surrogate = elbo_surrogate(lw, b.detach())
+        regression = ((signal - b) ** 2).mean(0)  # (B,), trains the baseline network
+        return bound, surrogate - regression

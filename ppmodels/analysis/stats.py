@@ -1,0 +1,73 @@
+r"""Array functions: streaming first and second moments of gradient replicates, and the
+statistics of the estimator-variance study computed from them.
+
+For R replicates :math:`g_r \in \mathbb R^P` with mean :math:`m` and per-coordinate standard
+deviation :math:`s`, against a reference gradient :math:`g^*`:
+
+- total variance :math:`\sum_p s_p^2` (the trace of the covariance),
+- SNR :math:`\frac1P\sum_p |m_p| / s_p` (Rainforth et al. 2018),
+- bias :math:`\|m - g^*\|`, z-scores :math:`(m_p - g^*_p) / (s_p/\sqrt R)`, cosine :math:`\cos(m, g^*)`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = ["Moments", "statistics"]
+
+
+class Moments:
+    """Running sums of replicate gradients (float64), one coordinate per column."""
+
+    def __init__(self, size: int, device: torch.device | str = "cpu") -> None:
+        self.n = 0
+        self.sum = torch.zeros(size, dtype=torch.float64, device=device)
+        self.sumsq = torch.zeros(size, dtype=torch.float64, device=device)
+
+    def update(self, grads: Tensor) -> None:
+        """Add a (r, P) block of replicates."""
+        g = grads.to(torch.float64)
+        self.n += g.shape[0]
+        self.sum += g.sum(0)
+        self.sumsq += (g * g).sum(0)
+
+    @property
+    def mean(self) -> Tensor:
+        return self.sum / self.n
+
+    @property
+    def var(self) -> Tensor:
+        """Unbiased per-coordinate variance."""
+        if self.n < 2:
+            return torch.full_like(self.sum, float("nan"))
+        return ((self.sumsq - self.n * self.mean**2) / (self.n - 1)).clamp_min(0.0)
+
+
+def statistics(mean: Tensor, var: Tensor, n: int, reference: Tensor | None = None) -> dict[str, float]:
+    """The study's statistics for one block of coordinates (see module docstring)."""
+    sd = var.sqrt()
+    scale = mean.abs().max().clamp_min(1e-12)
+    noisy = sd > 1e-9 * scale
+    snr_terms = mean.abs()[noisy] / sd[noisy]
+    out = {
+        "mean_norm": float(mean.norm()),
+        "total_variance": float(var.sum()),
+        "snr": float(snr_terms.mean()) if noisy.any() else math.inf,
+        "bias_norm": math.nan,
+        "max_abs_z": math.nan,
+        "cosine": math.nan,
+    }
+    if reference is not None:
+        ref = reference.to(mean)
+        diff = mean - ref
+        se = sd / math.sqrt(n)
+        exact_match = diff.abs() <= 1e-6 * (1 + ref.abs())
+        z = torch.where(noisy, diff / se.clamp_min(1e-300), torch.where(exact_match, 0.0, math.inf))
+        out["bias_norm"] = float(diff.norm())
+        out["max_abs_z"] = float(z.abs().max()) if z.numel() else math.nan
+        denom = mean.norm() * ref.norm()
+        out["cosine"] = float(mean @ ref / denom) if denom > 0 else math.nan
+    return out

@@ -1,0 +1,189 @@
+r"""The estimator-variance study: :func:`gradient_study`.
+
+For each objective and particle count K, R replicate gradient estimates are drawn (vectorized,
+see :mod:`ppmodels.analysis.replicates`), reduced to streaming moments per coordinate, and
+summarised per parameter group against a reference gradient:
+
+- ``exact="auto"``: the model's closed form — the object behind ``model`` may define
+  ``exact_objective(objective, *args) -> Tensor | None``, the exact expected bound, whose
+  autograd gradient is the reference (``LinearGaussian``, ``CategoricalGaussian``);
+- ``exact="<objective>"`` (or a configured objective): a high-replicate estimate from that
+  estimator (``reference_replicates``), said as such in the ``reference`` column;
+- ``exact=None``: no reference (bias columns are NaN).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+import pyro
+import torch
+from pyro import poutine
+from torch import Tensor
+
+from ..objectives import Objective, make
+from ..protocol import ModelGuide
+from ..utils import PPModelsError, resolve_device
+from .replicates import flat_grad, replicate_gradients
+from .stats import Moments, statistics
+
+__all__ = ["gradient_study", "parameter_groups", "COLUMNS"]
+
+COLUMNS = ["objective", "num_particles", "group", "replicates", "mean_norm", "bias_norm", "max_abs_z",
+           "total_variance", "snr", "cosine", "seconds", "work_variance", "reference"]
+
+
+def parameter_groups(model: Callable, guide: Callable, *args: Any) -> dict[str, list[Tensor]]:
+    """``{"model": [...], "guide": [...]}``: the parameters log p(x, z) depends on (z held
+    fixed) and those log q(z | x) depends on — decoder vs encoder, found by autograd."""
+    with poutine.trace(param_only=True) as pt:
+        guide_trace = poutine.trace(guide).get_trace(*args)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args)
+    candidates = list({id(p): p for p in (s["value"].unconstrained() for s in pt.trace.nodes.values())}.values())
+    owner = getattr(model, "__self__", None)
+    if isinstance(owner, torch.nn.Module):
+        known = {id(p) for p in candidates}
+        candidates += [p for p in owner.parameters() if id(p) not in known]
+    candidates = [p for p in candidates if p.requires_grad]
+    groups: dict[str, list[Tensor]] = {}
+    for name, trace in (("model", model_trace), ("guide", guide_trace)):
+        total = sum(site["fn"].log_prob(site["value"].detach()).sum()
+                    for site in trace.nodes.values() if site["type"] == "sample")
+        grads = torch.autograd.grad(total, candidates, allow_unused=True, retain_graph=True)
+        groups[name] = [p for p, g in zip(candidates, grads) if g is not None and bool(g.abs().sum() > 0)]
+    return groups
+
+
+def _with_particles(objective: str | Objective, K: int) -> Objective:
+    if isinstance(objective, str):
+        return make(objective, num_particles=K)
+    options = {**objective.options(), "num_particles": K}
+    return type(objective)(**options)
+
+
+def _seconds_per_estimate(objective: Objective, model: Callable, guide: Callable, args: tuple,
+                          params: list[Tensor], repeats: int = 5) -> float:
+    """Median wall time of one gradient estimate (loss + backward), as training pays it."""
+    times = []
+    for _ in range(repeats + 1):
+        t0 = time.perf_counter()
+        loss = objective.differentiable_loss(model, guide, *args)
+        torch.autograd.grad(loss, params, allow_unused=True)
+        if params[0].is_cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    times = sorted(times[1:])
+    return times[len(times) // 2]
+
+
+def gradient_study(
+    model: Callable,
+    guide: Callable,
+    *args: Any,
+    objectives: Sequence[str | Objective] = ("elbo", "iwae", "dreg"),
+    num_particles: Sequence[int] = (1, 5, 50),
+    replicates: int = 1000,
+    params: dict[str, Sequence[Tensor]] | None = None,
+    exact: str | Objective | None = "auto",
+    reference_replicates: int = 10000,
+    device: str | torch.device = "auto",
+    seed: int = 0,
+    memory: int = 1 << 28,
+    progress: bool | None = None,
+) -> "pandas.DataFrame":  # noqa: F821
+    """Bias, variance and SNR of each objective's gradient estimator, one row per
+    (objective, K, parameter group); see :data:`COLUMNS` and the module docstring."""
+    import pandas as pd
+
+    device = resolve_device(device)
+    owner = getattr(model, "__self__", None)
+    if isinstance(owner, torch.nn.Module):
+        owner.to(device)
+    args = tuple(a.to(device) if torch.is_tensor(a) else a for a in args)
+    pair = ModelGuide(model, guide)
+    pyro.set_rng_seed(seed)
+    with pyro.validation_enabled(False):
+        groups = {k: list(v) for k, v in (params or parameter_groups(model, guide, *args)).items()}
+    groups = {k: v for k, v in groups.items() if v}
+    if not groups:
+        raise PPModelsError("gradient_study: no parameter group has parameters")
+    all_params = list({id(p): p for ps in groups.values() for p in ps}.values())
+    offsets, start = {}, 0
+    for p in all_params:
+        offsets[id(p)] = slice(start, start + p.numel())
+        start += p.numel()
+    index = {g: torch.cat([torch.arange(offsets[id(p)].start, offsets[id(p)].stop) for p in ps])
+             for g, ps in groups.items()}
+    P = start
+    chunk = max(1, min(replicates, memory // (8 * P)))
+    references: dict[str, Tensor] = {}
+    skipped: list[str] = []
+    rows = []
+    show = sys.stderr.isatty() if progress is None else progress
+    for spec in objectives:
+        for K in num_particles:
+            try:
+                objective = _with_particles(spec, K)
+            except PPModelsError as e:
+                skipped.append(f"{spec if isinstance(spec, str) else spec.name} K={K}: {e}")
+                continue
+            if objective.name == "enum" and K != num_particles[0]:
+                continue  # exact: the particle count does not matter
+            label = f"{objective.name}"
+            if show:
+                print(f"gradient_study: {label} K={K}", file=sys.stderr)
+            pyro.set_rng_seed(seed)
+            moments = Moments(P, device)
+            try:
+                for r0 in range(0, replicates, chunk):
+                    r = min(chunk, replicates - r0)
+                    grads, _ = replicate_gradients(objective, pair, args, all_params, r, seed=seed + r0)
+                    moments.update(grads)
+            except PPModelsError as e:
+                skipped.append(f"{label} K={K}: {e}")
+                continue
+            seconds = _seconds_per_estimate(objective, model, guide, args, all_params)
+            ref, ref_name = _reference(exact, objective, owner, pair, args, all_params, references,
+                                       reference_replicates, seed, chunk)
+            mean, var = moments.mean, moments.var
+            for group, idx in index.items():
+                stats = statistics(mean[idx], var[idx], moments.n, None if ref is None else ref[idx])
+                rows.append({"objective": label, "num_particles": K, "group": group, "replicates": moments.n,
+                             **stats, "seconds": seconds, "work_variance": stats["total_variance"] * seconds,
+                             "reference": ref_name})
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    import pyro as _pyro
+
+    df.attrs.update({
+        "model": type(owner).__name__ if owner is not None else getattr(model, "__name__", "model"),
+        "seed": seed, "device": str(device), "replicates": replicates,
+        "groups": {g: int(len(i)) for g, i in index.items()},
+        "versions": {"torch": torch.__version__, "pyro": _pyro.__version__},
+        "skipped": skipped,
+    })
+    return df
+
+
+def _reference(exact, objective: Objective, owner, pair, args, params, cache, reps, seed, chunk):
+    """``(reference gradient (P,) or None, description)`` for ``objective``."""
+    if exact is None:
+        return None, "none"
+    if exact == "auto":
+        fn = getattr(owner, "exact_objective", None)
+        target = fn(objective, *args) if fn is not None else None
+        if target is None:
+            return None, "none (no closed form)"
+        grads = torch.autograd.grad(-target, params, allow_unused=True)
+        return flat_grad(grads, params).to(torch.float64), "exact (closed form)"
+    ref_obj = make(exact) if isinstance(exact, str) else exact
+    key = repr(ref_obj)
+    if key not in cache:
+        moments = Moments(sum(p.numel() for p in params), params[0].device)
+        for r0 in range(0, reps, chunk):
+            r = min(chunk, reps - r0)
+            grads, _ = replicate_gradients(ref_obj, pair, args, params, r, seed=seed + 10**6 + r0)
+            moments.update(grads)
+        cache[key] = moments.mean
+    return cache[key], f"estimate: {key}, R={reps}"
