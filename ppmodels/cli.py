@@ -97,6 +97,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
 
+    v = sub.add_parser("variance", help="bias, variance and SNR of objectives' gradient estimators",
+                       description="Study gradient estimators: R replicate gradients per objective and K, summarised "
+                       "per parameter group (model/guide) against the exact gradient where one is known. Writes "
+                       "study.csv and study.png to --out and prints the table.")
+    v.add_argument("--model", required=True,
+                   help="vae, dvae, linear-gaussian, categorical-gaussian, gaussian-toy, or a trained RUN_DIR")
+    v.add_argument("--objectives", default="elbo,iwae,dreg",
+                   help="comma-separated names; options after colons, e.g. renyi:alpha=0.5,reinforce:baseline=neural")
+    v.add_argument("--num-particles", type=_ints, default=(1, 5, 50), help="K values, e.g. 1,5,50")
+    v.add_argument("--replicates", type=_positive(int), default=500)
+    v.add_argument("--batch-size", type=_positive(int), default=16, help="datapoints in the studied batch")
+    v.add_argument("--exact", default="auto", help="auto (closed form), none, or an objective name to estimate it")
+    v.add_argument("--out", required=True)
+    v.add_argument("--device", default="auto")
+    v.add_argument("--seed", type=int, default=0)
+
     d = sub.add_parser("data", help="fetch MNIST into the cache",
                        description="Fetch MNIST into $PPMODELS_DATA (default ~/.cache/ppmodels) and report the sources.")
     d.add_argument("--root", default=None)
@@ -220,6 +236,81 @@ def _sample(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
+def _parse_objective(spec: str):
+    from .objectives import make
+    from .utils import PPModelsError
+
+    name, *opts = spec.strip().split(":")
+    options: dict[str, Any] = {}
+    for opt in opts:
+        key, sep, value = opt.partition("=")
+        if not sep:
+            raise PPModelsError(f"objective option {opt!r} in {spec!r}: expected key=value")
+        for cast in (int, float):
+            try:
+                options[key] = cast(value)
+                break
+            except ValueError:
+                continue
+        else:
+            options[key] = {"true": True, "false": False}.get(value.lower(), value)
+    return make(name, **options)
+
+
+def _study_target(args: argparse.Namespace):
+    """``(model object, batch, params or None)`` for ``--model``."""
+    import torch
+
+    from . import data
+    from .models import CategoricalGaussian, DiscreteVAE, LinearGaussian, VAE
+    from .models.conjugate import gaussian_toy
+    from .utils import PPModelsError, resolve_device
+
+    name, B = args.model, args.batch_size
+    dev = resolve_device(args.device)
+    torch.manual_seed(args.seed)
+    if name == "linear-gaussian":
+        m = LinearGaussian(5, 2, seed=args.seed)
+        return m, (m.sample_data(B, seed=args.seed + 1),), None
+    if name == "categorical-gaussian":
+        m = CategoricalGaussian(3, 2, seed=args.seed)
+        return m, (torch.randn(B, 2, generator=torch.Generator().manual_seed(args.seed)) * 2,), None
+    if name == "gaussian-toy":
+        m, x = gaussian_toy(seed=args.seed)
+        return m, (x[:B],), {"model": [m.b], "guide": [m.A, m.c]}
+    if name in ("vae", "dvae"):
+        m = VAE.preset("burda") if name == "vae" else DiscreteVAE("categorical")
+        test = data.mnist(binarize="fixed", device=dev)["test"]
+        return m.to(dev), (test.subset(B).full()[0],), None
+    if Path(name).is_dir():
+        m, ckpt, dev = _load_run(name, args.device)
+        test = data.mnist(binarize="fixed", device=dev)["test"]
+        return m, (test.subset(B).full()[0],), None
+    raise PPModelsError(f"--model {name!r}: expected vae, dvae, linear-gaussian, categorical-gaussian, "
+                        "gaussian-toy or a run directory")
+
+
+def _variance(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from .analysis import gradient_study, plot_study
+
+    objectives = [_parse_objective(s) for s in args.objectives.split(",") if s.strip()]
+    m, batch, params = _study_target(args)
+    exact = None if args.exact == "none" else (args.exact if args.exact == "auto" else _parse_objective(args.exact))
+    df = gradient_study(m.model, m.guide, *batch, objectives=objectives, num_particles=args.num_particles,
+                        replicates=args.replicates, params=params, exact=exact, device=args.device, seed=args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / "study.csv", index=False)
+    plot_study(df, out / "study.png", title=f"{args.model}: R={args.replicates}, batch {args.batch_size}")
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(df.drop(columns=["reference"]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    for line in df.attrs.get("skipped", []):
+        print(f"skipped: {line}")
+    print(f"reference: {df['reference'].iloc[0] if len(df) else 'none'}; wrote {out}/study.csv, study.png")
+
+
 def _data(args: argparse.Namespace) -> None:
     from . import data
 
@@ -234,7 +325,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .utils import PPModelsError
 
     try:
-        {"train": _train, "evaluate": _evaluate, "sample": _sample, "data": _data}[args.command](args)
+        commands = {"train": _train, "evaluate": _evaluate, "sample": _sample, "variance": _variance, "data": _data}
+        commands[args.command](args)
     except PPModelsError as e:
         print(f"ppmodels: error: {e}", file=sys.stderr)
         return 2

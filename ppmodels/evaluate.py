@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from .data import TensorData
-from .objectives.base import guess_max_plate_nesting, log_weights, particle_traces
+from .objectives.base import guess_max_plate_nesting, log_weights, particle_traces, trace_numel
 from .protocol import as_pair, check_batch
 from .utils import PPModelsError, model_name
 
@@ -57,13 +57,7 @@ def _bytes_per_unit(obj: Any, batch: tuple, mpn: int) -> int:
     """Rough memory per (particle, datapoint): 16 bytes per number the traces hold."""
     with torch.no_grad():
         traces = particle_traces(obj.model, obj.guide, batch, {}, 2, mpn)
-    numel = 0
-    for trace in traces:
-        for site in trace.nodes.values():
-            if site["type"] == "sample":
-                fn = site["fn"]
-                numel += site["value"].numel() + math.prod(fn.batch_shape + fn.event_shape)
-    return max(1, 16 * numel // (2 * len(batch[0])))
+    return max(1, 16 * trace_numel(*traces) // (2 * len(batch[0])))
 
 
 def log_likelihood(

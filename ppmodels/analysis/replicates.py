@@ -3,10 +3,15 @@ r"""Replicate gradient estimates: R independent draws of an objective's gradient
 Vectorized path (objectives with per-datapoint units, models whose latents are all local): the
 batch is repeated R times along the data plate, so one forward pass draws every replicate's
 particles, and the surrogate is summed per replicate, :math:`S \in \mathbb R^R`. The Jacobian
-:math:`J = \partial S / \partial \theta` (R × P) then comes from the double-backward trick:
-:math:`g(u) = J^\top u` with ``create_graph=True``, and :math:`J = \partial g / \partial u`
-by one batched backward pass over the P coordinates — cost O(P) passes, independent of R.
-When P > R the rows are taken directly, chunked (``is_grads_batched`` over replicates).
+:math:`J = \partial S / \partial \theta` (R × P) then comes from one of two batched backward
+passes, whichever costs less:
+
+- few parameters (P ≤ 64): the double-backward trick, :math:`g(u) = J^\top u` with
+  ``create_graph=True`` and :math:`J = \partial g / \partial u` batched over the P
+  coordinates — P vector-Jacobian products for all R replicates at once;
+- many parameters: the rows directly, ``is_grads_batched`` over chunks of at most 32
+  replicates (each chunk's backward costs chunk × one pass, but the Python and tracing overhead
+  is paid once per chunk).
 Otherwise (global latents, objectives with U = 1): the loop path, R forward/backward passes.
 """
 
@@ -21,7 +26,10 @@ from torch import Tensor
 from ..objectives import Objective, make
 from ..utils import PPModelsError
 
-__all__ = ["replicate_gradients", "flat_grad"]
+__all__ = ["replicate_gradients", "flat_grad", "FEW_PARAMETERS", "ROWS_CHUNK"]
+
+FEW_PARAMETERS = 64  # up to this many coordinates: the double-backward Jacobian
+ROWS_CHUNK = 32  # otherwise: at most this many replicates per batched backward
 
 
 def flat_grad(grads: Sequence[Tensor | None], params: Sequence[Tensor], batch_shape: tuple = ()) -> Tensor:
@@ -62,7 +70,7 @@ def replicate_gradients(
     pyro.set_rng_seed(seed)
     with pyro.validation_enabled(False):
         if vectorize and objective.per_unit:
-            chunk = chunk or (replicates if P <= 4 * replicates else 16)
+            chunk = min(chunk or replicates, replicates if P <= FEW_PARAMETERS else ROWS_CHUNK)
             out_g, out_b = [], []
             for start in range(0, replicates, chunk):
                 r = min(chunk, replicates - start)
@@ -87,7 +95,7 @@ def _jacobian(S: Tensor, params: list[Tensor]) -> Tensor:
     """:math:`\partial S_r / \partial \theta`, shape (R, P), for a vector ``S`` of R independent terms."""
     R = S.shape[0]
     P = sum(p.numel() for p in params)
-    if P <= 4 * R:  # double-backward: P passes
+    if P <= FEW_PARAMETERS:  # double-backward: P vector-Jacobian products
         u = torch.ones(R, dtype=S.dtype, device=S.device, requires_grad=True)
         g = flat_grad(torch.autograd.grad(S, params, grad_outputs=u, create_graph=True, allow_unused=True), params)
         if not g.requires_grad:  # the gradient does not depend on S's weights: rows are equal

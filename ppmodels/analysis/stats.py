@@ -5,7 +5,9 @@ For R replicates :math:`g_r \in \mathbb R^P` with mean :math:`m` and per-coordin
 deviation :math:`s`, against a reference gradient :math:`g^*`:
 
 - total variance :math:`\sum_p s_p^2` (the trace of the covariance),
-- SNR :math:`\frac1P\sum_p |m_p| / s_p` (Rainforth et al. 2018),
+- SNR :math:`\frac1P\sum_p |m_p| / s_p` (Rainforth et al. 2018), with :math:`|m_p|` debiased:
+  :math:`\widehat{|E g_p|} = \sqrt{\max(m_p^2 - s_p^2/R,\, 0)}`, since :math:`E[m_p^2] = (E g_p)^2 + \sigma_p^2/R`
+  (without it a coordinate whose true gradient is zero shows an SNR floor of about :math:`1/\sqrt R`),
 - bias :math:`\|m - g^*\|`, z-scores :math:`(m_p - g^*_p) / (s_p/\sqrt R)`, cosine :math:`\cos(m, g^*)`.
 """
 
@@ -51,7 +53,8 @@ def statistics(mean: Tensor, var: Tensor, n: int, reference: Tensor | None = Non
     sd = var.sqrt()
     scale = mean.abs().max().clamp_min(1e-12)
     noisy = sd > 1e-9 * scale
-    snr_terms = mean.abs()[noisy] / sd[noisy]
+    signal = (mean**2 - var / n).clamp_min(0.0).sqrt()  # debiased |E g|
+    snr_terms = signal[noisy] / sd[noisy]
     out = {
         "mean_norm": float(mean.norm()),
         "total_variance": float(var.sum()),

@@ -24,9 +24,10 @@ from pyro import poutine
 from torch import Tensor
 
 from ..objectives import Objective, make
+from ..objectives.base import trace_numel
 from ..protocol import ModelGuide
 from ..utils import PPModelsError, resolve_device
-from .replicates import flat_grad, replicate_gradients
+from .replicates import FEW_PARAMETERS, ROWS_CHUNK, flat_grad, replicate_gradients
 from .stats import Moments, statistics
 
 __all__ = ["gradient_study", "parameter_groups", "COLUMNS"]
@@ -63,6 +64,18 @@ def _with_particles(objective: str | Objective, K: int) -> Objective:
     return type(objective)(**options)
 
 
+def _chunk(objective: Objective, model: Callable, guide: Callable, args: tuple, P: int, replicates: int,
+           memory: int) -> int:
+    """Replicates per vectorized pass so that the traces and the batched backward over them
+    (4 bytes × 4 a number, times the batch of the backward: P or the replicate chunk; see
+    :mod:`.replicates`) and the (chunk, P) gradients fit in ``memory``."""
+    with torch.no_grad():
+        _, pairs = objective.draw(model, guide, args, {})
+    batched = P if P <= FEW_PARAMETERS else ROWS_CHUNK
+    per_replicate = 16 * batched * sum(trace_numel(*pair) for pair in pairs) + 8 * P
+    return int(max(1, min(replicates, memory // per_replicate)))
+
+
 def _seconds_per_estimate(objective: Objective, model: Callable, guide: Callable, args: tuple,
                           params: list[Tensor], repeats: int = 5) -> float:
     """Median wall time of one gradient estimate (loss + backward), as training pays it."""
@@ -90,7 +103,7 @@ def gradient_study(
     reference_replicates: int = 10000,
     device: str | torch.device = "auto",
     seed: int = 0,
-    memory: int = 1 << 28,
+    memory: int = 1 << 30,
     progress: bool | None = None,
 ) -> "pandas.DataFrame":  # noqa: F821
     """Bias, variance and SNR of each objective's gradient estimator, one row per
@@ -117,7 +130,6 @@ def gradient_study(
     index = {g: torch.cat([torch.arange(offsets[id(p)].start, offsets[id(p)].stop) for p in ps])
              for g, ps in groups.items()}
     P = start
-    chunk = max(1, min(replicates, memory // (8 * P)))
     references: dict[str, Tensor] = {}
     skipped: list[str] = []
     rows = []
@@ -131,9 +143,10 @@ def gradient_study(
                 continue
             if objective.name == "enum" and K != num_particles[0]:
                 continue  # exact: the particle count does not matter
-            label = f"{objective.name}"
+            label = objective.label
             if show:
                 print(f"gradient_study: {label} K={K}", file=sys.stderr)
+            chunk = _chunk(objective, model, guide, args, P, replicates, memory)
             pyro.set_rng_seed(seed)
             moments = Moments(P, device)
             try:
@@ -146,7 +159,7 @@ def gradient_study(
                 continue
             seconds = _seconds_per_estimate(objective, model, guide, args, all_params)
             ref, ref_name = _reference(exact, objective, owner, pair, args, all_params, references,
-                                       reference_replicates, seed, chunk)
+                                       reference_replicates, seed)
             mean, var = moments.mean, moments.var
             for group, idx in index.items():
                 stats = statistics(mean[idx], var[idx], moments.n, None if ref is None else ref[idx])
@@ -166,7 +179,7 @@ def gradient_study(
     return df
 
 
-def _reference(exact, objective: Objective, owner, pair, args, params, cache, reps, seed, chunk):
+def _reference(exact, objective: Objective, owner, pair, args, params, cache, reps, seed):
     """``(reference gradient (P,) or None, description)`` for ``objective``."""
     if exact is None:
         return None, "none"
@@ -181,6 +194,7 @@ def _reference(exact, objective: Objective, owner, pair, args, params, cache, re
     key = repr(ref_obj)
     if key not in cache:
         moments = Moments(sum(p.numel() for p in params), params[0].device)
+        chunk = _chunk(ref_obj, pair.model, pair.guide, args, len(moments.sum), reps, 1 << 30)
         for r0 in range(0, reps, chunk):
             r = min(chunk, reps - r0)
             grads, _ = replicate_gradients(ref_obj, pair, args, params, r, seed=seed + 10**6 + r0)

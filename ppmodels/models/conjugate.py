@@ -218,18 +218,23 @@ class CategoricalGaussian(nn.Module):
         return self.exact_bound(x, K, lambda lw: (torch.logsumexp((1 - alpha) * lw, 0) - math.log(K)) / (1 - alpha)).sum()
 
 
-def gaussian_toy(dim: int = 20, n: int = 1024, seed: int = 0) -> tuple[LinearGaussian, Tensor]:
-    """Rainforth et al. (2018): :math:`z \\sim \\mathcal N(\\mu, I)`, :math:`x|z \\sim \\mathcal N(z, I)`,
-    :math:`q(z|x) = \\mathcal N(Ax + b, \\tfrac23 I)`, D = 20, N = 1024, as a LinearGaussian
-    (W = I, Ψ = I, the prior mean carried by b). Returns the model and its data."""
+def gaussian_toy(dim: int = 20, n: int = 1024, seed: int = 0, noise: float = 0.01) -> tuple[LinearGaussian, Tensor]:
+    """Rainforth et al. (2018): :math:`z \sim \mathcal N(\mu, I)`, :math:`x|z \sim \mathcal N(z, I)`,
+    :math:`q(z|x) = \mathcal N(Ax + b, \tfrac23 I)`, D = 20, N = 1024, as a LinearGaussian
+    (W = I, Ψ = I, the prior mean carried by b; z is the offset from μ). Parameters are set to
+    the optimum (μ = mean x, A = I/2, guide offset −μ/2) plus N(0, ``noise``²), the paper's
+    evaluation point. Returns the model and its data."""
     g = torch.Generator().manual_seed(seed)
     model = LinearGaussian(dim, dim, seed=seed, noise=1.0)
-    mu = torch.randn(dim, generator=g)
+    mu_true = torch.randn(dim, generator=g)
     with torch.no_grad():
         model.W.copy_(torch.eye(dim))
-        model.b.copy_(mu)
+        model.b.copy_(mu_true)
         model.log_psi.zero_()
         model.log_s.fill_(0.5 * math.log(2 / 3))
-    x = model.sample_data(n, seed=seed + 1)
+        x = model.sample_data(n, seed=seed + 1)
+        mu = x.mean(0)
+        model.b.copy_(mu + noise * torch.randn(dim, generator=g))
+        model.A.copy_(torch.eye(dim) / 2 + noise * torch.randn(dim, dim, generator=g))
+        model.c.copy_(-mu / 2 + noise * torch.randn(dim, generator=g))
     return model, x
-

@@ -6,7 +6,8 @@ categoricals with a uniform prior,
 .. math:: z_g \sim \mathrm{Cat}(1/C),\quad x \mid z \sim \mathrm{Bernoulli}(\sigma(f_\theta(\mathrm{onehot}(z)))),
           \quad q_\phi(z \mid x) = \prod_g \mathrm{Cat}(\mathrm{softmax}(h_\phi(x)_g))
 
-trained by ``reinforce`` or ``vimco`` (the G × C space is too large to enumerate).
+trained by ``reinforce`` or ``vimco`` (the C^G space is too large to enumerate; with G = 1 the
+single categorical is a plain site that ``enum`` sums out exactly).
 
 ``latent="mixture"`` (a Gaussian-mixture prior VAE):
 
@@ -77,7 +78,10 @@ class DiscreteVAE(nn.Module):
         self._check(x)
         uniform = x.new_full((self.classes,), 1.0 / self.classes)
         with pyro.plate("data", x.shape[0]):
-            if self.latent == "categorical":
+            if self.latent == "categorical" and self.groups == 1:  # enumerable
+                z = pyro.sample("z", dist.Categorical(uniform))
+                code = F.one_hot(z, self.classes).to(x.dtype)
+            elif self.latent == "categorical":
                 z = pyro.sample("z", dist.Categorical(uniform).expand([self.groups]).to_event(1))
                 code = F.one_hot(z, self.classes).to(x.dtype).flatten(-2)
             else:
@@ -90,7 +94,9 @@ class DiscreteVAE(nn.Module):
         pyro.module("dvae", self)
         self._check(x)
         with pyro.plate("data", x.shape[0]):
-            if self.latent == "categorical":
+            if self.latent == "categorical" and self.groups == 1:  # enumerable
+                pyro.sample("z", dist.Categorical(logits=self.encoder(x)))
+            elif self.latent == "categorical":
                 logits = self.encoder(x).reshape(x.shape[0], self.groups, self.classes)
                 pyro.sample("z", dist.Categorical(logits=logits).to_event(1))
             else:

@@ -14,6 +14,7 @@ synchronisation.
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -22,12 +23,13 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.distributions.util import detach, is_identically_zero, scale_and_mask
+from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor
 
 from ..utils import PPModelsError
 
-__all__ = ["Objective", "LogWeights", "log_weights", "particle_traces", "guess_max_plate_nesting"]
+__all__ = ["Objective", "LogWeights", "log_weights", "particle_traces", "guess_max_plate_nesting", "trace_numel"]
 
 PARTICLE_PLATE = "num_particles"
 
@@ -104,14 +106,29 @@ def particle_traces(
     kwargs: dict,
     num_particles: int,
     max_plate_nesting: int,
+    reparameterized: bool = True,
 ) -> tuple[poutine.Trace, poutine.Trace]:
     """Guide and model traces with a leading particle dimension ``-(max_plate_nesting+1)``.
+    ``reparameterized=False`` draws every guide latent as if it had no ``rsample``.
 
     """
     plate = pyro.plate(PARTICLE_PLATE, num_particles, dim=-(max_plate_nesting + 1))
-    guide_trace = poutine.trace(plate(guide)).get_trace(*args, **kwargs)
+    guide = plate(guide) if reparameterized else _ScoreFunction()(plate(guide))  # outside the broadcast
+    guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
     model_trace = poutine.trace(poutine.replay(plate(model), trace=guide_trace)).get_trace(*args, **kwargs)
     return prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)
+
+
+def trace_numel(*traces: poutine.Trace) -> int:
+    """Numbers held by the traces' sample sites: values and distribution parameters (a proxy
+    for the memory a pass over them needs)."""
+    numel = 0
+    for trace in traces:
+        for site in trace.nodes.values():
+            if site["type"] == "sample":
+                fn = site["fn"]
+                numel += site["value"].numel() + math.prod(fn.batch_shape + fn.event_shape)
+    return numel
 
 
 def _data_frame(site: dict, data_plate: str):
@@ -264,6 +281,7 @@ class Objective:
         vectorize_particles: bool = True,
         max_plate_nesting: int | None = None,
         data_plate: str = "data",
+        reparameterized: bool = True,
     ) -> None:
         if not isinstance(num_particles, int) or num_particles < 1:
             raise PPModelsError(
@@ -273,6 +291,7 @@ class Objective:
         self.vectorize_particles = vectorize_particles
         self.max_plate_nesting = max_plate_nesting
         self.data_plate = data_plate
+        self.reparameterized = reparameterized
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options().items())
@@ -280,7 +299,25 @@ class Objective:
 
     def options(self) -> dict[str, Any]:
         """The options this objective was made with (for tables and checkpoints)."""
-        return {"num_particles": self.num_particles}
+        out: dict[str, Any] = {"num_particles": self.num_particles}
+        if not self.reparameterized:
+            out["reparameterized"] = False
+        return out
+
+    @property
+    def label(self) -> str:
+        """The name, with the options that tell it apart (not the particle count): e.g.
+        ``reinforce[baseline=neural]``, ``elbo[reparameterized=False]``."""
+        extra = {k: v for k, v in self.options().items() if k != "num_particles"}
+        defaults = {}
+        for klass in type(self).__mro__:
+            init = vars(klass).get("__init__")
+            if init is not None:
+                for n, p in inspect.signature(init).parameters.items():
+                    if p.default is not inspect.Parameter.empty:
+                        defaults.setdefault(n, p.default)
+        extra = {k: v for k, v in extra.items() if defaults.get(k, object()) != v}
+        return self.name + (f"[{','.join(f'{k}={v}' for k, v in extra.items())}]" if extra else "")
 
     # -- the shared machinery -------------------------------------------------------------
     def _plate_nesting(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> int:
@@ -299,7 +336,7 @@ class Objective:
                     analytic_kl=analytic_kl)
         K = self.num_particles if self.vectorize_particles else 1
         pairs = [
-            particle_traces(model, guide, args, kwargs, K, mpn)
+            particle_traces(model, guide, args, kwargs, K, mpn, reparameterized=self.reparameterized)
             for _ in range(1 if self.vectorize_particles else self.num_particles)
         ]
         parts = [log_weights(*pair, num_particles=K, **opts) for pair in pairs]
@@ -329,6 +366,17 @@ class Objective:
         with torch.no_grad():
             bound, _ = self.surrogate(model, guide, *args, **kwargs)
         return -float(bound)
+
+
+class _ScoreFunction(Messenger):
+    """Draw every guide latent without reparameterization (score-function estimators)."""
+
+    def _pyro_sample(self, msg: dict) -> None:
+        if not msg["is_observed"] and getattr(msg["fn"], "has_rsample", False):
+            fn = msg["fn"]
+            while hasattr(fn, "base_dist"):  # Independent, Expanded, Masked: the flag lives below
+                fn = fn.base_dist
+            fn.has_rsample_(False)
 
 
 def log_mean_exp(x: Tensor, dim: int = 0) -> Tensor:
