@@ -91,11 +91,12 @@ def replicate_gradients(
         return torch.stack(grads_list), torch.stack(bounds)
 
 
-def _jacobian(S: Tensor, params: list[Tensor]) -> Tensor:
-    """:math:`\partial S_r / \partial \theta`, shape (R, P), for a vector ``S`` of R independent terms."""
+def _jacobian(S: Tensor, params: list[Tensor], method: str = "auto") -> Tensor:
+    """:math:`\partial S_r / \partial \theta`, shape (R, P), for a vector ``S`` of R independent
+    terms; ``method``: ``"double_backward"``, ``"rows"`` or ``"auto"`` (by P, see module docstring)."""
     R = S.shape[0]
     P = sum(p.numel() for p in params)
-    if P <= FEW_PARAMETERS:  # double-backward: P vector-Jacobian products
+    if method == "double_backward" or (method == "auto" and P <= FEW_PARAMETERS):
         u = torch.ones(R, dtype=S.dtype, device=S.device, requires_grad=True)
         g = flat_grad(torch.autograd.grad(S, params, grad_outputs=u, create_graph=True, allow_unused=True), params)
         if not g.requires_grad:  # the gradient does not depend on S's weights: rows are equal

@@ -41,7 +41,11 @@ def parameter_groups(model: Callable, guide: Callable, *args: Any) -> dict[str, 
     fixed) and those log q(z | x) depends on — decoder vs encoder, found by autograd."""
     with poutine.trace(param_only=True) as pt:
         guide_trace = poutine.trace(guide).get_trace(*args)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args)
+        fixed = guide_trace.copy()  # z held fixed: the model sees detached latents
+        for site in fixed.nodes.values():
+            if site["type"] == "sample":
+                site["value"] = site["value"].detach()
+        model_trace = poutine.trace(poutine.replay(model, trace=fixed)).get_trace(*args)
     candidates = list({id(p): p for p in (s["value"].unconstrained() for s in pt.trace.nodes.values())}.values())
     owner = getattr(model, "__self__", None)
     if isinstance(owner, torch.nn.Module):

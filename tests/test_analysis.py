@@ -1,0 +1,106 @@
+import math
+
+import pyro
+import pytest
+import torch
+
+from ppmodels.analysis import COLUMNS, gradient_study, parameter_groups, plot_study, replicate_gradients
+from ppmodels.analysis.replicates import _jacobian, _repeat
+from ppmodels.cli import main
+from ppmodels.models.conjugate import CategoricalGaussian, LinearGaussian
+from ppmodels.objectives import Elbo, make
+
+
+@pytest.fixture(scope="module")
+def lg():
+    m = LinearGaussian(5, 2, seed=0)
+    return m, m.sample_data(4, seed=1)
+
+
+def test_parameter_groups_split_decoder_and_encoder(lg):
+    m, x = lg
+    groups = parameter_groups(m.model, m.guide, x)
+    assert {id(p) for p in groups["model"]} == {id(p) for p in m.model_parameters()}
+    assert {id(p) for p in groups["guide"]} == {id(p) for p in m.guide_parameters()}
+
+
+def test_study_table_and_unbiasedness_on_linear_gaussian(lg, tmp_path):
+    m, x = lg
+    df = gradient_study(m.model, m.guide, x, objectives=["elbo", "meanfield", "stl", "iwae", "dreg"],
+                        num_particles=[1, 4], replicates=1500, device="cpu", seed=3)
+    assert list(df.columns) == COLUMNS
+    assert len(df) == 5 * 2 * 2
+    assert {"model", "seed", "device", "replicates", "versions"} <= set(df.attrs)
+    known = df[df["reference"] == "exact (closed form)"]
+    # every estimator with a closed-form target: unbiased within 5 standard errors per coordinate
+    assert len(known) == 2 * (3 * 2 + 2)
+    assert (known["max_abs_z"] < 5).all(), known[["objective", "num_particles", "group", "max_abs_z"]]
+    assert (known["cosine"] > 0.99).all()
+    # no closed form for IWAE/DReG at K = 4 here: no bias figures, but variance and SNR
+    unknown = df[df["reference"] != "exact (closed form)"]
+    assert unknown["bias_norm"].isna().all() and (unknown["total_variance"] > 0).all()
+    # DReG's guide gradient has less variance than IWAE's at K = 4
+    v = df.set_index(["objective", "num_particles", "group"])["total_variance"]
+    assert v["dreg", 4, "guide"] < v["iwae", 4, "guide"]
+    plot_study(df, tmp_path / "s.png")
+    assert (tmp_path / "s.png").stat().st_size > 10_000
+
+
+class MislabelledElbo(Elbo):
+    """The ELBO gradient presented as the IWAE gradient: the study must flag its bias."""
+
+    name = "iwae"
+
+
+def test_study_detects_a_biased_estimator():
+    m = CategoricalGaussian(3, 2, seed=0)
+    x = torch.randn(3, 2, generator=torch.Generator().manual_seed(1)) * 2
+    df = gradient_study(m.model, m.guide, x, objectives=[MislabelledElbo(3), make("iwae", num_particles=3)],
+                        num_particles=[3], replicates=1500, device="cpu")
+    assert (df["reference"] == "exact (closed form)").all()
+    assert df["max_abs_z"].iloc[:2].max() > 5  # the mislabelled ELBO gradient
+    assert df["max_abs_z"].iloc[2:].max() < 5  # the real IWAE gradient
+
+
+def test_reference_by_high_replicate_estimate(lg):
+    m, x = lg
+    df = gradient_study(m.model, m.guide, x, objectives=["dreg"], num_particles=[3], replicates=500,
+                        exact=make("iwae", num_particles=3), reference_replicates=4000, device="cpu")
+    assert df["reference"].str.startswith("estimate: Iwae(num_particles=3), R=4000").all()
+    assert (df["max_abs_z"] < 6).all()  # the reference has its own noise (R = 4000)
+
+
+@pytest.mark.parametrize("name,K", [("elbo", 1), ("iwae", 5), ("dreg", 5), ("vimco", 3)])
+def test_vectorized_and_looped_replicates_give_the_same_statistics(name, K):
+    m = CategoricalGaussian(3, 2, seed=0) if name == "vimco" else LinearGaussian(5, 2, seed=0)
+    x = torch.randn(3, 2) if name == "vimco" else m.sample_data(4, seed=1)
+    params = m.model_parameters() + m.guide_parameters()
+    R = 1000
+    a, _ = replicate_gradients(make(name, num_particles=K), m, (x,), params, R, seed=4)
+    b, _ = replicate_gradients(make(name, num_particles=K), m, (x,), params, R, seed=4, vectorize=False)
+    z = (a.mean(0) - b.mean(0)) / ((a.var(0) + b.var(0)) / R).sqrt()
+    assert z.abs().max() < 5
+    ratio = a.var(0).sum() / b.var(0).sum()
+    assert 0.85 < ratio < 1.18
+
+
+def test_both_batched_jacobians_equal_the_rows_one_by_one(lg):
+    m, x = lg
+    params = m.model_parameters() + m.guide_parameters()
+    pyro.set_rng_seed(0)
+    _, s = make("iwae", num_particles=3).surrogate_units(m.model, m.guide, *_repeat((x,), 6))
+    S = -s.reshape(6, -1).sum(1)
+    rows = torch.stack([torch.cat([g.reshape(-1) for g in torch.autograd.grad(S[r], params, retain_graph=True)])
+                        for r in range(6)])
+    for method in ("double_backward", "rows"):
+        assert torch.allclose(_jacobian(S, params, method), rows, atol=1e-4), method
+
+
+def test_variance_cli(tmp_path, capsys):
+    code = main(["variance", "--model", "categorical-gaussian", "--objectives", "reinforce:baseline=none,vimco,enum",
+                 "--num-particles", "1,3", "--replicates", "200", "--batch-size", "3", "--out", str(tmp_path),
+                 "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert (tmp_path / "study.csv").exists() and (tmp_path / "study.png").exists()
+    assert "reinforce[baseline=none]" in out and "skipped: vimco K=1" in out
