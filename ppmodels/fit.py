@@ -20,15 +20,18 @@ import pandas as pd
 import pyro
 import torch
 from pyro import poutine
+from pyro.distributions import constraints
+from pyro.poutine.messenger import Messenger
+from torch.distributions import transform_to
 from torch import Tensor
 
 from . import evaluate
 from .data import TensorData
 from .objectives import Objective, make
-from .protocol import as_pair, check_batch, named_parameters
+from .protocol import ModelGuide, as_pair, check_batch, named_parameters
 from .utils import PPModelsError, model_name, resolve_device, rng_state, set_rng_state, set_seed
 
-__all__ = ["fit", "NonFiniteLoss", "load_checkpoint", "lr_factor", "CHECKPOINT"]
+__all__ = ["fit", "svi_step", "make_optimizer", "NonFiniteLoss", "load_checkpoint", "lr_factor", "CHECKPOINT"]
 
 CHECKPOINT = "checkpoint.pt"
 SCHEDULES = ("constant", "cosine", "burda")
@@ -59,8 +62,26 @@ def lr_factor(schedule: str | Callable[[int], float] | None, step: int, total_st
     raise PPModelsError(f"fit: lr_schedule must be one of {SCHEDULES} or a callable, got {schedule!r}")
 
 
-def _collect_params(obj: Any, objective: Objective, batch: tuple) -> dict[str, Tensor]:
-    """Every trainable tensor: the module's parameters and any ``pyro.param`` the pair touches."""
+class KnownParams(Messenger):
+    """Answer ``pyro.param`` statements for already-registered parameters directly, without
+    the param store and the rest of the handler stack (``pyro.module`` issues one such
+    statement per tensor per call). Constrained params are transformed afresh each time."""
+
+    def __init__(self, sites: dict[str, tuple[Tensor, Any]]) -> None:
+        super().__init__()
+        self.sites = {name: (u, None if c is constraints.real else transform_to(c)) for name, (u, c) in sites.items()}
+
+    def _pyro_param(self, msg: dict) -> None:
+        site = self.sites.get(msg["name"])
+        if site is not None:
+            unconstrained, transform = site
+            msg["value"] = unconstrained if transform is None else transform(unconstrained)
+            msg["done"] = msg["stop"] = True
+
+
+def _collect_params(obj: Any, objective: Objective, batch: tuple) -> tuple[dict[str, Tensor], dict[str, tuple]]:
+    """Every trainable tensor: the module's parameters and any ``pyro.param`` the pair touches;
+    and the param sites by their Pyro name, ``(unconstrained, constraint)``."""
     with poutine.trace(param_only=True) as tr:
         objective.differentiable_loss(obj.model, obj.guide, *batch)
     params: dict[str, Tensor] = {}
@@ -68,14 +89,30 @@ def _collect_params(obj: Any, objective: Objective, batch: tuple) -> dict[str, T
     for name, p in named_parameters(obj):
         params[f"module.{name}"] = p
         seen.add(id(p))
-    for name, site in tr.trace.nodes.items():
-        p = site["value"].unconstrained()
+    unconstrained = {name: site["value"].unconstrained() for name, site in tr.trace.nodes.items()}
+    for name, p in unconstrained.items():
         if id(p) not in seen and p.requires_grad:
             params[f"param.{name}"] = p
             seen.add(id(p))
     if not params:
         raise PPModelsError(f"{model_name(obj)}: the model and guide have no trainable parameters")
-    return dict(sorted(params.items()))
+    constraint_of = pyro.get_param_store().get_state()["constraints"]
+    sites = {name: (p, constraint_of[name]) for name, p in unconstrained.items()}
+    return dict(sorted(params.items())), sites
+
+
+def svi_step(
+    obj: Any, objective: Objective, optimizer: torch.optim.Optimizer, batch: tuple, clip_norm: float | None = None
+) -> Tensor:
+    """One SVI step: the objective's differentiable loss, backward, an optimizer step.
+    Returns the detached loss (on the device: no host synchronisation)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss = objective.differentiable_loss(obj.model, obj.guide, *batch)
+    loss.backward()
+    if clip_norm is not None:
+        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], clip_norm)
+    optimizer.step()
+    return loss.detach()
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
@@ -86,6 +123,14 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     if not path.exists():
         raise PPModelsError(f"no checkpoint at {path}")
     return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def make_optimizer(params: list[Tensor], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                   eps: float = 1e-8) -> torch.optim.Adam:
+    """One Adam over every parameter: fused kernels on CUDA, multi-tensor (foreach) on the CPU
+    (``pyro.optim.Adam`` builds one optimizer per tensor)."""
+    on_cuda = params[0].is_cuda
+    return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps, **({"fused": True} if on_cuda else {"foreach": True}))
 
 
 def _save(path: Path, state: dict[str, Any]) -> None:
@@ -165,10 +210,10 @@ def fit(
     set_seed(seed)
     probe = next(train.batches(batch_size, shuffle=False))
     check_batch(obj, probe, device)
-    params = _collect_params(obj, objective, probe)
-    fused = device.type == "cuda"
-    optimizer = torch.optim.Adam(list(params.values()), lr=lr, betas=betas, eps=eps,
-                                 **({"fused": True} if fused else {"foreach": True}))
+    params, param_sites = _collect_params(obj, objective, probe)
+    known = KnownParams(param_sites)
+    fast = ModelGuide(known(obj.model), known(obj.guide), name)
+    optimizer = make_optimizer(list(params.values()), lr=lr, betas=betas, eps=eps)
 
     history: list[dict[str, Any]] = []
     step, start_epoch, elapsed = 0, 0, 0.0
@@ -208,13 +253,7 @@ def fit(
                         break
                     for group in optimizer.param_groups:
                         group["lr"] = lr * lr_factor(lr_schedule, step, total_steps, steps_per_epoch)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss = objective.differentiable_loss(obj.model, obj.guide, *batch)
-                    loss.backward()
-                    if clip_norm is not None:
-                        torch.nn.utils.clip_grad_norm_(list(params.values()), clip_norm)
-                    optimizer.step()
-                    loss = loss.detach()
+                    loss = svi_step(fast, objective, optimizer, batch, clip_norm)
                     bad = ~torch.isfinite(loss)
                     first_bad = torch.where(bad & (first_bad < 0), step, first_bad)
                     running = running + torch.where(bad, 0.0, loss)

@@ -2,9 +2,10 @@
 
 from .conjugate import CategoricalGaussian, LinearGaussian
 from .discrete_vae import DiscreteVAE
+from .mixture import GaussianMixture
 from .vae import PRESETS, VAE
 
-__all__ = ["VAE", "PRESETS", "DiscreteVAE", "LinearGaussian", "CategoricalGaussian"]
+__all__ = ["VAE", "PRESETS", "DiscreteVAE", "GaussianMixture", "LinearGaussian", "CategoricalGaussian"]
 
 from typing import Any
 

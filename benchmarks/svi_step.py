@@ -1,0 +1,115 @@
+"""ppmodels' SVI step vs a hand-written PyTorch step, and ppmodels' IS-NLL evaluation vs a
+hand-written batched evaluator and a one-datapoint-at-a-time loop. Interleaved in one process.
+
+    python benchmarks/svi_step.py [--device auto] [--quick]
+
+Targets: SVI step ratio <= 1.10 at batch 128 and <= 1.30 at batch 16; IS-NLL ratio <= 1.20 and
+>= 50x faster than the per-datapoint loop. Ratios are ppmodels / hand-written (lower is better).
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import pyro
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import handwritten  # noqa: E402
+from common import environment, interleaved, print_table, ratio, write_csv  # noqa: E402
+
+from ppmodels import evaluate  # noqa: E402
+from ppmodels.data import synthetic_images  # noqa: E402
+from ppmodels.fit import make_optimizer, svi_step  # noqa: E402
+from ppmodels.models import VAE  # noqa: E402
+from ppmodels.objectives import make  # noqa: E402
+from ppmodels.utils import resolve_device  # noqa: E402
+
+p = argparse.ArgumentParser()
+p.add_argument("--device", default="auto")
+p.add_argument("--quick", action="store_true", help="fewer cases and rounds")
+p.add_argument("--steps", type=int, default=20, help="steps per timed block")
+p.add_argument("--rounds", type=int, default=7)
+p.add_argument("--nll-images", type=int, default=None)
+args = p.parse_args()
+device = resolve_device(args.device)
+pyro.enable_validation(False)
+
+
+def batch_of(n: int) -> torch.Tensor:
+    images, _ = synthetic_images(n, seed=n)
+    return torch.bernoulli(images.float().div(255)).to(device)
+
+
+def svi_rows() -> list[dict]:
+    cases = [("pyro", B, "elbo", 1) for B in (16, 128, 1024)] + [("burda", B, "elbo", 1) for B in (16, 128, 1024)]
+    cases += [("burda", 128, name, K) for name in ("iwae", "dreg") for K in (5, 50)]
+    if args.quick:
+        cases = [c for c in cases if c[1] in (16, 128) and c[3] in (1, 5)]
+    rows = []
+    for preset, B, name, K in cases:
+        torch.manual_seed(0)
+        ours, theirs = VAE.preset(preset).to(device), VAE.preset(preset).to(device)
+        theirs.load_state_dict(ours.state_dict())
+        opt_ours = make_optimizer(list(ours.parameters()))
+        opt_theirs = make_optimizer(list(theirs.parameters()))
+        objective = make(name, num_particles=K)
+        x = batch_of(B)
+        pyro.clear_param_store()
+
+        def run_ours():
+            for _ in range(args.steps):
+                svi_step(ours, objective, opt_ours, (x,))
+
+        def run_theirs():
+            for _ in range(args.steps):
+                handwritten.step(theirs, opt_theirs, x, name, K)
+
+        times = interleaved({"ppmodels": run_ours, "torch": run_theirs}, rounds=args.rounds, device=device, warmup=2)
+        med, lo, hi = ratio(times["ppmodels"], times["torch"])
+        rows.append({"bench": "svi_step", "preset": preset, "batch": B, "objective": name, "K": K,
+                     "ppmodels_ms": 1e3 * min(times["ppmodels"]) / args.steps,
+                     "torch_ms": 1e3 * min(times["torch"]) / args.steps,
+                     "ratio_median": med, "ratio_min": lo, "ratio_max": hi})
+    return rows
+
+
+def nll_rows() -> list[dict]:
+    n = args.nll_images or (10000 if device.type == "cuda" else 100)
+    K = 5000
+    torch.manual_seed(0)
+    vae = VAE.preset("burda").to(device)
+    x = batch_of(n)
+    chunk = 1000 if device.type == "cpu" else 5000
+    bs = max(1, (1 << 20) // chunk) if device.type == "cpu" else 100
+    loop_n = min(n, 10)
+
+    def run_ours():
+        evaluate.log_likelihood(vae, x, K)
+
+    def run_batched():
+        handwritten.log_likelihood(vae, x, K, batch_size=min(n, bs), particle_chunk=chunk)
+
+    def run_loop():  # per datapoint: time loop_n images, scaled to n below
+        handwritten.log_likelihood_per_datapoint(vae, x[:loop_n], K, particle_chunk=chunk)
+
+    rounds = 3 if not args.quick else 2
+    times = interleaved({"ppmodels": run_ours, "batched": run_batched, "loop": run_loop}, rounds=rounds, device=device)
+    loop_scaled = [t * n / loop_n for t in times["loop"]]
+    med, lo, hi = ratio(times["ppmodels"], times["batched"])
+    lmed, llo, lhi = ratio(loop_scaled, times["ppmodels"])
+    return [
+        {"bench": f"is_nll K={K}", "preset": "burda", "batch": n, "objective": "vs hand-written batched", "K": K,
+         "ppmodels_ms": 1e3 * min(times["ppmodels"]), "torch_ms": 1e3 * min(times["batched"]),
+         "ratio_median": med, "ratio_min": lo, "ratio_max": hi},
+        {"bench": f"is_nll K={K}", "preset": "burda", "batch": n, "objective": f"loop speed-up (per-datapoint, {loop_n} timed)",
+         "K": K, "ppmodels_ms": 1e3 * min(times["ppmodels"]), "torch_ms": 1e3 * min(loop_scaled),
+         "ratio_median": lmed, "ratio_min": llo, "ratio_max": lhi},
+    ]
+
+
+env = environment(device)
+print(env)
+rows = svi_rows() + nll_rows()
+print_table(rows)
+print("wrote", write_csv([{**r, **env} for r in rows], f"svi_step-{device.type}.csv"))
