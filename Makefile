@@ -26,6 +26,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/svi_step.py
+	$(BIN)/python benchmarks/scaling.py
+	$(BIN)/python benchmarks/replicates.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

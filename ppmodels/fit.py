@@ -31,7 +31,7 @@ from .objectives import Objective, make
 from .protocol import ModelGuide, as_pair, check_batch, named_parameters
 from .utils import PPModelsError, model_name, resolve_device, rng_state, set_rng_state, set_seed
 
-__all__ = ["fit", "svi_step", "make_optimizer", "NonFiniteLoss", "load_checkpoint", "lr_factor", "CHECKPOINT"]
+__all__ = ["fit", "svi_step", "prepare", "make_optimizer", "NonFiniteLoss", "load_checkpoint", "lr_factor", "CHECKPOINT"]
 
 CHECKPOINT = "checkpoint.pt"
 SCHEDULES = ("constant", "cosine", "burda")
@@ -113,6 +113,15 @@ def svi_step(
         torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], clip_norm)
     optimizer.step()
     return loss.detach()
+
+
+def prepare(obj: Any, objective: Objective, batch: tuple) -> tuple[dict[str, Tensor], ModelGuide]:
+    """Collect the trainable parameters (one traced call on ``batch``) and return them with the
+    pair whose ``pyro.param`` statements :class:`KnownParams` answers directly: what every SVI
+    step then runs."""
+    params, sites = _collect_params(obj, objective, batch)
+    known = KnownParams(sites)
+    return params, ModelGuide(known(obj.model), known(obj.guide), model_name(obj))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
@@ -210,9 +219,7 @@ def fit(
     set_seed(seed)
     probe = next(train.batches(batch_size, shuffle=False))
     check_batch(obj, probe, device)
-    params, param_sites = _collect_params(obj, objective, probe)
-    known = KnownParams(param_sites)
-    fast = ModelGuide(known(obj.model), known(obj.guide), name)
+    params, fast = prepare(obj, objective, probe)
     optimizer = make_optimizer(list(params.values()), lr=lr, betas=betas, eps=eps)
 
     history: list[dict[str, Any]] = []

@@ -1,0 +1,86 @@
+"""How the SVI step time grows with batch size and with K, ppmodels beside hand-written PyTorch
+(log-log plot), and the largest particle chunk the IS evaluation fits in one pass.
+
+    python benchmarks/scaling.py [--device auto]
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import pyro
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import handwritten  # noqa: E402
+from common import RESULTS, environment, interleaved, print_table, write_csv  # noqa: E402
+
+from ppmodels.evaluate import _bytes_per_unit, memory_budget  # noqa: E402
+from ppmodels.fit import make_optimizer, prepare, svi_step  # noqa: E402
+from ppmodels.models import VAE  # noqa: E402
+from ppmodels.objectives import make  # noqa: E402
+from ppmodels.objectives.base import guess_max_plate_nesting  # noqa: E402
+from ppmodels.utils import resolve_device  # noqa: E402
+
+p = argparse.ArgumentParser()
+p.add_argument("--device", default="auto")
+p.add_argument("--steps", type=int, default=10)
+p.add_argument("--rounds", type=int, default=3)
+args = p.parse_args()
+device = resolve_device(args.device)
+pyro.enable_validation(False)
+
+rows = []
+sweeps = [("batch", B, 1) for B in (16, 64, 256, 1024)] + [("K", 128, K) for K in (1, 5, 20, 50)]
+for sweep, B, K in sweeps:
+    torch.manual_seed(0)
+    ours, theirs = VAE.preset("burda").to(device), VAE.preset("burda").to(device)
+    o1, o2 = make_optimizer(list(ours.parameters())), make_optimizer(list(theirs.parameters()))
+    x = torch.bernoulli(torch.rand(B, 784, device=device) * 0.3)
+    name = "elbo" if sweep == "batch" else "iwae"
+    obj = make(name, num_particles=K)
+    pyro.clear_param_store()
+    _, pair = prepare(ours, obj, (x,))
+    times = interleaved({
+        "ppmodels": lambda: [svi_step(pair, obj, o1, (x,)) for _ in range(args.steps)],
+        "torch": lambda: [handwritten.step(theirs, o2, x, name, K) for _ in range(args.steps)],
+    }, rounds=args.rounds, device=device)
+    rows.append({"sweep": sweep, "batch": B, "K": K, "objective": name,
+                 "ppmodels_ms": 1e3 * min(times["ppmodels"]) / args.steps,
+                 "torch_ms": 1e3 * min(times["torch"]) / args.steps})
+
+vae = VAE.preset("burda").to(device)
+x1 = torch.bernoulli(torch.rand(8, 784, device=device) * 0.3)
+mpn = guess_max_plate_nesting(vae.model, vae.guide, (x1,), {})
+per_unit = _bytes_per_unit(vae, (x1,), mpn)
+largest_chunk = memory_budget(device) // per_unit
+env = environment(device)
+print(env)
+print_table(rows)
+print(f"IS evaluation, burda VAE: ~{per_unit} bytes per (particle, datapoint); the memory budget "
+      f"({memory_budget(device) / 2**30:.2f} GiB) fits {largest_chunk} particle-datapoints in one pass, "
+      f"e.g. K = {largest_chunk} for one image; any K runs, in chunks")
+write_csv([{**r, **env} for r in rows], f"scaling-{device.type}.csv")
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+for ax, sweep, xlabel in ((axes[0], "batch", "batch size (elbo, K = 1)"), (axes[1], "K", "K (iwae, batch 128)")):
+    sel = [r for r in rows if r["sweep"] == sweep]
+    xs = [r["batch"] if sweep == "batch" else r["K"] for r in sel]
+    ax.plot(xs, [r["ppmodels_ms"] for r in sel], "o-", label="ppmodels")
+    ax.plot(xs, [r["torch_ms"] for r in sel], "s--", label="hand-written torch")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("ms per SVI step")
+    ax.grid(True, which="both", alpha=0.3)
+axes[0].legend()
+fig.suptitle(f"SVI step time, burda VAE ({env['device']})", fontsize=10)
+fig.tight_layout()
+RESULTS.mkdir(exist_ok=True)
+fig.savefig(RESULTS / f"scaling-{device.type}.png", dpi=110)
+print("wrote", RESULTS / f"scaling-{device.type}.png")
