@@ -51,8 +51,8 @@ class Moments:
 def statistics(mean: Tensor, var: Tensor, n: int, reference: Tensor | None = None) -> dict[str, float]:
     """The study's statistics for one block of coordinates (see module docstring)."""
     sd = var.sqrt()
-    scale = mean.abs().max().clamp_min(1e-12)
-    noisy = sd > 1e-9 * scale
+    noisy = var > 1e-10 * mean**2  # per coordinate; otherwise constant across replicates (rounding aside)
+    noisy &= var > 0
     signal = (mean**2 - var / n).clamp_min(0.0).sqrt()  # debiased |E g|
     snr_terms = signal[noisy] / sd[noisy]
     out = {

@@ -8,7 +8,9 @@ summarised per parameter group against a reference gradient:
   ``exact_objective(objective, *args) -> Tensor | None``, the exact expected bound, whose
   autograd gradient is the reference (``LinearGaussian``, ``CategoricalGaussian``);
 - ``exact="<objective>"`` (or a configured objective): a high-replicate estimate from that
-  estimator (``reference_replicates``), said as such in the ``reference`` column;
+  estimator (``reference_replicates``), said as such in the ``reference`` column, for the
+  objectives whose expectation is the same bound (``Objective.bound``; e.g. an ``enum``
+  reference serves every ELBO estimator, not IWAE-K);
 - ``exact=None``: no reference (bias columns are NaN).
 """
 
@@ -195,6 +197,8 @@ def _reference(exact, objective: Objective, owner, pair, args, params, cache, re
         grads = torch.autograd.grad(-target, params, allow_unused=True)
         return flat_grad(grads, params).to(torch.float64), "exact (closed form)"
     ref_obj = make(exact) if isinstance(exact, str) else exact
+    if ref_obj.bound != objective.bound:
+        return None, f"none ({ref_obj.label} estimates another bound)"
     key = repr(ref_obj)
     if key not in cache:
         moments = Moments(sum(p.numel() for p in params), params[0].device)

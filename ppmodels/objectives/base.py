@@ -305,6 +305,13 @@ class Objective:
         return out
 
     @property
+    def bound(self) -> tuple:
+        """Which bound this estimator's expectation is the gradient of: ``("elbo",)`` for every
+        ELBO estimator (any K), ``("renyi", alpha, K)`` for multi-sample bounds (IWAE: α = 0).
+        Two estimators are comparable when their bounds are equal."""
+        return ("elbo",)
+
+    @property
     def label(self) -> str:
         """The name, with the options that tell it apart (not the particle count): e.g.
         ``reinforce[baseline=neural]``, ``elbo[reparameterized=False]``."""

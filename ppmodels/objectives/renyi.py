@@ -52,6 +52,10 @@ class Renyi(Objective):
     def options(self) -> dict[str, Any]:
         return {**super().options(), "alpha": self.alpha}
 
+    @property
+    def bound(self) -> tuple:
+        return ("elbo",) if self.num_particles == 1 else ("renyi", self.alpha, self.num_particles)
+
     def bound_fn(self, log_w: Tensor) -> Tensor:
         return log_mean_exp((1 - self.alpha) * log_w, 0) / (1 - self.alpha)
 
