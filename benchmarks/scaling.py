@@ -16,7 +16,7 @@ import handwritten  # noqa: E402
 from common import RESULTS, environment, interleaved, print_table, write_csv  # noqa: E402
 
 from ppmodels.evaluate import _bytes_per_unit, memory_budget  # noqa: E402
-from ppmodels.fit import make_optimizer, prepare, svi_step  # noqa: E402
+from ppmodels.fit import compile_loss, make_optimizer, prepare, svi_step  # noqa: E402
 from ppmodels.models import VAE  # noqa: E402
 from ppmodels.objectives import make  # noqa: E402
 from ppmodels.objectives.base import guess_max_plate_nesting  # noqa: E402
@@ -34,15 +34,16 @@ rows = []
 sweeps = [("batch", B, 1) for B in (16, 64, 256, 1024)] + [("K", 128, K) for K in (1, 5, 20, 50)]
 for sweep, B, K in sweeps:
     torch.manual_seed(0)
-    ours, theirs = VAE.preset("burda").to(device), VAE.preset("burda").to(device)
-    o1, o2 = make_optimizer(list(ours.parameters())), make_optimizer(list(theirs.parameters()))
+    ours = theirs = VAE.preset("burda").to(device)  # one instance for both paths (memory layout)
+    o1 = o2 = make_optimizer(list(ours.parameters()))
     x = torch.bernoulli(torch.rand(B, 784, device=device) * 0.3)
     name = "elbo" if sweep == "batch" else "iwae"
     obj = make(name, num_particles=K)
     pyro.clear_param_store()
-    _, pair = prepare(ours, obj, (x,))
+    params, pair = prepare(ours, obj, (x,))
+    loss_fn = compile_loss(pair, obj, params, (x,)) or (lambda b: obj.differentiable_loss(pair.model, pair.guide, *b))
     times = interleaved({
-        "ppmodels": lambda: [svi_step(pair, obj, o1, (x,)) for _ in range(args.steps)],
+        "ppmodels": lambda: [svi_step(loss_fn, o1, (x,)) for _ in range(args.steps)],
         "torch": lambda: [handwritten.step(theirs, o2, x, name, K) for _ in range(args.steps)],
     }, rounds=args.rounds, device=device)
     rows.append({"sweep": sweep, "batch": B, "K": K, "objective": name,

@@ -20,7 +20,7 @@ from common import environment, interleaved, print_table, ratio, write_csv  # no
 
 from ppmodels import evaluate  # noqa: E402
 from ppmodels.data import synthetic_images  # noqa: E402
-from ppmodels.fit import make_optimizer, prepare, svi_step  # noqa: E402
+from ppmodels.fit import compile_loss, make_optimizer, prepare, svi_step  # noqa: E402
 from ppmodels.models import VAE  # noqa: E402
 from ppmodels.objectives import make  # noqa: E402
 from ppmodels.utils import resolve_device  # noqa: E402
@@ -31,6 +31,7 @@ p.add_argument("--quick", action="store_true", help="fewer cases and rounds")
 p.add_argument("--steps", type=int, default=20, help="steps per timed block")
 p.add_argument("--rounds", type=int, default=7)
 p.add_argument("--nll-images", type=int, default=None)
+p.add_argument("--no-jit", action="store_true", help="time the plain (untraced) loss")
 args = p.parse_args()
 device = resolve_device(args.device)
 pyro.enable_validation(False)
@@ -48,19 +49,21 @@ def svi_rows() -> list[dict]:
         cases = [c for c in cases if c[1] in (16, 128) and c[3] in (1, 5)]
     rows = []
     for preset, B, name, K in cases:
+        # One model and one optimizer serve both paths: timings on this CPU depend on where the
+        # parameter tensors sit in memory (two instances can differ by 1.5x), not only on code.
         torch.manual_seed(0)
-        ours, theirs = VAE.preset(preset).to(device), VAE.preset(preset).to(device)
-        theirs.load_state_dict(ours.state_dict())
-        opt_ours = make_optimizer(list(ours.parameters()))
-        opt_theirs = make_optimizer(list(theirs.parameters()))
+        ours = theirs = VAE.preset(preset).to(device)
+        opt_ours = opt_theirs = make_optimizer(list(ours.parameters()))
         objective = make(name, num_particles=K)
         x = batch_of(B)
         pyro.clear_param_store()
-        _, pair = prepare(ours, objective, (x,))  # as fit does
+        params, pair = prepare(ours, objective, (x,))  # as fit does
+        compiled = compile_loss(pair, objective, params, (x,)) if not args.no_jit else None
+        loss_fn = compiled or (lambda b: objective.differentiable_loss(pair.model, pair.guide, *b))
 
         def run_ours():
             for _ in range(args.steps):
-                svi_step(pair, objective, opt_ours, (x,))
+                svi_step(loss_fn, opt_ours, (x,))
 
         def run_theirs():
             for _ in range(args.steps):
@@ -68,7 +71,8 @@ def svi_rows() -> list[dict]:
 
         times = interleaved({"ppmodels": run_ours, "torch": run_theirs}, rounds=args.rounds, device=device, warmup=2)
         med, lo, hi = ratio(times["ppmodels"], times["torch"])
-        rows.append({"bench": "svi_step", "preset": preset, "batch": B, "objective": name, "K": K,
+        rows.append({"bench": "svi_step" + (" (jit)" if compiled else ""), "preset": preset, "batch": B,
+                     "objective": name, "K": K,
                      "ppmodels_ms": 1e3 * min(times["ppmodels"]) / args.steps,
                      "torch_ms": 1e3 * min(times["torch"]) / args.steps,
                      "ratio_median": med, "ratio_min": lo, "ratio_max": hi})
@@ -130,10 +134,10 @@ def epoch_rows() -> list[dict]:
     torch.manual_seed(0)
     ours, theirs = VAE.preset("pyro").to(device), VAE.preset("pyro").to(device)
     theirs.load_state_dict(ours.state_dict())
-    opt = make_optimizer(list(theirs.parameters()), lr=1e-3)
+    opt = make_optimizer(list(theirs.parameters()), lr=1e-3)  # fit makes its own model's optimizer
 
     def run_ours():
-        fit(ours, train, epochs=1, batch_size=128, lr=1e-3, device=device, progress=False)
+        fit(ours, train, epochs=1, batch_size=128, lr=1e-3, device=device, progress=False, jit=not args.no_jit)
 
     def run_theirs():
         g = torch.Generator().manual_seed(0)

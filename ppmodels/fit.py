@@ -13,6 +13,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,7 +32,7 @@ from .objectives import Objective, make
 from .protocol import ModelGuide, as_pair, check_batch, named_parameters
 from .utils import PPModelsError, model_name, resolve_device, rng_state, set_rng_state, set_seed
 
-__all__ = ["fit", "svi_step", "prepare", "make_optimizer", "NonFiniteLoss", "load_checkpoint", "lr_factor", "CHECKPOINT"]
+__all__ = ["fit", "svi_step", "compile_loss", "prepare", "make_optimizer", "NonFiniteLoss", "load_checkpoint", "lr_factor", "CHECKPOINT"]
 
 CHECKPOINT = "checkpoint.pt"
 SCHEDULES = ("constant", "cosine", "burda")
@@ -102,17 +103,54 @@ def _collect_params(obj: Any, objective: Objective, batch: tuple) -> tuple[dict[
 
 
 def svi_step(
-    obj: Any, objective: Objective, optimizer: torch.optim.Optimizer, batch: tuple, clip_norm: float | None = None
+    loss_fn: Callable[[tuple], Tensor], optimizer: torch.optim.Optimizer, batch: tuple, clip_norm: float | None = None
 ) -> Tensor:
-    """One SVI step: the objective's differentiable loss, backward, an optimizer step.
-    Returns the detached loss (on the device: no host synchronisation)."""
+    """One SVI step: ``loss_fn(batch)`` (the objective's differentiable loss), backward, an
+    optimizer step. Returns the detached loss (on the device: no host synchronisation)."""
     optimizer.zero_grad(set_to_none=True)
-    loss = objective.differentiable_loss(obj.model, obj.guide, *batch)
+    loss = loss_fn(batch)
     loss.backward()
     if clip_norm is not None:
         torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], clip_norm)
     optimizer.step()
     return loss.detach()
+
+
+def compile_loss(
+    pair: ModelGuide, objective: Objective, params: dict[str, Tensor], batch: tuple
+) -> Callable[[tuple], Tensor] | None:
+    """The differentiable loss as a ``torch.jit.trace`` of one call (Python and Pyro overhead
+    gone), or None. Only for objectives marked ``jit_safe`` (no gradient hooks or state kept
+    between calls), and only if, on ``batch`` and under one seed, the traced loss and its
+    gradients equal the plain ones: the fast path is used only where it is proven equal here.
+    The trace is specialised to the batch shape (training drops the ragged last batch)."""
+    if not getattr(objective, "jit_safe", False):
+        return None
+    plist = list(params.values())
+    n = len(batch)
+
+    def loss_fn(*inputs: Tensor) -> Tensor:
+        return objective.differentiable_loss(pair.model, pair.guide, *inputs[:n])
+
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    try:
+        with warnings.catch_warnings(), torch.random.fork_rng(devices=devices):
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(loss_fn, (*batch, *plist), check_trace=False)
+            checks = []
+            for run in (lambda: loss_fn(*batch), lambda: traced(*batch, *plist)):
+                torch.manual_seed(12345)
+                value = run()
+                grads = torch.autograd.grad(value, plist, allow_unused=True)
+                checks.append([value.detach()] + [g for g in grads if g is not None])
+    except Exception:  # noqa: BLE001 - any failure means: no fast path
+        return None
+    (a, *ga), (b, *gb) = checks
+    same = len(ga) == len(gb) and torch.allclose(a, b, rtol=1e-5, atol=1e-5) and all(
+        torch.allclose(u, v, rtol=1e-4, atol=1e-6) for u, v in zip(ga, gb))
+    if not same:
+        return None
+    return lambda batch: traced(*batch, *plist)
 
 
 def prepare(obj: Any, objective: Objective, batch: tuple) -> tuple[dict[str, Tensor], ModelGuide]:
@@ -172,6 +210,7 @@ def fit(
     progress: bool | None = None,
     log_every: int = 50,
     drop_last: bool = True,
+    jit: bool | None = None,
     **objective_options: Any,
 ) -> pd.DataFrame:
     """Train ``obj`` (anything with ``model`` and ``guide``) by SVI; return the per-epoch history.
@@ -181,7 +220,11 @@ def fit(
     ``checkpoint.pt`` are written each epoch; ``resume=True`` continues from ``out``'s
     checkpoint (or ``resume=PATH``) on the same trajectory as an uninterrupted run.
     History columns: epoch, step, train_loss (minus the objective per datapoint), val_elbo,
-    test_elbo (per datapoint), lr, seconds (cumulative wall time).
+    test_elbo (per datapoint), lr, seconds (cumulative wall time). ``jit=True`` uses the traced
+    loss of :func:`compile_loss` where it is proven equal on the first batch (and falls back
+    to the plain loss otherwise); the default, ``None``, does so only for models that declare
+    ``static_structure = True`` (a trace freezes Python control flow: a model whose structure
+    changes between calls must not be traced). ``history.attrs["jit"]`` says which ran.
     """
     obj = as_pair(obj)
     name = model_name(obj)
@@ -220,6 +263,12 @@ def fit(
     probe = next(train.batches(batch_size, shuffle=False))
     check_batch(obj, probe, device)
     params, fast = prepare(obj, objective, probe)
+    if jit is None:
+        jit = bool(getattr(obj, "static_structure", False))
+    compiled = compile_loss(fast, objective, params, probe) if jit else None
+    if compiled is not None and not drop_last and len(train) % batch_size:
+        compiled = None  # the trace is specialised to full batches
+    loss_fn = compiled or (lambda b: objective.differentiable_loss(fast.model, fast.guide, *b))
     optimizer = make_optimizer(list(params.values()), lr=lr, betas=betas, eps=eps)
 
     history: list[dict[str, Any]] = []
@@ -260,7 +309,7 @@ def fit(
                         break
                     for group in optimizer.param_groups:
                         group["lr"] = lr * lr_factor(lr_schedule, step, total_steps, steps_per_epoch)
-                    loss = svi_step(fast, objective, optimizer, batch, clip_norm)
+                    loss = svi_step(loss_fn, optimizer, batch, clip_norm)
                     bad = ~torch.isfinite(loss)
                     first_bad = torch.where(bad & (first_bad < 0), step, first_bad)
                     running = running + torch.where(bad, 0.0, loss)
@@ -301,6 +350,7 @@ def fit(
         bar.close()
     df = pd.DataFrame(history)
     df.attrs.update({"model": name, "objective": repr(objective), "device": str(device), "seed": seed,
+                     "jit": compiled is not None,
                      "checkpoint": str(last_good) if last_good else None})
     return df
 

@@ -160,3 +160,58 @@ def test_linear_gaussian_trains_with_every_reparameterized_objective():
         m = LinearGaussian(5, 2, seed=1)
         fit(m, x, steps=300, batch_size=64, lr=0.03, objective=name, device="cpu", **opts)
         assert m.log_marginal(x).mean().item() > exact_before + 1.0, name
+
+
+def test_jit_fast_path_is_used_only_where_proven_equal(images):
+    from ppmodels.fit import compile_loss, prepare
+    from ppmodels.objectives import make
+
+    x = images[0].full(torch.Generator().manual_seed(0))[0][:50]
+    for name, expected in [("elbo", True), ("iwae", True), ("stl", True), ("dreg", False), ("reinforce", False)]:
+        vae = small_vae()
+        obj = make(name, num_particles=3) if name in ("iwae", "dreg") else make(name)
+        pyro.clear_param_store()
+        params, pair = prepare(vae, obj, (x,))
+        compiled = compile_loss(pair, obj, params, (x,))
+        assert (compiled is not None) == expected, name
+        if compiled is None:
+            continue
+        torch.manual_seed(7)
+        a = obj.differentiable_loss(pair.model, pair.guide, x)
+        ga = torch.autograd.grad(a, list(params.values()))
+        torch.manual_seed(7)
+        b = compiled((x,))
+        gb = torch.autograd.grad(b, list(params.values()))
+        assert torch.allclose(a, b, rtol=1e-5)
+        assert all(torch.allclose(u, v, rtol=1e-4, atol=1e-6) for u, v in zip(ga, gb))
+
+
+def test_training_with_and_without_jit_agrees(images):
+    train, _ = images
+    a = fit(small_vae(), train, epochs=3, batch_size=50, lr=1e-2, device="cpu", jit=True, seed=3)
+    b = fit(small_vae(), train, epochs=3, batch_size=50, lr=1e-2, device="cpu", jit=False, seed=3)
+    assert a.attrs["jit"] and not b.attrs["jit"]
+    assert torch.allclose(torch.tensor(a["train_loss"].values), torch.tensor(b["train_loss"].values), rtol=1e-3)
+
+
+def test_traced_linear_gaussian_gradients_are_unbiased():
+    """The exact-gradient check, run on the traced (fast-path) loss."""
+    from helpers import assert_unbiased
+
+    from ppmodels.analysis import flat_grad
+    from ppmodels.fit import compile_loss, prepare
+    from ppmodels.objectives import make
+
+    m = LinearGaussian(5, 2, seed=0)
+    x = m.sample_data(4, seed=1)
+    params_list = m.model_parameters() + m.guide_parameters()
+    exact = flat_grad(torch.autograd.grad(-m.elbo(x).sum(), params_list), params_list)
+    for name in ("elbo", "stl"):
+        obj = make(name)
+        params, pair = prepare(m, obj, (x,))
+        compiled = compile_loss(pair, obj, params, (x,))
+        assert compiled is not None
+        order = [params[f"module.{n}"] for n in ("W", "b", "log_psi", "A", "c", "log_s")]
+        torch.manual_seed(0)
+        grads = torch.stack([flat_grad(torch.autograd.grad(compiled((x,)), order), order) for _ in range(1500)])
+        assert_unbiased(grads, exact, what=f"traced {name}")

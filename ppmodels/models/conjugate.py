@@ -40,6 +40,8 @@ LOG_2PI = math.log(2 * math.pi)
 class LinearGaussian(nn.Module):
     """Linear-Gaussian latent-variable model with an amortized linear-Gaussian guide."""
 
+    static_structure = True
+
     def __init__(self, x_dim: int = 5, z_dim: int = 2, *, seed: int = 0, noise: float = 0.5) -> None:
         super().__init__()
         g = torch.Generator().manual_seed(seed)

@@ -39,6 +39,8 @@ LATENTS = ("categorical", "mixture")
 class DiscreteVAE(nn.Module):
     """A VAE with G × C categorical latents, or a categorical-mixture prior over a Gaussian z."""
 
+    static_structure = True  # the same sites and shapes every call: fit may trace it
+
     def __init__(
         self,
         latent: str = "categorical",

@@ -32,6 +32,8 @@ LIKELIHOODS = ("bernoulli", "gaussian")
 class VAE(nn.Module):
     """A VAE with an MLP encoder/decoder; ``model(x)`` and ``guide(x)`` are Pyro programs."""
 
+    static_structure = True  # the same sites and shapes every call: fit may trace it
+
     def __init__(
         self,
         x_dim: int = 784,

@@ -273,6 +273,8 @@ class Objective:
     name: str = "objective"
     #: whether ``surrogate_units`` returns one unit per datapoint (False: one unit per batch)
     per_unit: bool = True
+    #: whether ``torch.jit.trace`` may record one call (no gradient hooks, no state between calls)
+    jit_safe: bool = False
 
     def __init__(
         self,

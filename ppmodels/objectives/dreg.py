@@ -34,6 +34,7 @@ class Dreg(Iwae):
     """``"dreg"``: IWAE bound with doubly-reparameterized guide gradients."""
 
     name = "dreg"
+    jit_safe = False
 
     def surrogate_units(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
         lw, pairs = self.draw(model, guide, args, kwargs, detach_guide=True)

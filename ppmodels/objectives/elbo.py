@@ -46,6 +46,7 @@ class Elbo(Objective):
     """``"elbo"``: the ELBO with pathwise / score-function gradients (Trace_ELBO)."""
 
     name = "elbo"
+    jit_safe = True
     analytic_kl = False
     detach_guide = False
 

@@ -28,6 +28,7 @@ class Enum(Objective):
     """``"enum"``: TraceEnum_ELBO with the guide's discrete sites enumerated in parallel."""
 
     name = "enum"
+    jit_safe = False
     per_unit = False
 
     def __init__(self, num_particles: int = 1, **kwargs: Any) -> None:

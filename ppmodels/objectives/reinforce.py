@@ -36,6 +36,7 @@ class Reinforce(Elbo):
     """``"reinforce"``: score-function ELBO gradients with a baseline."""
 
     name = "reinforce"
+    jit_safe = False
 
     def __init__(
         self,

@@ -39,6 +39,7 @@ class Renyi(Objective):
     """``"renyi"``: the VR bound :math:`\\mathcal L_{\\alpha,K}`, α ≠ 1."""
 
     name = "renyi"
+    jit_safe = True
 
     def __init__(self, num_particles: int = 5, *, alpha: float = 0.5, **kwargs: Any) -> None:
         super().__init__(num_particles, **kwargs)
