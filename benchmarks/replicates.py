@@ -38,6 +38,7 @@ cases = [
     ("LinearGaussian (5, 2), batch 4, elbo", lg, x, list(lg.parameters()), args.replicates, "elbo"),
     ("LinearGaussian (5, 2), batch 4, iwae K=5", lg, x, list(lg.parameters()), args.replicates, "iwae"),
     ("VAE pyro preset, batch 16, elbo", vae, xv, list(vae.parameters()), args.vae_replicates, "elbo"),
+    ("VAE pyro preset, batch 16, elbo, decoder output layer only", vae, xv, [vae.decoder[-1].bias], args.vae_replicates, "elbo"),
 ]
 from ppmodels.objectives import make  # noqa: E402
 

@@ -9,9 +9,12 @@ passes, whichever costs less:
 - few parameters (P ≤ 64): the double-backward trick, :math:`g(u) = J^\top u` with
   ``create_graph=True`` and :math:`J = \partial g / \partial u` batched over the P
   coordinates — P vector-Jacobian products for all R replicates at once;
-- many parameters: the rows directly, ``is_grads_batched`` over chunks of at most 32
-  replicates (each chunk's backward costs chunk × one pass, but the Python and tracing overhead
-  is paid once per chunk).
+- more parameters (P ≤ 10,000): the rows directly, ``is_grads_batched`` over chunks of at most
+  32 replicates (each chunk's backward costs chunk × one pass, but the Python and tracing
+  overhead is paid once per chunk);
+- large networks (P > 10,000, e.g. the MNIST VAE): the loop, which is then the faster of the
+  two on a CPU (measured in ``benchmarks/replicates.py``); per-sample gradients of the linear
+  layers would be the way to vectorize these, and are not implemented.
 Otherwise (global latents, objectives with U = 1): the loop path, R forward/backward passes.
 """
 
@@ -26,10 +29,11 @@ from torch import Tensor
 from ..objectives import Objective, make
 from ..utils import PPModelsError
 
-__all__ = ["replicate_gradients", "flat_grad", "FEW_PARAMETERS", "ROWS_CHUNK"]
+__all__ = ["replicate_gradients", "flat_grad", "FEW_PARAMETERS", "ROWS_CHUNK", "ROWS_MAX_PARAMETERS"]
 
 FEW_PARAMETERS = 64  # up to this many coordinates: the double-backward Jacobian
 ROWS_CHUNK = 32  # otherwise: at most this many replicates per batched backward
+ROWS_MAX_PARAMETERS = 10_000  # beyond: the loop
 
 
 def flat_grad(grads: Sequence[Tensor | None], params: Sequence[Tensor], batch_shape: tuple = ()) -> Tensor:
@@ -69,7 +73,7 @@ def replicate_gradients(
     P = sum(p.numel() for p in params)
     pyro.set_rng_seed(seed)
     with pyro.validation_enabled(False):
-        if vectorize and objective.per_unit:
+        if vectorize and objective.per_unit and P <= ROWS_MAX_PARAMETERS:
             chunk = min(chunk or replicates, replicates if P <= FEW_PARAMETERS else ROWS_CHUNK)
             out_g, out_b = [], []
             for start in range(0, replicates, chunk):
