@@ -109,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--replicates", type=_positive(int), default=500)
     v.add_argument("--batch-size", type=_positive(int), default=16, help="datapoints in the studied batch")
     v.add_argument("--exact", default="auto", help="auto (closed form), none, or an objective name to estimate it")
+    v.add_argument("--reference-replicates", type=_positive(int), default=2000,
+                   help="replicates of the --exact estimator (1 for a deterministic one such as enum)")
     v.add_argument("--out", required=True)
     v.add_argument("--device", default="auto")
     v.add_argument("--seed", type=int, default=0)
@@ -299,7 +301,8 @@ def _variance(args: argparse.Namespace) -> None:
     m, batch, params = _study_target(args)
     exact = None if args.exact == "none" else (args.exact if args.exact == "auto" else _parse_objective(args.exact))
     df = gradient_study(m.model, m.guide, *batch, objectives=objectives, num_particles=args.num_particles,
-                        replicates=args.replicates, params=params, exact=exact, device=args.device, seed=args.seed)
+                        replicates=args.replicates, params=params, exact=exact, device=args.device, seed=args.seed,
+                        reference_replicates=args.reference_replicates)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "study.csv", index=False)

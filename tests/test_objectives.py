@@ -314,3 +314,29 @@ def test_report_largest_z(capsys):
     with capsys.disabled():
         for k, v in sorted(LARGEST_Z.items()):
             print(f"  max|z| {v:5.2f}  {k}")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name,options", [("elbo", {}), ("stl", {}), ("dreg", {"num_particles": 1}),
+                                          ("iwae", {"num_particles": 1})])
+def test_linear_gaussian_gradients_on_cuda(name, options):
+    m = LinearGaussian(5, 2, seed=0).cuda()
+    x = m.sample_data(4, seed=1).cuda()
+    params = params_of(m)
+    exact = exact_grad(-m.elbo(x).sum(), params)
+    grads, _ = replicate_gradients(make(name, **options), m, (x,), params, R, seed=1)
+    assert grads.is_cuda
+    assert_unbiased(grads, exact, what=f"{name} on cuda")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name,options,f", [("reinforce", {"baseline": "neural"}, lambda K: (lambda lw: lw[0])),
+                                            ("vimco", {"num_particles": 3}, iwae_f)])
+def test_discrete_latent_gradients_on_cuda(name, options, f):
+    m = CategoricalGaussian(3, 2, seed=0).cuda()
+    x = (m.locs.detach()[torch.tensor([0, 1, 2], device="cuda")] + 0.5)
+    K = options.get("num_particles", 1)
+    params = params_of(m)
+    exact = exact_grad(-m.exact_bound(x, K, f(K)).sum(), params)
+    grads, _ = replicate_gradients(make(name, **options), m, (x,), params, R, seed=10)
+    assert_unbiased(grads, exact, what=f"{name} on cuda")

@@ -119,7 +119,7 @@ class LinearGaussian(nn.Module):
     def set_guide_to_posterior(self, tol: float = 1e-6) -> None:
         """Set (A, c, s) to the exact posterior; it must be diagonal (see :meth:`with_diagonal_posterior`)."""
         psi_inv = (-self.log_psi).exp()
-        precision = torch.eye(self.z_dim) + (self.W.T * psi_inv) @ self.W
+        precision = torch.eye(self.z_dim, device=self.W.device) + (self.W.T * psi_inv) @ self.W
         off = precision - torch.diag(torch.diagonal(precision))
         if off.abs().max() > tol:
             raise PPModelsError(
@@ -146,8 +146,8 @@ class LinearGaussian(nn.Module):
     @torch.no_grad()
     def sample_data(self, n: int, seed: int = 0) -> Tensor:
         g = torch.Generator().manual_seed(seed)
-        z = torch.randn(n, self.z_dim, generator=g)
-        eps = torch.randn(n, self.x_dim, generator=g)
+        z = torch.randn(n, self.z_dim, generator=g).to(self.W.device)
+        eps = torch.randn(n, self.x_dim, generator=g).to(self.W.device)
         return z @ self.W.T + self.b + eps * (0.5 * self.log_psi).exp()
 
 
@@ -202,7 +202,7 @@ class CategoricalGaussian(nn.Module):
             raise PPModelsError(f"exact_bound: C^K = {C**K} tuples is too many")
         log_q = self.guide_log_table(x)  # (C, N)
         log_w = self.log_joint_table(x) - log_q  # (C, N)
-        tuples = torch.tensor(list(itertools.product(range(C), repeat=K))).T  # (K, T)
+        tuples = torch.tensor(list(itertools.product(range(C), repeat=K)), device=x.device).T  # (K, T)
         weights = log_q[tuples].sum(0).exp()  # (T, N)
         return (weights * f(log_w[tuples])).sum(0)
 
