@@ -35,6 +35,7 @@ def test_study_table_and_unbiasedness_on_linear_gaussian(lg, tmp_path):
     # every estimator with a closed-form target: unbiased within 5 standard errors per coordinate
     assert len(known) == 2 * (3 * 2 + 2)
     assert (known["max_abs_z"] < 5).all(), known[["objective", "num_particles", "group", "max_abs_z"]]
+    assert (known["constant_mismatch"] == 0).all()
     assert (known["cosine"] > 0.99).all()
     # no closed form for IWAE/DReG at K = 4 here: no bias figures, but variance and SNR
     unknown = df[df["reference"] != "exact (closed form)"]
@@ -60,6 +61,24 @@ def test_study_detects_a_biased_estimator():
     assert (df["reference"] == "exact (closed form)").all()
     assert df["max_abs_z"].iloc[:2].max() > 5  # the mislabelled ELBO gradient
     assert df["max_abs_z"].iloc[2:].max() < 5  # the real IWAE gradient
+
+
+def test_study_flags_a_deterministic_biased_estimator():
+    """A zero-variance estimator that is wrong (Pyro's RenyiELBO(alpha=0) guide gradient at a
+    discrete site is exactly 0) cannot hide behind its zero variance."""
+    from ppmodels.objectives import Iwae
+
+    class DropsScoreTerm(Iwae):  # the pathwise part only: zero guide gradient at discrete sites
+        def surrogate_units(self, model, guide, *args, **kwargs):
+            bound, _ = super().surrogate_units(model, guide, *args, **kwargs)
+            return bound, bound
+
+    m = CategoricalGaussian(3, 2, seed=0)
+    x = torch.randn(3, 2, generator=torch.Generator().manual_seed(1)) * 2
+    df = gradient_study(m.model, m.guide, x, objectives=[DropsScoreTerm(3)], num_particles=[3], replicates=300,
+                        device="cpu")
+    guide_row = df[df["group"] == "guide"].iloc[0]
+    assert guide_row["constant_mismatch"] > 0 or guide_row["max_abs_z"] > 5
 
 
 def test_reference_by_high_replicate_estimate(lg):

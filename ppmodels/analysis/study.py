@@ -35,7 +35,7 @@ from .stats import Moments, statistics
 __all__ = ["gradient_study", "parameter_groups", "COLUMNS"]
 
 COLUMNS = ["objective", "num_particles", "group", "replicates", "mean_norm", "bias_norm", "max_abs_z",
-           "total_variance", "snr", "cosine", "seconds", "work_variance", "reference"]
+           "constant_mismatch", "total_variance", "snr", "cosine", "seconds", "work_variance", "reference"]
 
 
 def parameter_groups(model: Callable, guide: Callable, *args: Any) -> dict[str, list[Tensor]]:

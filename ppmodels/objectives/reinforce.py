@@ -9,7 +9,8 @@ term of the datapoint, as TraceGraph_ELBO's dependency graph gives for per-datap
 
 with the baseline :math:`b_b`: ``"none"``; ``"decaying"``, an exponential moving average
 (weight ``beta``) of past mean log weights, kept as a (gradient-free) Pyro param so it is
-checkpointed; or ``"neural"``, a network of :math:`x_b` trained by :math:`(\log w_{kb} - b_b)^2`
+checkpointed; or ``"neural"``, that average plus a network of :math:`x_b` (the input-dependent
+residual, as in NVIL's centring), trained by :math:`(\log w_{kb} - b_b)^2`
 (its gradient is added to the surrogate; it does not bias the estimator because the baseline
 does not depend on :math:`z_{kb}`). Models with global latents get a batch-level baseline
 (``"none"`` or ``"decaying"``). Vectorized over particles, and, unlike Pyro's
@@ -76,18 +77,18 @@ class Reinforce(Elbo):
         signal = (lw.local if per_datapoint else lw.total()[:, None]).detach()  # (K, U)
         if self.baseline == "none" or not lw.has_score:
             return elbo_surrogate(lw)
+        avg = pyro.param("reinforce_baseline_avg", lambda: signal.mean().detach().clone())
+        centre = avg.detach().clone()
+        with torch.no_grad():
+            avg.mul_(self.beta).add_((1 - self.beta) * signal.mean())
         if self.baseline == "decaying":
-            avg = pyro.param("reinforce_baseline_avg", lambda: signal.mean().detach().clone())
-            baseline = avg.detach().clone()
-            with torch.no_grad():
-                avg.mul_(self.beta).add_((1 - self.beta) * signal.mean())
-            return elbo_surrogate(lw, baseline)
+            return elbo_surrogate(lw, centre)
         if not per_datapoint:
             raise PPModelsError(
                 "objective 'reinforce': the neural baseline needs per-datapoint latents (the model has "
                 f"global latents {list(lw.global_latents)}); use baseline='decaying'"
             )
-        b = self._neural(args, kwargs)  # (B,)
+        b = centre + self._neural(args, kwargs)  # (B,)
         bound, surrogate = elbo_surrogate(lw, b.detach())
         regression = ((signal - b) ** 2).mean(0)  # (B,), trains the baseline network
         return bound, surrogate - regression
