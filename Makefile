@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/ppmodels train vae --preset pyro --objective elbo --epochs 25 --batch-size 128 \
+	$(BIN)/ppmodels train vae --preset pyro --objective elbo --epochs 40 --batch-size 128 \
 		--lr 3e-3 --lr-schedule cosine --device auto --seed 0 --out runs/demo \
 		--eval-subset 1000 --num-samples 1000
 
