@@ -12,9 +12,12 @@ passes, whichever costs less:
 - more parameters (P ≤ 10,000): the rows directly, ``is_grads_batched`` over chunks of at most
   32 replicates (each chunk's backward costs chunk × one pass, but the Python and tracing
   overhead is paid once per chunk);
-- large networks (P > 10,000, e.g. the MNIST VAE): the loop, which is then the faster of the
-  two on a CPU (measured in ``benchmarks/replicates.py``); per-sample gradients of the linear
-  layers would be the way to vectorize these, and are not implemented.
+- large networks (P > 10,000, e.g. the MNIST VAE) whose studied parameters are all weights and
+  biases of ``nn.Linear`` layers: per-replicate gradients from one ordinary backward pass —
+  hooks keep each layer's input :math:`a` and output gradient :math:`\delta`, and replicate r's
+  gradient is :math:`\sum_{\text{rows of } r} \delta a^\top` (its rows are its own datapoints'
+  copies), an ``einsum`` per layer, in chunks of replicates that bound the (chunk, P) memory;
+- otherwise: the loop.
 Otherwise (global latents, objectives with U = 1): the loop path, R forward/backward passes.
 """
 
@@ -73,6 +76,24 @@ def replicate_gradients(
     P = sum(p.numel() for p in params)
     pyro.set_rng_seed(seed)
     with pyro.validation_enabled(False):
+        linear = _linear_layers(obj, params) if P > ROWS_MAX_PARAMETERS else None
+        if vectorize and objective.per_unit and linear is not None:
+            chunk = min(chunk or replicates, max(1, (1 << 28) // (4 * P)))
+            out_g, out_b = [], []
+            for start in range(0, replicates, chunk):
+                r = min(chunk, replicates - start)
+                with _PerReplicate(linear, r * B) as rec:
+                    bound, surrogate = objective.surrogate_units(obj.model, obj.guide, *_repeat(batch, r))
+                    if surrogate.shape[0] != r * B:
+                        break
+                    (-surrogate.sum()).backward(inputs=params)
+                out_g.append(rec.gradients(params, r))
+                out_b.append(bound.detach().reshape(r, B).sum(1))
+            else:
+                for p in params:
+                    p.grad = None
+                return torch.cat(out_g), torch.cat(out_b)
+            pyro.set_rng_seed(seed)
         if vectorize and objective.per_unit and P <= ROWS_MAX_PARAMETERS:
             chunk = min(chunk or replicates, replicates if P <= FEW_PARAMETERS else ROWS_CHUNK)
             out_g, out_b = [], []
@@ -93,6 +114,77 @@ def replicate_gradients(
             grads_list.append(flat_grad(grads, params))
             bounds.append(bound.detach())
         return torch.stack(grads_list), torch.stack(bounds)
+
+
+def _linear_layers(obj: Any, params: list[Tensor]) -> dict[int, tuple[torch.nn.Linear, str]] | None:
+    """``{id(param): (layer, "weight" | "bias")}`` when every param belongs to an ``nn.Linear``
+    of ``obj`` (an ``nn.Module``), else None."""
+    if not isinstance(obj, torch.nn.Module):
+        return None
+    owner = {}
+    for layer in obj.modules():
+        if type(layer) is torch.nn.Linear:
+            owner[id(layer.weight)] = (layer, "weight")
+            if layer.bias is not None:
+                owner[id(layer.bias)] = (layer, "bias")
+    return owner if all(id(p) in owner for p in params) else None
+
+
+class _PerReplicate:
+    """Record each linear layer's inputs and output gradients during one forward/backward, and
+    turn them into per-replicate parameter gradients (see module docstring)."""
+
+    def __init__(self, layers: dict[int, tuple[torch.nn.Linear, str]], rows: int) -> None:
+        self.layers = {id(layer): layer for layer, _ in layers.values()}
+        self.owner = layers
+        self.rows = rows  # R * B: the size of the data dimension
+        self.records: dict[int, list[list[Tensor]]] = {k: [] for k in self.layers}
+        self.handles: list = []
+
+    def __enter__(self) -> "_PerReplicate":
+        for key, layer in self.layers.items():
+            self.handles.append(layer.register_forward_hook(self._forward(key)))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self.handles:
+            h.remove()
+
+    def _forward(self, key: int):
+        def hook(module, inputs, output):
+            record = [inputs[0].detach()]
+            self.records[key].append(record)
+            if output.requires_grad:
+                output.register_hook(lambda g: record.append(g.detach()))
+        return hook
+
+    def _rows(self, t: Tensor, R: int) -> Tensor:
+        """(..., rows, f) → (L, R, B, f) with the data dimension (size R·B) split by replicate."""
+        if t.dim() < 2 or t.shape[-2] != self.rows:
+            raise PPModelsError(
+                "replicate_gradients: a linear layer's input has no data dimension of the batch's size "
+                f"(shape {tuple(t.shape)}); use vectorize=False"
+            )
+        return t.reshape(-1, R, self.rows // R, t.shape[-1])
+
+    def gradients(self, params: list[Tensor], R: int) -> Tensor:
+        grads: dict[int, Tensor] = {}
+        for key, records in self.records.items():
+            layer = self.layers[key]
+            gw = torch.zeros(R, *layer.weight.shape, dtype=layer.weight.dtype, device=layer.weight.device)
+            gb = torch.zeros(R, layer.out_features, dtype=layer.weight.dtype, device=layer.weight.device)
+            for record in records:
+                if len(record) < 2:
+                    continue  # no gradient reached this use of the layer
+                a, d = record
+                a = self._rows(a.expand(*d.shape[:-1], a.shape[-1]), R)
+                d = self._rows(d, R)
+                gw += torch.einsum("lrbo,lrbi->roi", d, a)
+                gb += d.sum((0, 2))
+            grads[id(layer.weight)] = gw
+            if layer.bias is not None:
+                grads[id(layer.bias)] = gb
+        return torch.cat([grads[id(p)].reshape(R, -1) for p in params], 1)
 
 
 def _jacobian(S: Tensor, params: list[Tensor], method: str = "auto") -> Tensor:
