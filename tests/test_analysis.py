@@ -142,3 +142,18 @@ def test_linear_layer_per_replicate_gradients_equal_the_rows(name, K):
     _, s = make(name, num_particles=K).surrogate_units(vae.model, vae.guide, *_repeat((x,), R))
     rows = _jacobian(-s.reshape(R, -1).sum(1), params, "rows")
     assert torch.allclose(fast, rows, rtol=1e-4, atol=1e-5)
+
+
+def test_snr_is_debiased_for_zero_mean_coordinates():
+    from ppmodels.analysis import Moments, statistics
+
+    g = torch.Generator().manual_seed(0)
+    R, P = 200, 2000
+    zero = torch.randn(R, P, generator=g)  # E g = 0: true SNR 0
+    one = 1.0 + torch.randn(R, P, generator=g)  # true SNR 1
+    for samples, truth, tol in ((zero, 0.0, 0.03), (one, 1.0, 0.05)):
+        m = Moments(P)
+        m.update(samples)
+        snr = statistics(m.mean, m.var, m.n)["snr"]
+        assert abs(snr - truth) < tol, (truth, snr)
+    # without the correction a zero-mean coordinate would show about sqrt(2 / pi) / sqrt(R) = 0.056
