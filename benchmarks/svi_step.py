@@ -142,9 +142,7 @@ def epoch_rows() -> list[dict]:
     def run_theirs():
         g = torch.Generator().manual_seed(0)
         gd = g if device.type == "cpu" else torch.Generator(device=device).manual_seed(0)
-        order = torch.randperm(len(train), generator=g).to(device)
-        for i in range(0, len(train) - len(train) % 128, 128):
-            x = train._serve(order[i : i + 128], gd)[0]
+        for (x,) in train.batches(128, generator=g, drop_last=True, binarize_generator=gd):
             handwritten.step(theirs, opt, x, "elbo")
 
     times = interleaved({"ppmodels": run_ours, "torch": run_theirs}, rounds=3, device=device, warmup=0)

@@ -16,7 +16,8 @@ import torch
 
 from ppmodels import data
 from ppmodels.analysis import gradient_study, plot_study
-from ppmodels.cli import _load_run
+from ppmodels.fit import load_run
+from ppmodels.utils import resolve_device
 from ppmodels.objectives import make
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -27,7 +28,8 @@ p.add_argument("--device", default="auto")
 p.add_argument("--out", default="runs/vae-variance")
 args = p.parse_args()
 
-vae, _, device = _load_run(args.run_dir, args.device)
+device = resolve_device(args.device)
+vae, _ = load_run(args.run_dir, device)
 x = data.mnist(binarize="fixed", device=device)["test"].subset(args.batch_size).full()[0]
 objectives = [make("elbo"), make("elbo", reparameterized=False), make("meanfield"), make("stl")]
 df = gradient_study(vae.model, vae.guide, x, objectives=objectives, num_particles=[1],

@@ -139,20 +139,11 @@ def _objective_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _load_run(run_dir: str, device: str):
-    from .fit import CHECKPOINT, load_checkpoint
-    from .models import build
-    from .utils import PPModelsError, resolve_device
+    from .fit import load_run
+    from .utils import resolve_device
 
-    path = Path(run_dir)
-    if not (path / CHECKPOINT).exists():
-        raise PPModelsError(f"{run_dir}: not a run directory (no {CHECKPOINT}); train one with `ppmodels train`")
-    dev = resolve_device(device)
-    ckpt = load_checkpoint(path, map_location=dev)
-    meta = ckpt["meta"]
-    model = build(meta["family"], **meta["config"]).to(dev)
-    state = {k[len("module."):]: v for k, v in ckpt["params"].items() if k.startswith("module.")}
-    model.load_state_dict(state, strict=False)
-    return model, ckpt, dev
+    model, ckpt = load_run(run_dir, device)
+    return model, ckpt, resolve_device(device)
 
 
 def _report(model, test, num_samples: int, subset: int | None, seed: int) -> dict[str, float]:

@@ -29,6 +29,7 @@ from .utils import PPModelsError, resolve_device
 
 __all__ = [
     "TensorData",
+    "as_data",
     "MNISTUnavailable",
     "data_root",
     "load_mnist",
@@ -128,8 +129,11 @@ class TensorData:
         shuffle: bool = True,
         generator: torch.Generator | None = None,
         drop_last: bool = False,
+        binarize_generator: torch.Generator | None = None,
     ) -> Iterator[tuple[Tensor, ...]]:
-        """Yield batches as tuples of tensors on :attr:`device`: one permutation, no copies."""
+        """Yield batches as tuples of tensors on :attr:`device`: one permutation, no copies.
+        ``generator`` (a CPU generator) shuffles; ``binarize_generator`` (on the data's device;
+        default ``generator``) draws the dynamic binarization."""
         if batch_size < 1:
             raise PPModelsError(f"{self.name}: batch_size must be >= 1, got {batch_size}")
         n = len(self)
@@ -140,11 +144,20 @@ class TensorData:
         stop = n - n % batch_size if drop_last else n
         for start in range(0, stop, batch_size):
             index = order[start : start + batch_size] if order is not None else slice(start, start + batch_size)
-            yield self._serve(index, generator)
+            yield self._serve(index, generator if binarize_generator is None else binarize_generator)
 
     def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
         n = len(self)
         return n // batch_size if drop_last else -(-n // batch_size)
+
+
+def as_data(data: "TensorData | Tensor | tuple") -> "TensorData":
+    """A :class:`TensorData` from a TensorData, one tensor, or a tuple of tensors."""
+    if isinstance(data, TensorData):
+        return data
+    if torch.is_tensor(data):
+        return TensorData(data)
+    return TensorData(*data)
 
 
 def _intensity(x: Tensor) -> Tensor:

@@ -18,7 +18,7 @@ import pyro
 import torch
 from torch import Tensor
 
-from .data import TensorData
+from .data import TensorData, as_data
 from .objectives.base import guess_max_plate_nesting, log_weights, particle_traces, trace_numel
 from .protocol import as_pair, check_batch
 from .utils import PPModelsError, model_name
@@ -32,14 +32,6 @@ def memory_budget(device: torch.device) -> int:
         free, _ = torch.cuda.mem_get_info(device)
         return int(0.5 * free)
     return 1 << 30
-
-
-def _as_data(data: TensorData | Tensor | tuple) -> TensorData:
-    if isinstance(data, TensorData):
-        return data
-    if torch.is_tensor(data):
-        return TensorData(data)
-    return TensorData(*data)
 
 
 def _local_log_weights(obj: Any, batch: tuple, num_particles: int, mpn: int) -> Tensor:
@@ -77,7 +69,7 @@ def log_likelihood(
     :func:`memory_budget`) unless given.
     """
     obj = as_pair(obj)
-    data = _as_data(data)
+    data = as_data(data)
     if num_samples < 1:
         raise PPModelsError(f"log_likelihood: num_samples must be >= 1, got {num_samples}")
     first = next(data.batches(min(len(data), 8), shuffle=False, generator=generator))
@@ -117,7 +109,7 @@ def elbo(
 ) -> Tensor:
     r"""Per-datapoint ELBO estimate :math:`\frac1K\sum_k \log w_k`, shape (N,)."""
     obj = as_pair(obj)
-    data = _as_data(data)
+    data = as_data(data)
     first = next(data.batches(min(len(data), 8), shuffle=False, generator=generator))
     with torch.no_grad(), pyro.validation_enabled(False):
         mpn = guess_max_plate_nesting(obj.model, obj.guide, first, {})
@@ -138,7 +130,7 @@ def active_units(
     from pyro.poutine.util import prune_subsample_sites
 
     obj = as_pair(obj)
-    data = _as_data(data)
+    data = as_data(data)
     means: dict[str, list[Tensor]] = {}
     with torch.no_grad(), pyro.validation_enabled(False):
         for batch in data.batches(batch_size, shuffle=False, generator=generator):

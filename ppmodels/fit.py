@@ -27,12 +27,12 @@ from torch.distributions import transform_to
 from torch import Tensor
 
 from . import evaluate
-from .data import TensorData
+from .data import TensorData, as_data
 from .objectives import Objective, make
 from .protocol import ModelGuide, as_pair, check_batch, named_parameters
 from .utils import PPModelsError, model_name, resolve_device, rng_state, set_rng_state, set_seed
 
-__all__ = ["fit", "svi_step", "compile_loss", "prepare", "make_optimizer", "NonFiniteLoss", "load_checkpoint", "lr_factor", "CHECKPOINT"]
+__all__ = ["fit", "svi_step", "compile_loss", "prepare", "make_optimizer", "NonFiniteLoss", "load_checkpoint", "load_run", "lr_factor", "CHECKPOINT"]
 
 CHECKPOINT = "checkpoint.pt"
 SCHEDULES = ("constant", "cosine", "burda")
@@ -180,6 +180,25 @@ def make_optimizer(params: list[Tensor], lr: float = 1e-3, betas: tuple[float, f
     return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps, **({"fused": True} if on_cuda else {"foreach": True}))
 
 
+def load_run(run_dir: str | os.PathLike, device: str | torch.device = "auto") -> tuple[Any, dict[str, Any]]:
+    """The model of a run directory written by ``ppmodels train`` (family and configuration from
+    the checkpoint's ``meta``), with its trained parameters, on ``device``; and the checkpoint."""
+    from .models import build
+
+    path = Path(run_dir)
+    if not (path / CHECKPOINT).exists():
+        raise PPModelsError(f"{run_dir}: not a run directory (no {CHECKPOINT}); train one with `ppmodels train`")
+    dev = resolve_device(device)
+    ckpt = load_checkpoint(path, map_location=dev)
+    meta = ckpt["meta"]
+    if "family" not in meta:
+        raise PPModelsError(f"{run_dir}: the checkpoint names no model family (written by fit without meta?)")
+    model = build(meta["family"], **meta["config"]).to(dev)
+    state = {k[len("module."):]: v for k, v in ckpt["params"].items() if k.startswith("module.")}
+    model.load_state_dict(state, strict=False)
+    return model, ckpt
+
+
 def _save(path: Path, state: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
@@ -238,7 +257,7 @@ def fit(
         raise PPModelsError(f"fit: lr must be a positive number, got {lr}")
     if not callable(lr_schedule) and lr_schedule not in (None, *SCHEDULES):
         raise PPModelsError(f"fit: lr_schedule must be one of {SCHEDULES} or a callable, got {lr_schedule!r}")
-    train = evaluate._as_data(train).to(device)
+    train = as_data(train).to(device)
     for i, t in enumerate(train.tensors):
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise PPModelsError(
@@ -304,7 +323,7 @@ def fit(
                 running = torch.zeros((), device=device)
                 first_bad = torch.full((), -1, device=device, dtype=torch.long)
                 n_seen = 0
-                for batch in _batches(train, batch_size, g, gd, drop_last):
+                for batch in train.batches(batch_size, generator=g, drop_last=drop_last, binarize_generator=gd):
                     if step >= total_steps:
                         break
                     for group in optimizer.param_groups:
@@ -353,15 +372,6 @@ def fit(
                      "jit": compiled is not None,
                      "checkpoint": str(last_good) if last_good else None})
     return df
-
-
-def _batches(train: TensorData, batch_size: int, g: torch.Generator, gd: torch.Generator, drop_last: bool):
-    """Shuffle with the CPU generator ``g``; binarize with ``gd`` (on the data's device)."""
-    order = torch.randperm(len(train), generator=g).to(train.device)
-    n = len(train)
-    stop = n - n % batch_size if drop_last else n
-    for start in range(0, stop, batch_size):
-        yield train._serve(order[start : start + batch_size], gd)
 
 
 def _raise_if_bad(first_bad: Tensor, name: str, last_good: Path | None) -> None:
