@@ -24,6 +24,20 @@ def test_parameter_groups_split_decoder_and_encoder(lg):
     assert {id(p) for p in groups["guide"]} == {id(p) for p in m.guide_parameters()}
 
 
+def test_parameters_by_name_or_group(lg):
+    m, x = lg
+    df = gradient_study(m.model, m.guide, x, objectives=["elbo"], num_particles=[1], replicates=50,
+                        params={"decoder": ["W", "b"], "noise": [m.log_psi]}, device="cpu")
+    assert list(df["group"]) == ["decoder", "noise"] and df.attrs["groups"] == {"decoder": 15, "noise": 5}
+    df = gradient_study(m.model, m.guide, x, objectives=["elbo"], num_particles=[1], replicates=50,
+                        params=["A"], device="cpu")
+    assert list(df["group"]) == ["A"]
+    from ppmodels.utils import PPModelsError
+
+    with pytest.raises(PPModelsError, match="no parameter named 'nope'"):
+        gradient_study(m.model, m.guide, x, objectives=["elbo"], num_particles=[1], replicates=5, params=["nope"])
+
+
 def test_study_table_and_unbiasedness_on_linear_gaussian(lg, tmp_path):
     m, x = lg
     df = gradient_study(m.model, m.guide, x, objectives=["elbo", "meanfield", "stl", "iwae", "dreg"],

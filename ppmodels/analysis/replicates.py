@@ -79,7 +79,8 @@ def replicate_gradients(
         linear = _linear_layers(obj, params) if P > ROWS_MAX_PARAMETERS else None
         if vectorize and objective.per_unit and linear is not None:
             chunk = min(chunk or replicates, max(1, (1 << 28) // (4 * P)))
-            out_g, out_b = [], []
+            grads = torch.empty(replicates, P, dtype=params[0].dtype, device=params[0].device)
+            bounds = []
             for start in range(0, replicates, chunk):
                 r = min(chunk, replicates - start)
                 with _PerReplicate(linear, r * B) as rec:
@@ -87,12 +88,12 @@ def replicate_gradients(
                     if surrogate.shape[0] != r * B:
                         break
                     (-surrogate.sum()).backward(inputs=params)
-                out_g.append(rec.gradients(params, r))
-                out_b.append(bound.detach().reshape(r, B).sum(1))
+                rec.write_gradients(params, grads[start : start + r])
+                bounds.append(bound.detach().reshape(r, B).sum(1))
             else:
                 for p in params:
                     p.grad = None
-                return torch.cat(out_g), torch.cat(out_b)
+                return grads, torch.cat(bounds)
             pyro.set_rng_seed(seed)
         if vectorize and objective.per_unit and P <= ROWS_MAX_PARAMETERS:
             chunk = min(chunk or replicates, replicates if P <= FEW_PARAMETERS else ROWS_CHUNK)
@@ -167,24 +168,41 @@ class _PerReplicate:
             )
         return t.reshape(-1, R, self.rows // R, t.shape[-1])
 
-    def gradients(self, params: list[Tensor], R: int) -> Tensor:
-        grads: dict[int, Tensor] = {}
+    def write_gradients(self, params: list[Tensor], out: Tensor) -> None:
+        """Write the (R, P) per-replicate gradients of ``params`` into ``out`` (columns in the
+        order of ``params``), each layer's block straight into its columns."""
+        R = out.shape[0]
+        columns, start = {}, 0
+        for p in params:
+            columns[id(p)] = out[:, start : start + p.numel()].view(R, *p.shape)
+            start += p.numel()
         for key, records in self.records.items():
             layer = self.layers[key]
-            gw = torch.zeros(R, *layer.weight.shape, dtype=layer.weight.dtype, device=layer.weight.device)
-            gb = torch.zeros(R, layer.out_features, dtype=layer.weight.dtype, device=layer.weight.device)
+            targets = [(layer.weight, "w"), (layer.bias, "b")] if layer.bias is not None else [(layer.weight, "w")]
+            written = set()
             for record in records:
                 if len(record) < 2:
                     continue  # no gradient reached this use of the layer
                 a, d = record
-                a = self._rows(a.expand(*d.shape[:-1], a.shape[-1]), R)
-                d = self._rows(d, R)
-                gw += torch.einsum("lrbo,lrbi->roi", d, a)
-                gb += d.sum((0, 2))
-            grads[id(layer.weight)] = gw
-            if layer.bias is not None:
-                grads[id(layer.bias)] = gb
-        return torch.cat([grads[id(p)].reshape(R, -1) for p in params], 1)
+                a = self._rows(a.expand(*d.shape[:-1], a.shape[-1]), R)  # (L, R, B, in)
+                d = self._rows(d, R)  # (L, R, B, out)
+                for param, kind in targets:
+                    if id(param) not in columns:
+                        continue
+                    target = columns[id(param)]
+                    beta = 1.0 if id(param) in written else 0.0
+                    if kind == "w":  # straight into the (strided) output: no temporary, no copy
+                        rows_d = d.transpose(0, 1).reshape(R, -1, d.shape[-1])  # (R, L*B, out)
+                        rows_a = a.transpose(0, 1).reshape(R, -1, a.shape[-1])  # (R, L*B, in)
+                        target.baddbmm_(rows_d.transpose(1, 2), rows_a, beta=beta)
+                    elif beta:
+                        target.add_(d.sum((0, 2)))
+                    else:  # the buffer is uninitialized: copy, do not scale (0 * nan = nan)
+                        target.copy_(d.sum((0, 2)))
+                    written.add(id(param))
+            for param, _ in targets:
+                if id(param) in columns and id(param) not in written:
+                    columns[id(param)].zero_()  # this layer got no gradient
 
 
 def _jacobian(S: Tensor, params: list[Tensor], method: str = "auto") -> Tensor:

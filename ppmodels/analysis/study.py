@@ -63,6 +63,37 @@ def parameter_groups(model: Callable, guide: Callable, *args: Any) -> dict[str, 
     return groups
 
 
+def _resolve_groups(params: Any, owner: Any, model: Callable, guide: Callable, args: tuple) -> dict[str, list[Tensor]]:
+    """``params`` as ``{group: [tensors]}``. Accepted: None (the model/guide groups), a dict of
+    groups whose entries are tensors or names, or a list of names (one group each). A name is a
+    module parameter of the model's owner (``"decoder.0.weight"``, or a prefix such as
+    ``"decoder"``) or a Pyro param-store name."""
+    if params is None:
+        return {k: list(v) for k, v in parameter_groups(model, guide, *args).items()}
+    if not isinstance(params, dict):
+        params = {str(name): [name] for name in params}
+    named = dict(owner.named_parameters()) if isinstance(owner, torch.nn.Module) else {}
+    store = pyro.get_param_store()
+    groups: dict[str, list[Tensor]] = {}
+    for group, entries in params.items():
+        tensors: list[Tensor] = []
+        for entry in entries:
+            if torch.is_tensor(entry):
+                tensors.append(entry)
+                continue
+            matches = [p for n, p in named.items() if n == entry or n.startswith(f"{entry}.")]
+            if not matches and entry in store:
+                matches = [store.get_param(entry).unconstrained()]
+            if not matches:
+                raise PPModelsError(
+                    f"gradient_study: no parameter named {entry!r}; module parameters: "
+                    f"{sorted(named)[:8]}{' ...' if len(named) > 8 else ''}; param store: {sorted(store.keys())[:8]}"
+                )
+            tensors.extend(matches)
+        groups[group] = tensors
+    return groups
+
+
 def _with_particles(objective: str | Objective, K: int) -> Objective:
     if isinstance(objective, str):
         return make(objective, num_particles=K)
@@ -104,7 +135,7 @@ def gradient_study(
     objectives: Sequence[str | Objective] = ("elbo", "iwae", "dreg"),
     num_particles: Sequence[int] = (1, 5, 50),
     replicates: int = 1000,
-    params: dict[str, Sequence[Tensor]] | None = None,
+    params: dict[str, Sequence[Tensor | str]] | Sequence[str] | None = None,
     exact: str | Objective | None = "auto",
     reference_replicates: int = 10000,
     device: str | torch.device = "auto",
@@ -124,7 +155,7 @@ def gradient_study(
     pair = ModelGuide(model, guide)
     pyro.set_rng_seed(seed)
     with pyro.validation_enabled(False):
-        groups = {k: list(v) for k, v in (params or parameter_groups(model, guide, *args)).items()}
+        groups = _resolve_groups(params, owner, model, guide, args)
     groups = {k: v for k, v in groups.items() if v}
     if not groups:
         raise PPModelsError("gradient_study: no parameter group has parameters")
