@@ -14,6 +14,7 @@ __all__ = [
     "rng_state",
     "set_rng_state",
     "model_name",
+    "check_rows",
 ]
 
 
@@ -82,6 +83,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def _as_tuple(x: Any) -> Any:
     return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def check_rows(x: "torch.Tensor", dim: int, where: str, site: str, rows: str = "B") -> None:
+    """Raise unless ``x`` is a batch of shape (rows, dim): ``where`` names the model, ``site`` the site."""
+    if x.dim() != 2 or x.shape[-1] != dim:
+        raise PPModelsError(f"{where}: site {site!r} expects a batch of shape ({rows}, {dim}), got {tuple(x.shape)}")
 
 
 def model_name(model: Any) -> str:

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..nets import MLP, GaussianHead
-from ..utils import PPModelsError
+from ..utils import PPModelsError, check_rows
 
 __all__ = ["DiscreteVAE"]
 
@@ -69,15 +69,9 @@ class DiscreteVAE(nn.Module):
             self.decoder = MLP(z_dim, tuple(reversed(hidden)), x_dim, activation)
             self.component_locs = nn.Parameter(torch.randn(classes, z_dim) * 2.0)
 
-    def _check(self, x: Tensor) -> None:
-        if x.dim() != 2 or x.shape[-1] != self.x_dim:
-            raise PPModelsError(
-                f"DiscreteVAE.model: site 'x' expects a batch of shape (B, {self.x_dim}), got {tuple(x.shape)}"
-            )
-
     def model(self, x: Tensor) -> None:
         pyro.module("dvae", self)
-        self._check(x)
+        check_rows(x, self.x_dim, "DiscreteVAE.model", "x")
         uniform = x.new_full((self.classes,), 1.0 / self.classes)
         with pyro.plate("data", x.shape[0]):
             if self.latent == "categorical" and self.groups == 1:  # enumerable
@@ -94,7 +88,7 @@ class DiscreteVAE(nn.Module):
 
     def guide(self, x: Tensor) -> None:
         pyro.module("dvae", self)
-        self._check(x)
+        check_rows(x, self.x_dim, "DiscreteVAE.model", "x")
         with pyro.plate("data", x.shape[0]):
             if self.latent == "categorical" and self.groups == 1:  # enumerable
                 pyro.sample("z", dist.Categorical(logits=self.encoder(x)))

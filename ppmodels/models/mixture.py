@@ -28,7 +28,7 @@ import torch
 from pyro.distributions import constraints
 from torch import Tensor, nn
 
-from ..utils import PPModelsError
+from ..utils import PPModelsError, check_rows
 
 __all__ = ["GaussianMixture", "COVARIANCES"]
 
@@ -97,8 +97,7 @@ class GaussianMixture(nn.Module):
 
     # -- the Pyro programs ------------------------------------------------------------------
     def model(self, x: Tensor) -> None:
-        if x.dim() != 2 or x.shape[-1] != self.D:
-            raise PPModelsError(f"GaussianMixture.model: site 'obs' expects a batch of shape (N, {self.D}), got {tuple(x.shape)}")
+        check_rows(x, self.D, "GaussianMixture.model", "obs", rows="N")
         K, D = self.K, self.D
         weights = pyro.sample("weights", dist.Dirichlet(x.new_full((K,), self.alpha)))
         locs = pyro.sample("locs", dist.Normal(x.new_zeros(K, D), self.loc_scale).to_event(2))

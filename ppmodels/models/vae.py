@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nets import MLP, GaussianHead
-from ..utils import PPModelsError
+from ..utils import PPModelsError, check_rows
 
 __all__ = ["VAE", "PRESETS"]
 
@@ -62,12 +62,6 @@ class VAE(nn.Module):
             raise PPModelsError(f"VAE: unknown preset {name!r}; available: {sorted(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})
 
-    def _check(self, x: Tensor) -> None:
-        if x.dim() != 2 or x.shape[-1] != self.x_dim:
-            raise PPModelsError(
-                f"VAE.model: site 'x' expects a batch of shape (B, {self.x_dim}), got {tuple(x.shape)}"
-            )
-
     def likelihood_dist(self, z: Tensor) -> dist.TorchDistribution:
         r""":math:`p_\theta(x \mid z)` with the pixels as one event."""
         out = self.decoder(z)
@@ -78,7 +72,7 @@ class VAE(nn.Module):
 
     def model(self, x: Tensor) -> None:
         pyro.module("vae", self)
-        self._check(x)
+        check_rows(x, self.x_dim, "VAE.model", "x")
         with pyro.plate("data", x.shape[0]):
             prior = dist.Normal(x.new_zeros(self.z_dim), x.new_ones(self.z_dim)).to_event(1)
             z = pyro.sample("z", prior)
@@ -86,7 +80,7 @@ class VAE(nn.Module):
 
     def guide(self, x: Tensor) -> None:
         pyro.module("vae", self)
-        self._check(x)
+        check_rows(x, self.x_dim, "VAE.model", "x")
         with pyro.plate("data", x.shape[0]):
             loc, scale = self.encoder(x)
             pyro.sample("z", dist.Normal(loc, scale).to_event(1))
