@@ -45,29 +45,46 @@ def build_parser() -> argparse.ArgumentParser:
     from .models import PRESETS
     from .objectives import names
 
+    FAMILIES = ("vae", "dvae", "ssvae", "cvae", "gmm")
+
     p = _Parser(prog="ppmodels", description="Latent-variable models as Pyro programs: train, evaluate, sample.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    t = sub.add_parser("train", help="train a zoo model by SVI on MNIST",
-                       description="Train a zoo model by SVI on MNIST; writes history.csv, checkpoint.pt, "
-                       "samples.png and reconstructions.png to --out and prints the test ELBO and NLL.")
-    t.add_argument("model", choices=["vae", "dvae"], help="the zoo model: vae, or dvae (discrete latents)")
+    t = sub.add_parser("train", help="train a zoo model by SVI",
+                       description="Train a zoo model by SVI (on MNIST, or on a CSV file for gmm); writes "
+                       "history.csv, checkpoint.pt, report.json and image grids to --out and prints the test figures.")
+    t.add_argument("model", choices=sorted(FAMILIES),
+                   help="vae; dvae (discrete latents); ssvae (semi-supervised M2); cvae (quadrant completion); "
+                   "gmm (Gaussian mixture on --data)")
     t.add_argument("--preset", choices=sorted(PRESETS), default="pyro", help="vae architecture preset (default: pyro)")
     t.add_argument("--latent", choices=["categorical", "mixture"], default="categorical",
                    help="dvae: G x C categoricals, or a categorical mixture over a Gaussian z")
     t.add_argument("--groups", type=_positive(int), help="dvae: categorical groups G (default 20)")
     t.add_argument("--classes", type=_positive(int), help="dvae: classes C per group (default 10)")
+    t.add_argument("--labels", type=_positive(int), default=3000, help="ssvae: training labels kept (default 3000)")
+    t.add_argument("--aux-loss", type=float, default=None, help="ssvae: weight α of the classifier's loss (default 46)")
+    t.add_argument("--quadrants", type=int, choices=[1, 2, 3], default=1, help="cvae: quadrants given (default 1)")
+    t.add_argument("--baseline-epochs", type=_positive(int), default=None,
+                   help="cvae: epochs of the baseline network (default: --epochs)")
+    t.add_argument("--no-baseline-input", action="store_true",
+                   help="cvae: do not feed the baseline's prediction to the prior and generation networks")
+    t.add_argument("--data", default="tutorial", help="gmm: a CSV file of numeric columns, or 'tutorial' (Pyro's five points)")
+    t.add_argument("--components", type=_positive(int), default=2, help="gmm: mixture components K")
+    t.add_argument("--covariance", choices=["full", "tied", "diag", "spherical"], default="tied", help="gmm")
+    t.add_argument("--guide", choices=["map", "bayes"], default="map", help="gmm: MAP restarts or a mean-field guide")
+    t.add_argument("--restarts", type=_positive(int), default=32, help="gmm: random restarts of the MAP fit")
     t.add_argument("--z-dim", type=_positive(int), help="latent size (overrides the preset)")
     t.add_argument("--hidden", type=_ints, help="hidden sizes, e.g. 200,200 (overrides the preset)")
     t.add_argument("--activation", help="activation (overrides the preset)")
-    t.add_argument("--objective", choices=names(), default="elbo")
+    t.add_argument("--objective", choices=names(), default=None,
+                   help="default: enum for ssvae and gmm, reinforce for dvae, elbo otherwise")
     t.add_argument("--num-particles", "-K", type=_positive(int), default=None, help="particles K of the objective")
     t.add_argument("--alpha", type=float, default=None, help="α of the renyi objective")
     t.add_argument("--baseline", choices=["none", "decaying", "neural"], default=None, help="reinforce baseline")
     t.add_argument("--epochs", type=_positive(int), default=None)
     t.add_argument("--steps", type=_positive(int), default=None)
-    t.add_argument("--batch-size", type=_positive(int), default=128)
-    t.add_argument("--lr", type=_positive(float), default=1e-3)
+    t.add_argument("--batch-size", type=_positive(int), default=None, help="default 128 (gmm: all points)")
+    t.add_argument("--lr", type=_positive(float), default=None, help="learning rate (default 1e-3; 0.05 for gmm)")
     t.add_argument("--lr-schedule", choices=["constant", "cosine", "burda"], default="constant")
     t.add_argument("--binarize", choices=["dynamic", "fixed"], default="dynamic")
     t.add_argument("--validation", type=int, default=0, help="hold out this many training images")
@@ -147,6 +164,7 @@ def _load_run(run_dir: str, device: str):
 
 
 def _report(model, test, num_samples: int, subset: int | None, seed: int) -> dict[str, float]:
+    """Test ELBO (all of ``test``), importance-sampled NLL (its first ``subset`` rows), active units."""
     import torch
 
     from . import evaluate
@@ -165,49 +183,200 @@ def _report(model, test, num_samples: int, subset: int | None, seed: int) -> dic
     }
 
 
-def _train(args: argparse.Namespace) -> None:
-    from . import data
-    from .fit import fit
-    from .models import build
-    from .models.vae import PRESETS
-    from .utils import PPModelsError
+def _unlabelled(data):
+    """``data`` without its label tensor (what the test figures of a model of x alone use)."""
+    out = data.subset(slice(None))
+    out.tensors = out.tensors[:1]
+    return out
 
-    if args.epochs is None and args.steps is None:
-        raise PPModelsError("train: give --epochs N or --steps N")
-    config = dict(PRESETS[args.preset]) if args.model == "vae" else {"latent": args.latent}
-    for key in ("z_dim", "hidden", "activation") + (("groups", "classes") if args.model == "dvae" else ()):
+
+def _network_config(args: argparse.Namespace, config: dict[str, Any]) -> dict[str, Any]:
+    for key in ("z_dim", "hidden", "activation"):
         if getattr(args, key) is not None:
             config[key] = getattr(args, key)
-    model = build(args.model, **config)
-    splits = data.mnist(validation=args.validation, binarize=args.binarize, device=args.device)
-    train = splits["train"].subset(args.train_subset) if args.train_subset else splits["train"]
-    out = Path(args.out)
+    return config
+
+
+def _fit_stage(model, train, test, args: argparse.Namespace, out: Path, family: str, config: dict[str, Any],
+               objective: str, epochs: int | None):
+    """One call of the SVI loop with the command's settings; returns (history, seconds)."""
+    from .fit import fit
+
     t0 = time.perf_counter()
     history = fit(
-        model, train, objective=args.objective, epochs=args.epochs, steps=args.steps,
+        model, train, objective=objective, epochs=epochs, steps=args.steps if epochs is None else None,
         batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule, seed=args.seed,
-        device=args.device, validation=splits.get("validation"), test=splits["test"], out=out,
-        resume=args.resume, progress=False if args.quiet else None,
-        meta={"family": args.model, "config": config, "args": {k: str(v) for k, v in vars(args).items()}},
+        device=args.device, test=test, out=out, resume=args.resume, progress=False if args.quiet else None,
+        meta={"family": family, "config": config, "args": {k: str(v) for k, v in vars(args).items()}},
         **_objective_options(args),
     )
-    train_seconds = time.perf_counter() - t0
+    return history, time.perf_counter() - t0
+
+
+def _train(args: argparse.Namespace) -> None:
+    from .utils import PPModelsError
+
+    if args.lr is None:
+        args.lr = 0.05 if args.model == "gmm" else 1e-3
+    if args.model == "gmm":
+        return _train_gmm(args)
+    args.batch_size = args.batch_size or 128
+    if args.epochs is None and args.steps is None:
+        raise PPModelsError("train: give --epochs N or --steps N")
     import torch
+
+    from . import data
+    from .models import build
+    from .models.vae import PRESETS
+
+    family = args.model
+    objective = args.objective or {"ssvae": "enum", "dvae": "reinforce"}.get(family, "elbo")
+    splits = data.mnist(validation=args.validation, binarize=args.binarize, labels=family == "ssvae",
+                        device=args.device)
+    train, test = splits["train"], splits["test"]
+    if args.train_subset:
+        train = train.subset(args.train_subset)
+    out = Path(args.out)
+    report: dict[str, Any] = {}
+    if family == "vae":
+        config = _network_config(args, dict(PRESETS[args.preset]))
+    elif family == "dvae":
+        config = _network_config(args, {"latent": args.latent})
+        config.update({k: getattr(args, k) for k in ("groups", "classes") if getattr(args, k) is not None})
+    elif family == "ssvae":
+        from .models.ssvae import semi_supervised
+
+        config = _network_config(args, {} if args.aux_loss is None else {"aux_loss": args.aux_loss})
+        train = semi_supervised(train, min(args.labels, len(train)), seed=args.seed,
+                                balanced=min(args.labels, len(train)) % 10 == 0)
+    else:  # cvae: the baseline network first, then the CVAE that uses it
+        from .models.cvae import QuadrantBaseline
+
+        base_config = _network_config(args, {"quadrants": args.quadrants})
+        base_config.pop("z_dim", None)
+        baseline = QuadrantBaseline(**base_config)
+        _, seconds = _fit_stage(baseline, train, test, args, out / "baseline", "cvae-baseline", base_config, "elbo",
+                                args.baseline_epochs or args.epochs)
+        report["baseline_seconds"] = seconds
+        config = _network_config(args, {"quadrants": args.quadrants})
+        config["baseline"] = None if args.no_baseline_input else baseline.config
+    model = build(family, **config)
+    if family == "cvae" and not args.no_baseline_input:
+        model.baseline.load_state_dict(baseline.state_dict())
+    history, train_seconds = _fit_stage(model, train, test if family != "ssvae" else _unlabelled(test), args, out,
+                                        family, config, objective, args.epochs)
 
     torch.manual_seed(args.seed)
     model.eval()
-    _save_grid(model.sample(64), out / "samples.png")
-    x = splits["test"].subset(32).full(torch.Generator(device=splits["test"].device).manual_seed(0))[0]
-    _save_grid(torch.cat([x.reshape(4, 8, -1), model.reconstruct(x).reshape(4, 8, -1)], 1), out / "reconstructions.png")
-    report = _report(model, splits["test"], args.num_samples, args.eval_subset, args.seed)
+    x = test.subset(32).full(torch.Generator(device=test.device).manual_seed(0))[0]
+    if family == "cvae":
+        report.update(_cvae_report(model, baseline, test, args))
+        x = x[:8]
+        _save_grid(torch.cat([x[None], baseline.complete(x)[None], model.complete(x, 6)]).transpose(0, 1),
+                   out / "completions.png", nrow=8)
+    else:
+        report.update(_report(model, _unlabelled(test), args.num_samples, args.eval_subset, args.seed))
+        _save_grid(model.sample(100 if family == "ssvae" else 64), out / "samples.png",
+                   nrow=10 if family == "ssvae" else 8)
+        _save_grid(torch.cat([x.reshape(4, 8, -1), model.reconstruct(x).reshape(4, 8, -1)], 1),
+                   out / "reconstructions.png")
+    if family == "ssvae":
+        report["test_accuracy"] = model.accuracy(test)
+        report["labels"] = int((train.tensors[1] >= 0).sum())
+        _save_grid(model.analogies(x[:10]), out / "analogies.png", nrow=10)
     report["train_seconds"] = train_seconds
     report["epochs"] = int(history["epoch"].iloc[-1])
     (out / "report.json").write_text(json.dumps(report, indent=2))
-    print(f"test ELBO {report['test_elbo']:.2f} nats (10000 images, K=1)")
-    print(f"test NLL  {report['test_nll']:.2f} nats ({report['nll_images']} images, K={args.num_samples} "
-          f"importance samples, {report['nll_seconds']:.0f}s)")
-    print(f"active units {report['active_units']}; trained {report['epochs']} epochs in {train_seconds:.0f}s")
-    print(f"wrote {out}/history.csv, checkpoint.pt, samples.png, reconstructions.png, report.json")
+    if family == "ssvae":
+        print(f"test accuracy {report['test_accuracy']:.4f} ({report['labels']} labels)")
+    if family == "cvae":
+        for who in ("cvae", "baseline"):
+            print(f"{who}: test -log p(y|x) {report[who + '_nll']:.2f} nats ({args.quadrants} quadrant(s) given, "
+                  f"{report['nll_images']} images{', K=%d' % args.num_samples if who == 'cvae' else ', exact'})")
+    else:
+        print(f"test ELBO {report['test_elbo']:.2f} nats ({len(test)} images, K=1)")
+        print(f"test NLL  {report['test_nll']:.2f} nats ({report['nll_images']} images, K={args.num_samples} "
+              f"importance samples, {report['nll_seconds']:.0f}s)")
+        print(f"active units {report['active_units']}")
+    print(f"trained {report['epochs']} epochs in {train_seconds:.0f}s; wrote {out}/history.csv, checkpoint.pt, "
+          "report.json and images")
+
+
+def _cvae_report(model, baseline, test, args: argparse.Namespace) -> dict[str, float]:
+    """Conditional NLL :math:`-\\log p(y|x)` on binarized test targets: the CVAE by importance
+    sampling (its guide as proposal, the prior network as prior), the baseline exactly."""
+    import torch
+
+    from . import evaluate
+
+    g = torch.Generator(device=test.device).manual_seed(args.seed)
+    sub = test.subset(args.eval_subset)
+    images = sub.full(torch.Generator(device=test.device).manual_seed(args.seed))[0]  # one binarization for both
+    t0 = time.perf_counter()
+    cvae = -evaluate.log_likelihood(model, images, args.num_samples, generator=g).mean().item()
+    return {"cvae_nll": cvae, "baseline_nll": -baseline.log_likelihood(images).mean().item(),
+            "cvae_elbo": evaluate.elbo(model, images, generator=g).mean().item(), "nll_images": len(sub),
+            "nll_samples": args.num_samples, "nll_seconds": time.perf_counter() - t0, "quadrants": args.quadrants}
+
+
+def _read_points(spec: str):
+    import torch
+
+    from .utils import PPModelsError
+
+    if spec == "tutorial":
+        return torch.tensor([[0.0], [1.0], [10.0], [11.0], [12.0]])
+    path = Path(spec)
+    if not path.is_file():
+        raise PPModelsError(f"gmm: --data {spec!r} is neither 'tutorial' nor a CSV file")
+    import pandas as pd
+
+    frame = pd.read_csv(path)
+    numeric = frame.select_dtypes("number")
+    if numeric.shape[1] == 0 or len(numeric) == 0:
+        raise PPModelsError(f"gmm: {path} has no numeric columns (or no rows)")
+    x = torch.tensor(numeric.to_numpy(dtype="float64"), dtype=torch.float32)
+    if not torch.isfinite(x).all():
+        raise PPModelsError(f"gmm: {path} has {int((~torch.isfinite(x)).sum())} NaN/inf values")
+    return x
+
+
+def _train_gmm(args: argparse.Namespace) -> None:
+    """MAP restarts or a Bayesian guide trained by the SVI loop, on points from ``--data``."""
+    import pandas as pd
+    import torch
+
+    from .models import GaussianMixture
+
+    x = _read_points(args.data)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    config = {"num_components": args.components, "dim": x.shape[1], "covariance": args.covariance, "guide": args.guide}
+    gmm = GaussianMixture(**config)
+    torch.manual_seed(args.seed)
+    t0 = time.perf_counter()
+    if args.guide == "map":
+        values = gmm.fit_map(x, restarts=args.restarts, steps=args.steps or 600, lr=args.lr, seed=args.seed)
+        torch.save({"params": {f"module.{k}": v for k, v in gmm.state_dict().items()},
+                    "meta": {"family": "gmm", "config": config}}, out / "checkpoint.pt")
+        extra = {"map_objective": float(values.max()), "restarts": args.restarts}
+    else:
+        if args.epochs is None and args.steps is None:
+            args.steps = 2000
+        args.batch_size = min(args.batch_size or len(x), len(x))
+        _fit_stage(gmm, x, None, args, out, "gmm", config, args.objective or "enum", args.epochs)
+        extra = {}
+    point = {k: v.cpu().tolist() for k, v in gmm.point_estimate().items()}
+    ll = gmm.log_likelihood(x)
+    report = {"log_likelihood": float(ll.sum()), "log_likelihood_per_point": float(ll.mean()), "points": len(x),
+              "seconds": time.perf_counter() - t0, **extra, **point}
+    pd.DataFrame(gmm.responsibilities(x).cpu().numpy(),
+                 columns=[f"component_{k}" for k in range(args.components)]).to_csv(out / "responsibilities.csv",
+                                                                                    index=False)
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    print(f"log-likelihood {report['log_likelihood']:.3f} ({len(x)} points); weights "
+          + ", ".join(f"{w:.3f}" for w in point["weights"]))
+    print(f"wrote {out}/report.json, responsibilities.csv, checkpoint.pt")
 
 
 def _evaluate(args: argparse.Namespace) -> None:

@@ -101,3 +101,16 @@ def test_console_script_entry_point(fake_mnist, tmp_path):
     assert proc.returncode == 2 and proc.stderr.startswith("ppmodels: error:")
     proc = subprocess.run([exe, "data"], capture_output=True, text=True, env={**os.environ})
     assert proc.returncode == 0 and "600 train" in proc.stdout
+
+
+EXAMPLES = sorted((__import__("pathlib").Path(__file__).parent.parent / "examples").glob("*.py"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_examples_compile_and_document_their_command(path):
+    source = path.read_text()
+    compile(source, str(path), "exec")
+    assert source.startswith('"""') and f"python examples/{path.name}" in source
+    if "argparse" in source:
+        proc = subprocess.run([sys.executable, str(path), "--help"], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr

@@ -1,17 +1,21 @@
 """The zoo: one family per module, each with its model, guide and any closed forms."""
 
 from .conjugate import CategoricalGaussian, LinearGaussian
+from .cvae import ConditionalVAE, QuadrantBaseline
 from .discrete_vae import DiscreteVAE
 from .mixture import GaussianMixture
+from .ssvae import SemiSupervisedVAE
 from .vae import PRESETS, VAE
 
-__all__ = ["VAE", "PRESETS", "DiscreteVAE", "GaussianMixture", "LinearGaussian", "CategoricalGaussian"]
+__all__ = ["VAE", "PRESETS", "DiscreteVAE", "SemiSupervisedVAE", "ConditionalVAE", "QuadrantBaseline",
+           "GaussianMixture", "LinearGaussian", "CategoricalGaussian"]
 
 from typing import Any
 
 from ..utils import PPModelsError
 
-REGISTRY: dict[str, type] = {"vae": VAE, "dvae": DiscreteVAE}
+REGISTRY: dict[str, type] = {"vae": VAE, "dvae": DiscreteVAE, "ssvae": SemiSupervisedVAE, "cvae": ConditionalVAE,
+                             "cvae-baseline": QuadrantBaseline, "gmm": GaussianMixture}
 
 
 def build(family: str, **config: Any) -> Any:

@@ -240,7 +240,9 @@ def log_weights(
         lp = site["log_prob"]
         if detach_guide:
             lp = scale_and_mask(detach(site["fn"]).log_prob(site["value"]), site["scale"], site["mask"])
-        score = site["score_parts"].score_function
+        # Pyro leaves the score function unmasked (its expectation is zero where the site's value
+        # is unused); masking it drops that pure noise, e.g. for labels observed in some rows.
+        score = scale_and_mask(site["score_parts"].score_function, 1.0, site["mask"])
         if is_identically_zero(score):
             add(site, -lp)
         else:
