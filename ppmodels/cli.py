@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--groups", type=_positive(int), help="dvae: categorical groups G (default 20)")
     t.add_argument("--classes", type=_positive(int), help="dvae: classes C per group (default 10)")
     t.add_argument("--labels", type=_positive(int), default=3000, help="ssvae: training labels kept (default 3000)")
+    t.add_argument("--label-repeats", type=_positive(int), default=1,
+                   help="ssvae: present each labelled image this many times per epoch (default 1)")
     t.add_argument("--aux-loss", type=float, default=None, help="ssvae: weight α of the classifier's loss (default 46)")
     t.add_argument("--quadrants", type=int, choices=[1, 2, 3], default=1, help="cvae: quadrants given (default 1)")
     t.add_argument("--baseline-epochs", type=_positive(int), default=None,
@@ -248,7 +250,7 @@ def _train(args: argparse.Namespace) -> None:
 
         config = _network_config(args, {} if args.aux_loss is None else {"aux_loss": args.aux_loss})
         train = semi_supervised(train, min(args.labels, len(train)), seed=args.seed,
-                                balanced=min(args.labels, len(train)) % 10 == 0)
+                                balanced=min(args.labels, len(train)) % 10 == 0, repeats=args.label_repeats)
     else:  # cvae: the baseline network first, then the CVAE that uses it
         from .models.cvae import QuadrantBaseline
 
@@ -282,7 +284,7 @@ def _train(args: argparse.Namespace) -> None:
                    out / "reconstructions.png")
     if family == "ssvae":
         report["test_accuracy"] = model.accuracy(test)
-        report["labels"] = int((train.tensors[1] >= 0).sum())
+        report["labels"] = int((train.tensors[1] >= 0).sum()) // args.label_repeats
         _save_grid(model.analogies(x[:10]), out / "analogies.png", nrow=10)
     report["train_seconds"] = train_seconds
     report["epochs"] = int(history["epoch"].iloc[-1])

@@ -39,6 +39,11 @@ def test_semi_supervised_keeps_a_balanced_subset_of_labels():
     assert torch.equal(part.tensors[1][kept], y[kept])
     assert torch.bincount(y[kept], minlength=10).tolist() == [5] * 10
     assert torch.equal(part.tensors[0], x)
+    repeated = semi_supervised(data.TensorData(x, y), 50, seed=1, repeats=3)
+    assert len(repeated) == 600 and int((repeated.tensors[1] >= 0).sum()) == 150
+    appended = repeated.tensors[0][500:]
+    assert torch.equal(appended[:50], appended[50:])  # the same 50 rows, twice more
+    assert torch.equal(appended[:50].sort(0).values, x[kept].sort(0).values)
     with pytest.raises(PPModelsError, match="multiple of the 10 classes"):
         semi_supervised(data.TensorData(x, y), 55)
 

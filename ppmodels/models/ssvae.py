@@ -153,9 +153,15 @@ class SemiSupervisedVAE(nn.Module):
         return torch.sigmoid(self.decoder(torch.cat([z, y], -1)))
 
 
-def semi_supervised(train: TensorData, num_labels: int, *, seed: int = 0, balanced: bool = True) -> TensorData:
+def semi_supervised(
+    train: TensorData, num_labels: int, *, seed: int = 0, balanced: bool = True, repeats: int = 1
+) -> TensorData:
     """The training set with only ``num_labels`` labels kept (the rest set to -1): balanced over
-    classes (``num_labels / C`` per class, drawn with ``seed``) unless ``balanced=False``."""
+    classes (``num_labels / C`` per class, drawn with ``seed``) unless ``balanced=False``.
+    ``repeats > 1`` appends the labelled rows ``repeats - 1`` more times, so that shuffled
+    batches hold labelled rows more often (it also weighs their terms ``repeats`` times)."""
+    if repeats < 1:
+        raise PPModelsError(f"semi_supervised: repeats must be >= 1, got {repeats}")
     if len(train.tensors) < 2:
         raise PPModelsError(f"{train.name}: semi_supervised needs labelled data (x, y); load it with labels=True")
     x, y = train.tensors[:2]
@@ -181,6 +187,11 @@ def semi_supervised(train: TensorData, num_labels: int, *, seed: int = 0, balanc
     partial = torch.full_like(y, -1)
     partial[keep] = y[keep]
     out = train.subset(slice(None))
-    out.tensors = (x, partial, *train.tensors[2:])
+    rest = tuple(t for t in train.tensors[2:])
+    if repeats > 1:
+        extra = keep.repeat(repeats - 1)
+        x, partial = torch.cat([x, x[extra]]), torch.cat([partial, y[extra]])
+        rest = tuple(torch.cat([t, t[extra]]) for t in rest)
+    out.tensors = (x, partial, *rest)
     out.name = f"{train.name}-{num_labels}labels"
     return out
