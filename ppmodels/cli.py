@@ -56,25 +56,26 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("model", choices=sorted(FAMILIES),
                    help="vae; dvae (discrete latents); ssvae (semi-supervised M2); cvae (quadrant completion); "
                    "gmm (Gaussian mixture on --data)")
-    t.add_argument("--preset", choices=sorted(PRESETS), default="pyro", help="vae architecture preset (default: pyro)")
-    t.add_argument("--latent", choices=["categorical", "mixture"], default="categorical",
+    family = {name: t.add_argument_group(f"{name} options") for name in ("vae", "dvae", "ssvae", "cvae", "gmm")}
+    family["vae"].add_argument("--preset", choices=sorted(PRESETS), default="pyro", help="vae architecture preset (default: pyro)")
+    family["dvae"].add_argument("--latent", choices=["categorical", "mixture"], default="categorical",
                    help="dvae: G x C categoricals, or a categorical mixture over a Gaussian z")
-    t.add_argument("--groups", type=_positive(int), help="dvae: categorical groups G (default 20)")
-    t.add_argument("--classes", type=_positive(int), help="dvae: classes C per group (default 10)")
-    t.add_argument("--labels", type=_positive(int), default=3000, help="ssvae: training labels kept (default 3000)")
-    t.add_argument("--label-repeats", type=_positive(int), default=1,
+    family["dvae"].add_argument("--groups", type=_positive(int), help="dvae: categorical groups G (default 20)")
+    family["dvae"].add_argument("--classes", type=_positive(int), help="dvae: classes C per group (default 10)")
+    family["ssvae"].add_argument("--labels", type=_positive(int), default=3000, help="ssvae: training labels kept (default 3000)")
+    family["ssvae"].add_argument("--label-repeats", type=_positive(int), default=1,
                    help="ssvae: present each labelled image this many times per epoch (default 1)")
-    t.add_argument("--aux-loss", type=float, default=None, help="ssvae: weight α of the classifier's loss (default 46)")
-    t.add_argument("--quadrants", type=int, choices=[1, 2, 3], default=1, help="cvae: quadrants given (default 1)")
-    t.add_argument("--baseline-epochs", type=_positive(int), default=None,
+    family["ssvae"].add_argument("--aux-loss", type=float, default=None, help="ssvae: weight α of the classifier's loss (default 46)")
+    family["cvae"].add_argument("--quadrants", type=int, choices=[1, 2, 3], default=1, help="cvae: quadrants given (default 1)")
+    family["cvae"].add_argument("--baseline-epochs", type=_positive(int), default=None,
                    help="cvae: epochs of the baseline network (default: --epochs)")
-    t.add_argument("--no-baseline-input", action="store_true",
+    family["cvae"].add_argument("--no-baseline-input", action="store_true",
                    help="cvae: do not feed the baseline's prediction to the prior and generation networks")
-    t.add_argument("--data", default="tutorial", help="gmm: a CSV file of numeric columns, or 'tutorial' (Pyro's five points)")
-    t.add_argument("--components", type=_positive(int), default=2, help="gmm: mixture components K")
-    t.add_argument("--covariance", choices=["full", "tied", "diag", "spherical"], default="tied", help="gmm")
-    t.add_argument("--guide", choices=["map", "bayes"], default="map", help="gmm: MAP restarts or a mean-field guide")
-    t.add_argument("--restarts", type=_positive(int), default=32, help="gmm: random restarts of the MAP fit")
+    family["gmm"].add_argument("--data", default="tutorial", help="gmm: a CSV file of numeric columns, or 'tutorial' (Pyro's five points)")
+    family["gmm"].add_argument("--components", type=_positive(int), default=2, help="gmm: mixture components K")
+    family["gmm"].add_argument("--covariance", choices=["full", "tied", "diag", "spherical"], default="tied", help="gmm")
+    family["gmm"].add_argument("--guide", choices=["map", "bayes"], default="map", help="gmm: MAP restarts or a mean-field guide")
+    family["gmm"].add_argument("--restarts", type=_positive(int), default=32, help="gmm: random restarts of the MAP fit")
     t.add_argument("--z-dim", type=_positive(int), help="latent size (overrides the preset)")
     t.add_argument("--hidden", type=_ints, help="hidden sizes, e.g. 200,200 (overrides the preset)")
     t.add_argument("--activation", help="activation (overrides the preset)")
