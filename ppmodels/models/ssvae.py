@@ -27,6 +27,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
+from pyro.poutine.util import is_validation_enabled
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -72,7 +73,8 @@ class SemiSupervisedVAE(nn.Module):
         if y.shape != x.shape[:1] or y.is_floating_point():
             raise PPModelsError(f"{where}: site 'y' expects integer labels of shape ({x.shape[0]},) "
                                 f"(-1 = unlabelled), got {tuple(y.shape)} {y.dtype}")
-        if bool(((y < -1) | (y >= self.num_classes)).any()):
+        # a value check needs a host sync: only with Pyro's validation on (as in check_batch, not in fit's loop)
+        if is_validation_enabled() and bool(((y < -1) | (y >= self.num_classes)).any()):
             raise PPModelsError(f"{where}: site 'y' expects labels in [0, {self.num_classes}) or -1 for unlabelled")
         labelled = y >= 0
         return y.clamp(min=0), labelled
@@ -174,14 +176,11 @@ def semi_supervised(
         if num_labels % classes:
             raise PPModelsError(f"semi_supervised: num_labels={num_labels} is not a multiple of the {classes} classes "
                                 "(pass balanced=False for a plain random subset)")
-        ranks = torch.empty_like(order)
         shuffled = y[order]
-        # rank of each shuffled row among the rows of its class: keep the first num_labels / C of each
-        sorted_idx = torch.sort(shuffled, stable=True).indices
-        counts = torch.bincount(shuffled, minlength=classes)
-        starts = torch.cumsum(counts, 0) - counts
-        ranks[sorted_idx] = torch.arange(len(y), device=y.device) - starts[shuffled[sorted_idx]]
-        keep = order[ranks < num_labels // classes]
+        chosen = torch.zeros(len(y), dtype=torch.bool, device=y.device)
+        for c in range(classes):  # the first num_labels / C rows of each class, in shuffled order
+            chosen[order[shuffled == c][: num_labels // classes]] = True
+        keep = order[chosen[order]]
     else:
         keep = order[:num_labels]
     partial = torch.full_like(y, -1)
