@@ -307,19 +307,16 @@ def _train(args: argparse.Namespace) -> None:
 
 def _cvae_report(model, baseline, test, args: argparse.Namespace) -> dict[str, float]:
     """Conditional NLL :math:`-\\log p(y|x)` on binarized test targets: the CVAE by importance
-    sampling (its guide as proposal, the prior network as prior), the baseline exactly."""
+    sampling (its guide as proposal, the prior network as prior; :func:`_report`), the baseline
+    exactly, on one binarization of the first ``--eval-subset`` test images."""
     import torch
 
-    from . import evaluate
+    from .data import as_data
 
-    g = torch.Generator(device=test.device).manual_seed(args.seed)
-    sub = test.subset(args.eval_subset)
-    images = sub.full(torch.Generator(device=test.device).manual_seed(args.seed))[0]  # one binarization for both
-    t0 = time.perf_counter()
-    cvae = -evaluate.log_likelihood(model, images, args.num_samples, generator=g).mean().item()
-    return {"cvae_nll": cvae, "baseline_nll": -baseline.log_likelihood(images).mean().item(),
-            "cvae_elbo": evaluate.elbo(model, images, generator=g).mean().item(), "nll_images": len(sub),
-            "nll_samples": args.num_samples, "nll_seconds": time.perf_counter() - t0, "quadrants": args.quadrants}
+    images = test.subset(args.eval_subset).full(torch.Generator(device=test.device).manual_seed(args.seed))[0]
+    report = _report(model, as_data(images), args.num_samples, None, args.seed)
+    return {"cvae_nll": report.pop("test_nll"), "cvae_elbo": report.pop("test_elbo"),
+            "baseline_nll": -baseline.log_likelihood(images).mean().item(), "quadrants": args.quadrants, **report}
 
 
 def _read_points(spec: str):

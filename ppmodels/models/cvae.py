@@ -69,6 +69,10 @@ class _Quadrants(nn.Module):
         check_rows(image, self.x_dim, where, "image")
         return torch.where(self.given, image, MISSING), image[:, self.target]
 
+    def completed(self, image: Tensor, probs: Tensor) -> Tensor:
+        """``image`` with its given pixels kept and the target pixels set to ``probs`` (..., B, y_dim)."""
+        return self.fill(torch.where(self.given, image, 0.0), probs)
+
     def fill(self, inputs: Tensor, y: Tensor) -> Tensor:
         """The image with the target pixels taken from ``y`` (B, y_dim)."""
         out = inputs.expand(*y.shape[:-1], self.x_dim).clone()
@@ -103,7 +107,7 @@ class QuadrantBaseline(_Quadrants):
     def complete(self, image: Tensor) -> Tensor:
         """The image with the target replaced by the predicted probabilities."""
         inputs, _ = self.split(image, "QuadrantBaseline.complete")
-        return self.fill(torch.where(self.given, image, 0.0), torch.sigmoid(self.logits(inputs)))
+        return self.completed(image, torch.sigmoid(self.logits(inputs)))
 
     @torch.no_grad()
     def log_likelihood(self, image: Tensor) -> Tensor:
@@ -174,7 +178,7 @@ class ConditionalVAE(_Quadrants):
         loc, scale = self.prior_net(context)
         z = loc + scale * torch.randn(num_samples, *loc.shape, device=loc.device, dtype=loc.dtype)
         probs = torch.sigmoid(self.generation_net(torch.cat([context.expand(num_samples, *context.shape), z], -1)))
-        return self.fill(torch.where(self.given, image, 0.0), probs)
+        return self.completed(image, probs)
 
     def sample(self, n: int) -> Tensor:
         raise PPModelsError("ConditionalVAE: draws are conditional; use complete(image, num_samples)")
