@@ -107,13 +107,17 @@ def particle_traces(
     num_particles: int,
     max_plate_nesting: int,
     reparameterized: bool = True,
+    guide_handler: Messenger | None = None,
 ) -> tuple[poutine.Trace, poutine.Trace]:
     """Guide and model traces with a leading particle dimension ``-(max_plate_nesting+1)``.
-    ``reparameterized=False`` draws every guide latent as if it had no ``rsample``.
-
+    ``reparameterized=False`` draws every guide latent as if it had no ``rsample``;
+    ``guide_handler`` wraps the guide outside the particle plate and inside the trace (it sees
+    each site's particle-shaped distribution, and what it writes to the message is recorded).
     """
     plate = pyro.plate(PARTICLE_PLATE, num_particles, dim=-(max_plate_nesting + 1))
     guide = plate(guide) if reparameterized else _ScoreFunction()(plate(guide))  # outside the broadcast
+    if guide_handler is not None:
+        guide = guide_handler(guide)
     guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
     model_trace = poutine.trace(poutine.replay(plate(model), trace=guide_trace)).get_trace(*args, **kwargs)
     return prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)
@@ -339,15 +343,18 @@ class Objective:
     def draw(
         self, model: Callable, guide: Callable, args: tuple, kwargs: dict, *,
         detach_guide: bool = False, analytic_kl: bool = False,
+        guide_handler: Callable[[], Messenger] | None = None,
     ) -> tuple[LogWeights, list[tuple[poutine.Trace, poutine.Trace]]]:
         """Draw ``num_particles`` particles: their :class:`LogWeights` and the (model, guide)
-        trace pairs they came from (one pair when vectorized, one per particle otherwise)."""
+        trace pairs they came from (one pair when vectorized, one per particle otherwise).
+        ``guide_handler`` makes a fresh :class:`Messenger` per pair (see :func:`particle_traces`)."""
         mpn = self._plate_nesting(model, guide, args, kwargs)
         opts = dict(max_plate_nesting=mpn, data_plate=self.data_plate, detach_guide=detach_guide,
                     analytic_kl=analytic_kl)
         K = self.num_particles if self.vectorize_particles else 1
         pairs = [
-            particle_traces(model, guide, args, kwargs, K, mpn, reparameterized=self.reparameterized)
+            particle_traces(model, guide, args, kwargs, K, mpn, reparameterized=self.reparameterized,
+                            guide_handler=guide_handler() if guide_handler is not None else None)
             for _ in range(1 if self.vectorize_particles else self.num_particles)
         ]
         parts = [log_weights(*pair, num_particles=K, **opts) for pair in pairs]

@@ -10,8 +10,11 @@ normalized weights and :math:`\log w_k = \log p_\theta(x, z_k) - \log q_{\bar\ph
 
 Both are unbiased for :math:`\nabla \mathcal L_K`; the guide gradient's SNR does not decay
 with K (Rainforth et al. 2018), and it is exactly zero at the exact posterior. Implemented
-with one backward pass: the surrogate :math:`\sum_k \bar{\tilde w}_k \log w_k` and a
-gradient hook that multiplies what reaches each :math:`z_k` by :math:`\tilde w_k`.
+with one backward pass: the surrogate :math:`\sum_k \bar{\tilde w}_k \log w_k`, with every
+reparameterized guide draw :math:`z_k` passed through an identity whose backward multiplies
+the gradient reaching :math:`z_k` by :math:`\tilde w_k`. The weights are known only after the
+model has run, so the identity reads them from a buffer filled in place afterwards; unlike a
+gradient hook this is recorded by ``torch.jit.trace``, so DReG runs on ``fit``'s traced path.
 Requires reparameterizable guide sites whose distribution parameters depend on the data and
 φ only (one stochastic layer, or a mean-field guide).
 """
@@ -22,6 +25,7 @@ from typing import Any, Callable
 
 import torch
 from pyro import poutine
+from pyro.poutine.messenger import Messenger
 from torch import Tensor
 
 from .base import _data_frame, require_reparameterized, units
@@ -29,34 +33,65 @@ from .iwae import Iwae
 
 __all__ = ["Dreg"]
 
+WEIGHTS = "dreg_weights"  # the key of a guide site's gradient-scale buffer in ``site["infer"]``
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward; backward multiplies the incoming gradient by ``scale``, a buffer that
+    may be filled in place after this call (it is read when the backward pass runs)."""
+
+    @staticmethod
+    def forward(ctx: Any, z: Tensor, scale: Tensor) -> Tensor:
+        ctx.scale = scale  # not save_for_backward: the buffer is written after this call on purpose
+        return z.view_as(z)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        return grad * ctx.scale, None
+
+
+class _DeferredGradScale(Messenger):
+    """Draw each reparameterized guide latent as ``_ScaleGrad(z, buffer)``, the buffer (ones,
+    shaped like z) kept in the site's ``infer`` dict for :meth:`Dreg._scale_guide_gradients`."""
+
+    def _pyro_sample(self, msg: dict) -> None:
+        fn = msg["fn"]
+        if msg["done"] or msg["is_observed"] or msg["value"] is not None or not getattr(fn, "has_rsample", False):
+            return
+        z = fn(*msg["args"], **msg["kwargs"])
+        scale = torch.ones_like(z)
+        msg["value"] = _ScaleGrad.apply(z, scale)
+        msg["infer"] = {**msg["infer"], WEIGHTS: scale}
+        msg["done"] = True
+
 
 class Dreg(Iwae):
     """``"dreg"``: IWAE bound with doubly-reparameterized guide gradients."""
 
     name = "dreg"
-    jit_safe = False
+    jit_safe = True
 
     def surrogate_units(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
-        lw, pairs = self.draw(model, guide, args, kwargs, detach_guide=True)
+        lw, pairs = self.draw(model, guide, args, kwargs, detach_guide=True, guide_handler=_DeferredGradScale)
         require_reparameterized(lw, self.name, instead="vimco (discrete latents) or iwae")
         log_w, _, scale, offset = units(lw, self.name)
         U = log_w.shape[1]
         bound = scale * self.bound_fn(log_w) + offset / U
         w = torch.softmax(log_w.detach(), 0)  # (K, U)
-        if torch.is_grad_enabled():
-            self._scale_guide_gradients(pairs, w, local=log_w.shape[1] > 1 or lw.local is not None and not lw.global_latents)
+        self._scale_guide_gradients(pairs, w, local=log_w.shape[1] > 1 or lw.local is not None and not lw.global_latents)
         surrogate = scale * (w * log_w).sum(0) + offset / U
         return bound, surrogate
 
     def _scale_guide_gradients(self, pairs: list[tuple[poutine.Trace, poutine.Trace]], w: Tensor, local: bool) -> None:
-        """Hook every guide latent z_k so the gradient reaching it is multiplied by w̃_k."""
+        """Fill every guide latent's buffer so the gradient reaching z_k is multiplied by w̃_k."""
         ndim = self.max_plate_nesting + 1
         per_pair = w.shape[0] // len(pairs)
         for i, (_, guide_trace) in enumerate(pairs):
             wi = w[i * per_pair : (i + 1) * per_pair]
             for site in guide_trace.nodes.values():
-                if site["type"] != "sample" or site["is_observed"] or not site["value"].requires_grad:
+                if site["type"] != "sample" or WEIGHTS not in site["infer"]:
                     continue
+                buffer = site["infer"][WEIGHTS]
                 shape = [1] * ndim
                 shape[0] = wi.shape[0]
                 frame = _data_frame(site, self.data_plate)
@@ -68,4 +103,4 @@ class Dreg(Iwae):
                 event_dim = site["fn"].event_dim
                 batch_dims = site["value"].dim() - event_dim
                 factor = factor.reshape(factor.shape[ndim - batch_dims :] + (1,) * event_dim)
-                site["value"].register_hook(lambda g, f=factor: g * f)
+                buffer.copy_(factor.expand_as(buffer))
