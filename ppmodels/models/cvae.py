@@ -30,6 +30,7 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 
+from ..distributions import BernoulliLogits
 from ..nets import MLP, GaussianHead
 from ..utils import PPModelsError, check_rows
 
@@ -98,7 +99,7 @@ class QuadrantBaseline(_Quadrants):
         pyro.module("baseline", self)
         inputs, y = self.split(image, "QuadrantBaseline.model")
         with pyro.plate("data", image.shape[0]):
-            pyro.sample("y", dist.Bernoulli(logits=self.logits(inputs), validate_args=False).to_event(1), obs=y)
+            pyro.sample("y", BernoulliLogits(self.logits(inputs)), obs=y)
 
     def guide(self, image: Tensor) -> None:
         check_rows(image, self.x_dim, "QuadrantBaseline.guide", "image")
@@ -113,7 +114,7 @@ class QuadrantBaseline(_Quadrants):
     def log_likelihood(self, image: Tensor) -> Tensor:
         """Exact :math:`\\log p(y \\mid x)` per image, shape (B,)."""
         inputs, y = self.split(image, "QuadrantBaseline.log_likelihood")
-        return dist.Bernoulli(logits=self.logits(inputs), validate_args=False).log_prob(y).sum(-1)
+        return BernoulliLogits(self.logits(inputs)).log_prob(y)
 
 
 class ConditionalVAE(_Quadrants):
@@ -160,7 +161,7 @@ class ConditionalVAE(_Quadrants):
             loc, scale = self.prior_net(context)
             z = pyro.sample("z", dist.Normal(loc, scale).to_event(1))
             logits = self.generation_net(torch.cat([context.expand(*z.shape[:-1], self.x_dim), z], -1))
-            pyro.sample("y", dist.Bernoulli(logits=logits, validate_args=False).to_event(1), obs=y)
+            pyro.sample("y", BernoulliLogits(logits), obs=y)
 
     def guide(self, image: Tensor) -> None:
         pyro.module("cvae", self)

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ..distributions import BernoulliLogits
 from ..nets import MLP, GaussianHead
 from ..utils import PPModelsError, check_rows
 
@@ -84,7 +85,7 @@ class DiscreteVAE(nn.Module):
                 c = pyro.sample("c", dist.Categorical(uniform))
                 code = pyro.sample("z", dist.Normal(self.component_locs[c], 1.0).to_event(1))
             logits = self.decoder(code)
-            pyro.sample("x", dist.Bernoulli(logits=logits, validate_args=False).to_event(1), obs=x)
+            pyro.sample("x", BernoulliLogits(logits), obs=x)
 
     def guide(self, x: Tensor) -> None:
         pyro.module("dvae", self)

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..data import TensorData
+from ..distributions import BernoulliLogits
 from ..nets import MLP, GaussianHead
 from ..utils import PPModelsError, check_rows
 
@@ -96,7 +97,7 @@ class SemiSupervisedVAE(nn.Module):
             onehot = self._joint(labels, labelled, latent).to(x.dtype)
             shape = torch.broadcast_shapes(onehot.shape[:-1], z.shape[:-1])
             logits = self.decoder(torch.cat([z.expand(*shape, self.z_dim), onehot.expand(*shape, self.num_classes)], -1))
-            pyro.sample("x", dist.Bernoulli(logits=logits, validate_args=False).to_event(1), obs=x)
+            pyro.sample("x", BernoulliLogits(logits), obs=x)
             if self.aux_loss > 0:
                 log_q = dist.Categorical(logits=self.classifier(x)).log_prob(labels)
                 pyro.factor("classify", self.aux_loss * torch.where(labelled, log_q, torch.zeros_like(log_q)))

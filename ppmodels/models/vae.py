@@ -14,6 +14,7 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 
+from ..distributions import BernoulliLogits
 from ..nets import MLP, GaussianHead
 from ..utils import PPModelsError, check_rows
 
@@ -66,7 +67,7 @@ class VAE(nn.Module):
         r""":math:`p_\theta(x \mid z)` with the pixels as one event."""
         out = self.decoder(z)
         if self.likelihood == "bernoulli":
-            return dist.Bernoulli(logits=out, validate_args=False).to_event(1)
+            return BernoulliLogits(out)
         loc, raw = out.chunk(2, -1)
         return dist.Normal(loc, nn.functional.softplus(raw) + 1e-3).to_event(1)
 
