@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test images for the importance-sampled NLL (default 1000)")
     t.add_argument("--num-samples", type=_positive(int), default=1000, help="importance samples for the NLL")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--no-jit", action="store_true",
+                   help="never trace the loss (default: traced where the model's structure is static and the "
+                        "traced gradients are checked equal to the plain ones)")
 
     e = sub.add_parser("evaluate", help="test ELBO and importance-sampled NLL of a run",
                        description="Evaluate a trained run: test ELBO, importance-sampled NLL (K samples), active units.")
@@ -210,6 +213,7 @@ def _fit_stage(model, train, test, args: argparse.Namespace, out: Path, family: 
         model, train, objective=objective, epochs=epochs, steps=args.steps if epochs is None else None,
         batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule, seed=args.seed,
         device=args.device, test=test, out=out, resume=args.resume, progress=False if args.quiet else None,
+        jit=False if args.no_jit else None,
         meta={"family": family, "config": config, "args": {k: str(v) for k, v in vars(args).items()}},
         **_objective_options(args),
     )
