@@ -23,15 +23,20 @@ from .objectives.base import guess_max_plate_nesting, log_weights, particle_trac
 from .protocol import as_pair, check_batch
 from .utils import PPModelsError, model_name
 
-__all__ = ["log_likelihood", "elbo", "active_units", "memory_budget"]
+__all__ = ["log_likelihood", "elbo", "active_units", "memory_budget", "chunk_sizes"]
+
+#: Bytes one evaluation chunk may use on the CPU. Chunks near the size of the last-level cache
+#: beat larger ones: on a 32 MiB-L3 EPYC, 64 MiB chunks ran the K = 5000 evaluation 1.5x
+#: faster than 1 GiB chunks (and than 32 MiB ones, where per-chunk overhead shows).
+CPU_CHUNK_BYTES = 64 << 20
 
 
 def memory_budget(device: torch.device) -> int:
-    """Bytes one chunk may use: half the free GPU memory, or 1 GiB on the CPU."""
+    """Bytes one chunk may use: half the free GPU memory, or :data:`CPU_CHUNK_BYTES` on the CPU."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(0.5 * free)
-    return 1 << 30
+    return CPU_CHUNK_BYTES
 
 
 def _local_log_weights(obj: Any, batch: tuple, num_particles: int, mpn: int) -> Tensor:
@@ -50,6 +55,27 @@ def _bytes_per_unit(obj: Any, batch: tuple, mpn: int) -> int:
     with torch.no_grad():
         traces = particle_traces(obj.model, obj.guide, batch, {}, 2, mpn)
     return max(1, 16 * trace_numel(*traces) // (2 * len(batch[0])))
+
+
+def chunk_sizes(
+    obj: Any, batch: tuple, num_samples: int, num_data: int, *, budget: int | None = None,
+    batch_size: int | None = None, max_plate_nesting: int | None = None,
+) -> tuple[int, int]:
+    """``(batch_size, particle_chunk)`` for evaluating ``num_samples`` particles on ``num_data``
+    datapoints so that one chunk's traces take about ``budget`` bytes (default
+    :func:`memory_budget`); ``batch`` is a small sample batch. Unless ``batch_size`` is given:
+    as many datapoints as fit with 64 particles each (fewer if K < 64); then as many
+    particles as fit."""
+    obj = as_pair(obj)
+    with torch.no_grad(), pyro.validation_enabled(False):
+        mpn = max_plate_nesting
+        if mpn is None:
+            mpn = guess_max_plate_nesting(obj.model, obj.guide, batch, {})
+        device = next((t.device for t in batch if torch.is_tensor(t)), torch.device("cpu"))
+        units = max(1, (budget or memory_budget(device)) // _bytes_per_unit(obj, batch, mpn))
+    if batch_size is None:
+        batch_size = int(min(num_data, max(1, units // min(num_samples, 64))))
+    return batch_size, int(min(num_samples, max(1, units // batch_size)))
 
 
 def log_likelihood(
@@ -76,13 +102,10 @@ def log_likelihood(
     check_batch(obj, first)
     with torch.no_grad(), pyro.validation_enabled(False):
         mpn = guess_max_plate_nesting(obj.model, obj.guide, first, {})
-        budget = budget or memory_budget(data.device)
-        per_unit = _bytes_per_unit(obj, first, mpn)
-        units = max(1, budget // per_unit)
-        if batch_size is None:
-            batch_size = int(min(len(data), max(1, units // min(num_samples, 64))))
-        if particle_chunk is None:
-            particle_chunk = int(min(num_samples, max(1, units // batch_size)))
+        if batch_size is None or particle_chunk is None:
+            batch_size, auto_chunk = chunk_sizes(obj, first, num_samples, len(data), budget=budget,
+                                                 batch_size=batch_size, max_plate_nesting=mpn)
+            particle_chunk = particle_chunk or auto_chunk
         out = []
         batches = data.batches(batch_size, shuffle=False, generator=generator)
         if progress:

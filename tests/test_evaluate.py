@@ -54,6 +54,23 @@ def test_chunking_does_not_change_the_estimate(lg):
     assert abs(d.mean()) < 5 * d.std() / math.sqrt(len(x)) + 1e-6
 
 
+def test_chunk_sizes_follow_the_budget():
+    from ppmodels.models import VAE
+
+    vae = VAE(x_dim=20, z_dim=3, hidden=(8,))
+    x = torch.bernoulli(torch.full((8, 20), 0.5))
+    per_unit = evaluate._bytes_per_unit(vae, (x,), 1)
+    for units in (10, 640, 64 * 1000, 10**6):
+        B, k = evaluate.chunk_sizes(vae, (x,), 5000, 1000, budget=units * per_unit)
+        assert 1 <= B <= 1000 and 1 <= k <= 5000
+        assert B * k <= max(units, 1) or B == 1 and k == 1
+        if units >= 64 * 1000:
+            assert B == 1000  # every datapoint in one chunk once 64 particles each fit
+        if units >= 640:
+            assert k >= 64  # at least 64 particles a chunk when the budget allows
+    assert evaluate.chunk_sizes(vae, (x,), 5000, 1000, budget=10**6 * per_unit, batch_size=10) == (10, 5000)
+
+
 def test_user_defined_model_without_module_evaluates():
     x = torch.randn(50, 2) + 1.0
 
