@@ -5,6 +5,7 @@
 """
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -55,12 +56,17 @@ x1 = torch.bernoulli(torch.rand(8, 784, device=device) * 0.3)
 mpn = guess_max_plate_nesting(vae.model, vae.guide, (x1,), {})
 per_unit = _bytes_per_unit(vae, (x1,), mpn)
 largest_chunk = memory_budget(device) // per_unit
+if device.type == "cuda":
+    free = torch.cuda.mem_get_info(device)[0]
+else:
+    free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 env = environment(device)
 print(env)
 print_table(rows)
-print(f"IS evaluation, burda VAE: ~{per_unit} bytes per (particle, datapoint); the memory budget "
-      f"({memory_budget(device) / 2**30:.2f} GiB) fits {largest_chunk} particle-datapoints in one pass, "
-      f"e.g. K = {largest_chunk} for one image; any K runs, in chunks")
+print(f"IS evaluation, burda VAE: ~{per_unit} bytes per (particle, datapoint). One chunk's budget "
+      f"({memory_budget(device) / 2**20:.0f} MiB) holds {largest_chunk} particle-datapoints; the device's free "
+      f"memory ({free / 2**30:.1f} GiB) would hold K = {free // per_unit} for one image in a single pass. "
+      "Any K runs, in particle chunks.")
 write_csv([{**r, **env} for r in rows], f"scaling-{device.type}.csv")
 
 import matplotlib  # noqa: E402
