@@ -13,7 +13,6 @@ import math
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,7 +28,8 @@ from torch import Tensor
 from . import evaluate
 from .data import TensorData, as_data
 from .objectives import Objective, make
-from .protocol import ModelGuide, as_pair, check_batch, named_parameters
+from .protocol import ModelGuide, as_pair, check_batch, read_parameters
+from .tracing import trace_if_equal
 from .utils import PPModelsError, model_name, resolve_device, rng_state, set_rng_state, set_seed
 
 __all__ = ["fit", "svi_step", "compile_loss", "prepare", "make_optimizer", "NonFiniteLoss", "load_checkpoint", "load_run", "lr_factor", "CHECKPOINT"]
@@ -81,25 +81,12 @@ class KnownParams(Messenger):
 
 
 def _collect_params(obj: Any, objective: Objective, batch: tuple) -> tuple[dict[str, Tensor], dict[str, tuple]]:
-    """Every trainable tensor: the module's parameters and any ``pyro.param`` the pair touches;
-    and the param sites by their Pyro name, ``(unconstrained, constraint)``."""
-    with poutine.trace(param_only=True) as tr:
-        objective.differentiable_loss(obj.model, obj.guide, *batch)
-    params: dict[str, Tensor] = {}
-    seen: set[int] = set()
-    for name, p in named_parameters(obj):
-        params[f"module.{name}"] = p
-        seen.add(id(p))
-    unconstrained = {name: site["value"].unconstrained() for name, site in tr.trace.nodes.items()}
-    for name, p in unconstrained.items():
-        if id(p) not in seen and p.requires_grad:
-            params[f"param.{name}"] = p
-            seen.add(id(p))
+    """Every trainable tensor one differentiable-loss call reads (see :func:`read_parameters`)."""
+    params, sites = read_parameters(obj, lambda: objective.differentiable_loss(obj.model, obj.guide, *batch))
+    params = {name: p for name, p in params.items() if name.startswith("module.") or p.requires_grad}
     if not params:
         raise PPModelsError(f"{model_name(obj)}: the model and guide have no trainable parameters")
-    constraint_of = pyro.get_param_store().get_state()["constraints"]
-    sites = {name: (p, constraint_of[name]) for name, p in unconstrained.items()}
-    return dict(sorted(params.items())), sites
+    return params, sites
 
 
 def svi_step(
@@ -132,23 +119,8 @@ def compile_loss(
     def loss_fn(*inputs: Tensor) -> Tensor:
         return objective.differentiable_loss(pair.model, pair.guide, *inputs[:n])
 
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-    try:
-        with warnings.catch_warnings(), torch.random.fork_rng(devices=devices):
-            warnings.simplefilter("ignore")
-            traced = torch.jit.trace(loss_fn, (*batch, *plist), check_trace=False)
-            checks = []
-            for run in (lambda: loss_fn(*batch), lambda: traced(*batch, *plist)):
-                torch.manual_seed(12345)
-                value = run()
-                grads = torch.autograd.grad(value, plist, allow_unused=True)
-                checks.append([value.detach()] + [g for g in grads if g is not None])
-    except Exception:  # noqa: BLE001 - any failure means: no fast path
-        return None
-    (a, *ga), (b, *gb) = checks
-    same = len(ga) == len(gb) and torch.allclose(a, b, rtol=1e-5, atol=1e-5) and all(
-        torch.allclose(u, v, rtol=1e-4, atol=1e-6) for u, v in zip(ga, gb))
-    if not same:
+    traced = trace_if_equal(loss_fn, (*batch, *plist), wrt=plist)
+    if traced is None:
         return None
     return lambda batch: traced(*batch, *plist)
 

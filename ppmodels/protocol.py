@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .utils import PPModelsError, model_name
 
-__all__ = ["ModelGuide", "as_pair", "check_batch", "parameters", "named_parameters"]
+__all__ = ["ModelGuide", "as_pair", "check_batch", "parameters", "named_parameters", "read_parameters"]
 
 
 class ModelGuide:
@@ -51,6 +51,27 @@ def named_parameters(obj: Any) -> Iterator[tuple[str, Tensor]]:
 
 def parameters(obj: Any) -> list[Tensor]:
     return [p for _, p in named_parameters(obj)]
+
+
+def read_parameters(obj: Any, run: Callable[[], Any]) -> tuple[dict[str, Tensor], dict[str, tuple[Tensor, Any]]]:
+    """The parameter tensors that ``run()`` (a call of ``obj``'s model and guide) reads, by name:
+    ``obj``'s module parameters (``module.NAME``) and the unconstrained values of the
+    ``pyro.param`` sites it touches that are not among them (``param.NAME``), sorted by name;
+    and every touched param site by its Pyro name, as ``(unconstrained, constraint)``."""
+    with poutine.trace(param_only=True) as tr:
+        run()
+    params: dict[str, Tensor] = {}
+    seen: set[int] = set()
+    for name, p in named_parameters(obj):
+        params[f"module.{name}"] = p
+        seen.add(id(p))
+    unconstrained = {name: site["value"].unconstrained() for name, site in tr.trace.nodes.items()}
+    for name, p in unconstrained.items():
+        if id(p) not in seen:
+            params[f"param.{name}"] = p
+            seen.add(id(p))
+    constraint_of = pyro.get_param_store().get_state()["constraints"]
+    return dict(sorted(params.items())), {name: (p, constraint_of[name]) for name, p in unconstrained.items()}
 
 
 def _describe(t: Any) -> str:

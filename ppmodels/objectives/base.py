@@ -27,6 +27,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor
 
+from ..tracing import forked_rng
 from ..utils import PPModelsError
 
 __all__ = ["Objective", "LogWeights", "log_weights", "particle_traces", "guess_max_plate_nesting", "trace_numel"]
@@ -84,8 +85,7 @@ class LogWeights:
 def guess_max_plate_nesting(model: Callable, guide: Callable, args: tuple, kwargs: dict) -> int:
     """Run the pair once, without particles, and read the deepest plate dimension.
     The RNG state is restored afterwards, so guessing does not shift the random stream."""
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-    with torch.random.fork_rng(devices=devices), poutine.block():
+    with forked_rng(), poutine.block():
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
     dims = [
