@@ -71,6 +71,31 @@ def test_chunk_sizes_follow_the_budget():
     assert evaluate.chunk_sizes(vae, (x,), 5000, 1000, budget=10**6 * per_unit, batch_size=10) == (10, 5000)
 
 
+def test_traced_evaluation_equals_the_plain_one(monkeypatch):
+    """The fast path (full chunks through a trace) draws the same particles as the plain one."""
+    from ppmodels.models import VAE
+
+    used = []
+
+    def spy(fn, inputs, **kw):
+        traced = trace_if_equal(fn, inputs, **kw)
+        used.append(traced is not None)
+        return traced
+
+    from ppmodels.tracing import trace_if_equal
+
+    monkeypatch.setattr(evaluate, "trace_if_equal", spy)
+    torch.manual_seed(0)
+    vae = VAE(x_dim=20, z_dim=3, hidden=(8,))
+    x = torch.bernoulli(torch.full((45, 20), 0.3))  # batches of 10: a ragged last batch
+    results = []
+    for jit in (True, False):
+        torch.manual_seed(5)
+        results.append(evaluate.log_likelihood(vae, x, 100, batch_size=10, particle_chunk=30, jit=jit))
+    assert used == [True]
+    assert torch.allclose(results[0], results[1], rtol=1e-5, atol=1e-5)
+
+
 def test_user_defined_model_without_module_evaluates():
     x = torch.randn(50, 2) + 1.0
 
