@@ -12,7 +12,7 @@ the particle chunks are combined with a running log-sum-exp.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import pyro
 import torch
@@ -96,10 +96,11 @@ def log_likelihood(
     r"""Per-datapoint :math:`\log \hat p(x)` with ``num_samples`` importance samples from the guide.
 
     Returns a tensor of shape (N,). Chunk sizes come from ``budget`` bytes (default
-    :func:`memory_budget`) unless given. ``jit``: run the full-size chunks through a trace of
-    one chunk (see :mod:`ppmodels.tracing`), used only if it returns what the plain chunk
-    does; the default, None, does so for models that declare ``static_structure = True``
-    when there are at least :data:`TRACE_MIN_CHUNKS` full chunks.
+    :func:`memory_budget`) unless given. ``jit=True``: run the chunks of ``particle_chunk``
+    particles through a trace of one such chunk per batch size (see :mod:`ppmodels.tracing`),
+    used only if it returns what the plain chunk does; the default, None, does so for models
+    that declare ``static_structure = True``, for batch sizes that run at least
+    :data:`TRACE_MIN_CHUNKS` chunks.
     """
     obj = as_pair(obj)
     data = as_data(data)
@@ -118,10 +119,11 @@ def log_likelihood(
             r""":math:`\log \sum_k w_k` over k particles, per datapoint of the batch."""
             return torch.logsumexp(_local_log_weights(obj, batch, k, mpn), 0)
 
-        full_chunks = (len(data) // batch_size) * (num_samples // particle_chunk)
-        if jit is None:
-            jit = bool(getattr(obj, "static_structure", False)) and full_chunks >= TRACE_MIN_CHUNKS
-        traced = None
+        per_batch = num_samples // particle_chunk  # full particle chunks per batch
+        if jit is None:  # a trace costs about three chunks: worth it from TRACE_MIN_CHUNKS uses
+            jit = "auto" if getattr(obj, "static_structure", False) else False
+        params: list[Tensor] | None = None
+        traced: dict[int, Callable | None] = {}  # by batch size (the last batch may be smaller)
         out = []
         batches = data.batches(batch_size, shuffle=False, generator=generator)
         if progress:
@@ -129,17 +131,21 @@ def log_likelihood(
 
             batches = tqdm(batches, total=data.num_batches(batch_size), desc="log p(x)")
         for batch in batches:
-            full = len(batch[0]) == batch_size
-            if jit and full and num_samples >= particle_chunk:  # trace on the first full batch
-                n = len(batch)
-                with forked_rng():  # the plain and traced paths draw the same particles
-                    params = list(read_parameters(obj, lambda: chunk(batch, 1))[0].values())
-                traced = trace_if_equal(lambda *inputs: chunk(inputs[:n], particle_chunk), (*batch, *params))
-                jit = False
+            size = len(batch[0])
+            if jit and per_batch and size not in traced:
+                uses = per_batch * (len(data) // batch_size if size == batch_size else 1)
+                traced[size] = None
+                if jit is True or uses >= TRACE_MIN_CHUNKS:
+                    n = len(batch)
+                    if params is None:
+                        with forked_rng():  # the plain and traced paths draw the same particles
+                            params = list(read_parameters(obj, lambda: chunk(batch, 1))[0].values())
+                    traced[size] = trace_if_equal(lambda *inputs: chunk(inputs[:n], particle_chunk), (*batch, *params))
+            fast = traced.get(size)
             acc = None
             for start in range(0, num_samples, particle_chunk):
                 k = min(particle_chunk, num_samples - start)
-                lse = traced(*batch, *params) if traced is not None and full and k == particle_chunk else chunk(batch, k)
+                lse = fast(*batch, *params) if fast is not None and k == particle_chunk else chunk(batch, k)
                 acc = lse if acc is None else torch.logaddexp(acc, lse)
             out.append(acc - math.log(num_samples))
     return torch.cat(out)
