@@ -31,7 +31,8 @@ p.add_argument("--quick", action="store_true", help="fewer cases and rounds")
 p.add_argument("--steps", type=int, default=20, help="steps per timed block")
 p.add_argument("--rounds", type=int, default=7)
 p.add_argument("--nll-images", type=int, default=None)
-p.add_argument("--no-jit", action="store_true", help="time the plain (untraced) loss")
+p.add_argument("--no-jit", action="store_true", help="time the plain (untraced) loss and evaluation")
+p.add_argument("--only", choices=["svi", "nll", "epoch"], action="append", help="run only these parts (repeatable)")
 args = p.parse_args()
 device = resolve_device(args.device)
 pyro.enable_validation(False)
@@ -91,7 +92,7 @@ def nll_rows() -> list[dict]:
     loop_n = min(n, 10)
 
     def run_ours():
-        evaluate.log_likelihood(vae, x, K)
+        evaluate.log_likelihood(vae, x, K, jit=False if args.no_jit else None)
 
     def run_batched():
         handwritten.log_likelihood(vae, x, K, batch_size=bs, particle_chunk=chunk)
@@ -99,7 +100,7 @@ def nll_rows() -> list[dict]:
     def run_loop():  # per datapoint: time loop_n images, scaled to n below
         handwritten.log_likelihood_per_datapoint(vae, x[:loop_n], K, particle_chunk=100)  # as pythae: 100 a pass
 
-    rounds = 3 if not args.quick else 2
+    rounds = 5 if not args.quick else 2
     times = interleaved({"ppmodels": run_ours, "batched": run_batched, "loop": run_loop}, rounds=rounds, device=device)
     loop_scaled = [t * n / loop_n for t in times["loop"]]
     med, lo, hi = ratio(times["ppmodels"], times["batched"])
@@ -155,6 +156,8 @@ def epoch_rows() -> list[dict]:
 
 env = environment(device)
 print(env)
-rows = svi_rows() + nll_rows() + epoch_rows()
+parts = {"svi": svi_rows, "nll": nll_rows, "epoch": epoch_rows}
+rows = [row for name, part in parts.items() if not args.only or name in args.only for row in part()]
 print_table(rows)
-print("wrote", write_csv([{**r, **env} for r in rows], f"svi_step-{device.type}.csv"))
+suffix = "".join(f"-{name}" for name in args.only or []) + ("-quick" if args.quick else "") + ("-nojit" if args.no_jit else "")
+print("wrote", write_csv([{**r, **env} for r in rows], f"svi_step-{device.type}{suffix}.csv"))
