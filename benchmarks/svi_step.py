@@ -32,10 +32,16 @@ p.add_argument("--steps", type=int, default=20, help="steps per timed block")
 p.add_argument("--rounds", type=int, default=7)
 p.add_argument("--nll-images", type=int, default=None)
 p.add_argument("--no-jit", action="store_true", help="time the plain (untraced) loss and evaluation")
+p.add_argument("--pyro-bernoulli", action="store_true",
+               help="VAE likelihood as Pyro's Bernoulli(logits).to_event(1), not BernoulliLogits (times that lever)")
 p.add_argument("--only", choices=["svi", "nll", "epoch"], action="append", help="run only these parts (repeatable)")
 args = p.parse_args()
 device = resolve_device(args.device)
 pyro.enable_validation(False)
+if args.pyro_bernoulli:
+    import pyro.distributions as dist
+
+    VAE.likelihood_dist = lambda self, z: dist.Bernoulli(logits=self.decoder(z), validate_args=False).to_event(1)
 
 
 def batch_of(n: int) -> torch.Tensor:
@@ -159,5 +165,5 @@ print(env)
 parts = {"svi": svi_rows, "nll": nll_rows, "epoch": epoch_rows}
 rows = [row for name, part in parts.items() if not args.only or name in args.only for row in part()]
 print_table(rows)
-suffix = "".join(f"-{name}" for name in args.only or []) + ("-quick" if args.quick else "") + ("-nojit" if args.no_jit else "")
+suffix = "".join(f"-{name}" for name in args.only or []) + ("-quick" if args.quick else "") + ("-nojit" if args.no_jit else "") + ("-pyrobernoulli" if args.pyro_bernoulli else "")
 print("wrote", write_csv([{**r, **env} for r in rows], f"svi_step-{device.type}{suffix}.csv"))
