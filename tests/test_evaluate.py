@@ -71,7 +71,8 @@ def test_chunk_sizes_follow_the_budget():
     assert evaluate.chunk_sizes(vae, (x,), 5000, 1000, budget=10**6 * per_unit, batch_size=10) == (10, 5000)
 
 
-def test_traced_evaluation_equals_the_plain_one(monkeypatch):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_traced_evaluation_equals_the_plain_one(monkeypatch, device):
     """The fast path (full chunks through a trace) draws the same particles as the plain one."""
     from ppmodels.models import VAE
 
@@ -86,8 +87,8 @@ def test_traced_evaluation_equals_the_plain_one(monkeypatch):
 
     monkeypatch.setattr(evaluate, "trace_if_equal", spy)
     torch.manual_seed(0)
-    vae = VAE(x_dim=20, z_dim=3, hidden=(8,))
-    x = torch.bernoulli(torch.full((45, 20), 0.3))  # batches of 10: a ragged last batch
+    vae = VAE(x_dim=20, z_dim=3, hidden=(8,)).to(device)
+    x = torch.bernoulli(torch.full((45, 20), 0.3)).to(device)  # batches of 10: a ragged last batch
     results = []
     for jit in (True, False):
         torch.manual_seed(5)

@@ -186,6 +186,27 @@ def test_jit_fast_path_is_used_only_where_proven_equal(images):
         assert all(torch.allclose(u, v, rtol=1e-4, atol=1e-6) for u, v in zip(ga, gb))
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", ["elbo", "iwae", "dreg"])
+def test_jit_fast_path_on_cuda(images, name):
+    from ppmodels.fit import compile_loss, prepare
+    from ppmodels.objectives import make
+
+    x = images[0].full(torch.Generator().manual_seed(0))[0][:50].cuda()
+    vae = small_vae().cuda()
+    obj = make(name, num_particles=3)
+    params, pair = prepare(vae, obj, (x,))
+    compiled = compile_loss(pair, obj, params, (x,))
+    assert compiled is not None, name
+    torch.manual_seed(7)
+    a = obj.differentiable_loss(pair.model, pair.guide, x)
+    ga = torch.autograd.grad(a, list(params.values()))
+    torch.manual_seed(7)
+    b = compiled((x,))
+    gb = torch.autograd.grad(b, list(params.values()))
+    assert torch.allclose(a, b, rtol=1e-5) and all(torch.allclose(u, v, rtol=1e-4, atol=1e-6) for u, v in zip(ga, gb))
+
+
 def test_training_with_and_without_jit_agrees(images):
     train, _ = images
     a = fit(small_vae(), train, epochs=3, batch_size=50, lr=1e-2, device="cpu", jit=True, seed=3)
