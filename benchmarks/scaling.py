@@ -58,8 +58,12 @@ per_unit = _bytes_per_unit(vae, (x1,), mpn)
 largest_chunk = memory_budget(device) // per_unit
 if device.type == "cuda":
     free = torch.cuda.mem_get_info(device)[0]
-else:
-    free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+else:  # MemAvailable (free + reclaimable cache) where Linux reports it
+    try:
+        with open("/proc/meminfo") as f:
+            free = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 env = environment(device)
 print(env)
 print_table(rows)
