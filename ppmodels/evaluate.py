@@ -120,8 +120,8 @@ def log_likelihood(
             return torch.logsumexp(_local_log_weights(obj, batch, k, mpn), 0)
 
         per_batch = num_samples // particle_chunk  # full particle chunks per batch
-        if jit is None:  # a trace costs about three chunks: worth it from TRACE_MIN_CHUNKS uses
-            jit = "auto" if getattr(obj, "static_structure", False) else False
+        may_trace = bool(getattr(obj, "static_structure", False)) if jit is None else jit
+        min_uses = 1 if jit else TRACE_MIN_CHUNKS  # a trace costs about three chunks
         params: list[Tensor] | None = None
         traced: dict[int, Callable | None] = {}  # by batch size (the last batch may be smaller)
         out = []
@@ -132,10 +132,10 @@ def log_likelihood(
             batches = tqdm(batches, total=data.num_batches(batch_size), desc="log p(x)")
         for batch in batches:
             size = len(batch[0])
-            if jit and per_batch and size not in traced:
+            if may_trace and per_batch and size not in traced:
                 uses = per_batch * (len(data) // batch_size if size == batch_size else 1)
                 traced[size] = None
-                if jit is True or uses >= TRACE_MIN_CHUNKS:
+                if uses >= min_uses:
                     n = len(batch)
                     if params is None:
                         with forked_rng():  # the plain and traced paths draw the same particles
