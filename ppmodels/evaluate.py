@@ -27,8 +27,8 @@ from .utils import PPModelsError, model_name
 __all__ = ["log_likelihood", "elbo", "active_units", "memory_budget", "chunk_sizes"]
 
 #: Bytes one evaluation chunk may use on the CPU. Chunks near the size of the last-level cache
-#: beat larger ones: on a 32 MiB-L3 EPYC, 64 MiB chunks ran the K = 5000 evaluation 1.5x
-#: faster than 1 GiB chunks (and than 32 MiB ones, where per-chunk overhead shows).
+#: beat larger ones: on a 32 MiB-L3 EPYC, 1 GiB chunks ran the K = 5000 evaluation 1.5-1.7x
+#: slower than 64 MiB ones, 32 MiB about as fast (``python benchmarks/is_chunks.py``).
 CPU_CHUNK_BYTES = 64 << 20
 #: Full-size chunks from which ``log_likelihood`` traces one (tracing costs about three chunks).
 TRACE_MIN_CHUNKS = 16
