@@ -42,22 +42,59 @@ def memory_budget(device: torch.device) -> int:
     return CPU_CHUNK_BYTES
 
 
-def _local_log_weights(obj: Any, batch: tuple, num_particles: int, mpn: int) -> Tensor:
-    traces = particle_traces(obj.model, obj.guide, batch, {}, num_particles, mpn)
-    lw = log_weights(*traces, num_particles=num_particles, max_plate_nesting=mpn)
-    if lw.local is None or lw.global_latents:
+def _local_log_weights(obj: Any, batch: tuple, num_particles: int, mpn: int, data_plate: str | None = None,
+                       vectorize: bool = True) -> Tensor:
+    """(K, B) log weights per datapoint of ``batch``: K particles in one vectorized pass, or
+    (``vectorize=False``, for models written for one sample) K passes."""
+    if not vectorize and num_particles > 1:
+        return torch.cat([_local_log_weights(obj, batch, 1, mpn, data_plate) for _ in range(num_particles)])
+    try:
+        traces = particle_traces(obj.model, obj.guide, batch, {}, num_particles, mpn)
+    except PPModelsError:
+        raise
+    except Exception as e:
+        if num_particles == 1:
+            raise
         raise PPModelsError(
-            f"{model_name(obj)}: per-datapoint evaluation needs every guide latent inside the "
-            f"'data' plate; found global latents {list(lw.global_latents)} or no data plate"
+            f"{model_name(obj)}: the model failed under {num_particles} vectorized particles "
+            f"({type(e).__name__}); a model written for one sample needs vectorize_particles=False"
+        ) from e
+    lw = log_weights(*traces, num_particles=num_particles, max_plate_nesting=mpn, data_plate=data_plate)
+    if not lw.per_datapoint:
+        raise PPModelsError(
+            f"{model_name(obj)}: per-datapoint evaluation needs a batch plate around every site, but "
+            f"{lw.why_batch}"
         )
-    return lw.local + lw.global_[:, None] / lw.local.shape[1]  # (K, B)
+    if lw.scale != 1.0:
+        raise PPModelsError(
+            f"{model_name(obj)}: the batch plate {lw.data_plate!r} subsamples (scale {lw.scale:g}); "
+            "evaluation needs every datapoint of the batch: pass the rows to evaluate as the data"
+        )
+    return lw.log_w
+
+
+def _probe(obj: Any, data: TensorData, batch_size: int | None, generator: torch.Generator | None) -> tuple[tuple, int | None]:
+    """A first batch that the pair runs on, checked (:func:`check_batch`): 8 rows, or, for a
+    guide with per-datapoint parameters (AutoNormal, say) that only runs on the whole data,
+    every row (then the evaluation runs in one batch)."""
+    rows = min(len(data), batch_size or 8)
+    first = next(data.batches(rows, shuffle=False, generator=generator))
+    try:
+        check_batch(obj, first)
+        return first, batch_size
+    except PPModelsError:
+        if batch_size is not None or rows == len(data):
+            raise
+    whole = next(data.batches(len(data), shuffle=False, generator=generator))
+    check_batch(obj, whole)
+    return whole, len(data)
 
 
 def _bytes_per_unit(obj: Any, batch: tuple, mpn: int) -> int:
     """Rough memory per (particle, datapoint): 16 bytes per number the traces hold."""
     with torch.no_grad():
-        traces = particle_traces(obj.model, obj.guide, batch, {}, 2, mpn)
-    return max(1, 16 * trace_numel(*traces) // (2 * len(batch[0])))
+        traces = particle_traces(obj.model, obj.guide, batch, {}, 1, mpn)  # one particle: any model runs
+    return max(1, 16 * trace_numel(*traces) // len(batch[0]))
 
 
 def chunk_sizes(
@@ -92,6 +129,8 @@ def log_likelihood(
     generator: torch.Generator | None = None,
     progress: bool = False,
     jit: bool | None = None,
+    data_plate: str | None = None,
+    vectorize_particles: bool = True,
 ) -> Tensor:
     r"""Per-datapoint :math:`\log \hat p(x)` with ``num_samples`` importance samples from the guide.
 
@@ -100,14 +139,14 @@ def log_likelihood(
     particles through a trace of one such chunk per batch size (see :mod:`ppmodels.tracing`),
     used only if it returns what the plain chunk does; the default, None, does so for models
     that declare ``static_structure = True``, for batch sizes that run at least
-    :data:`TRACE_MIN_CHUNKS` chunks.
+    :data:`TRACE_MIN_CHUNKS` chunks. ``data_plate``: the batch plate's name (None: found).
+    ``vectorize_particles=False``: one pass per particle, for models written for one sample.
     """
     obj = as_pair(obj)
     data = as_data(data)
     if num_samples < 1:
         raise PPModelsError(f"log_likelihood: num_samples must be >= 1, got {num_samples}")
-    first = next(data.batches(min(len(data), 8), shuffle=False, generator=generator))
-    check_batch(obj, first)
+    first, batch_size = _probe(obj, data, batch_size, generator)
     with torch.no_grad(), pyro.validation_enabled(False):
         mpn = guess_max_plate_nesting(obj.model, obj.guide, first, {})
         if batch_size is None or particle_chunk is None:
@@ -117,10 +156,10 @@ def log_likelihood(
 
         def chunk(batch: tuple, k: int) -> Tensor:
             r""":math:`\log \sum_k w_k` over k particles, per datapoint of the batch."""
-            return torch.logsumexp(_local_log_weights(obj, batch, k, mpn), 0)
+            return torch.logsumexp(_local_log_weights(obj, batch, k, mpn, data_plate, vectorize_particles), 0)
 
         per_batch = num_samples // particle_chunk  # full particle chunks per batch
-        may_trace = bool(getattr(obj, "static_structure", False)) if jit is None else jit
+        may_trace = (bool(getattr(obj, "static_structure", False)) if jit is None else jit) and vectorize_particles
         min_uses = 1 if jit else TRACE_MIN_CHUNKS  # a trace costs about three chunks
         params: list[Tensor] | None = None
         traced: dict[int, Callable | None] = {}  # by batch size (the last batch may be smaller)
@@ -156,17 +195,22 @@ def elbo(
     data: TensorData | Tensor | tuple,
     num_particles: int = 1,
     *,
-    batch_size: int = 1000,
+    batch_size: int | None = 1000,
     generator: torch.Generator | None = None,
+    data_plate: str | None = None,
+    vectorize_particles: bool = True,
 ) -> Tensor:
-    r"""Per-datapoint ELBO estimate :math:`\frac1K\sum_k \log w_k`, shape (N,)."""
+    r"""Per-datapoint ELBO estimate :math:`\frac1K\sum_k \log w_k`, shape (N,).
+    ``data_plate``: the batch plate's name (None: found); ``vectorize_particles=False``: one
+    pass per particle."""
     obj = as_pair(obj)
     data = as_data(data)
-    first = next(data.batches(min(len(data), 8), shuffle=False, generator=generator))
+    first, batch_size = _probe(obj, data, batch_size, generator)
+    batch_size = batch_size or 1000
     with torch.no_grad(), pyro.validation_enabled(False):
         mpn = guess_max_plate_nesting(obj.model, obj.guide, first, {})
         return torch.cat([
-            _local_log_weights(obj, batch, num_particles, mpn).mean(0)
+            _local_log_weights(obj, batch, num_particles, mpn, data_plate, vectorize_particles).mean(0)
             for batch in data.batches(batch_size, shuffle=False, generator=generator)
         ])
 

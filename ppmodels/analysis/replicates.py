@@ -76,45 +76,61 @@ def replicate_gradients(
     P = sum(p.numel() for p in params)
     pyro.set_rng_seed(seed)
     with pyro.validation_enabled(False):
-        linear = _linear_layers(obj, params) if P > ROWS_MAX_PARAMETERS else None
-        if vectorize and objective.per_unit and linear is not None:
-            chunk = min(chunk or replicates, max(1, (1 << 28) // (4 * P)))
-            grads = torch.empty(replicates, P, dtype=params[0].dtype, device=params[0].device)
-            bounds = []
-            for start in range(0, replicates, chunk):
-                r = min(chunk, replicates - start)
-                with _PerReplicate(linear, r * B) as rec:
-                    bound, surrogate = objective.surrogate_units(obj.model, obj.guide, *_repeat(batch, r))
-                    if surrogate.shape[0] != r * B:
-                        break
-                    (-surrogate.sum()).backward(inputs=params)
-                rec.write_gradients(params, grads[start : start + r])
-                bounds.append(bound.detach().reshape(r, B).sum(1))
-            else:
-                for p in params:
-                    p.grad = None
-                return grads, torch.cat(bounds)
-            pyro.set_rng_seed(seed)
-        if vectorize and objective.per_unit and P <= ROWS_MAX_PARAMETERS:
-            chunk = min(chunk or replicates, replicates if P <= FEW_PARAMETERS else ROWS_CHUNK)
-            out_g, out_b = [], []
-            for start in range(0, replicates, chunk):
-                r = min(chunk, replicates - start)
-                bound, surrogate = objective.surrogate_units(obj.model, obj.guide, *_repeat(batch, r))
-                if surrogate.shape[0] != r * B:
-                    break  # global latents: no per-datapoint units, use the loop
-                out_g.append(_jacobian(-surrogate.reshape(r, B).sum(1), params))
-                out_b.append(bound.detach().reshape(r, B).sum(1))
-            else:
-                return torch.cat(out_g), torch.cat(out_b)
+        if vectorize and objective.per_unit:
+            try:
+                out = _vectorized(objective, obj, batch, params, replicates, chunk, B, P)
+            except (PPModelsError, RuntimeError, IndexError, ValueError):
+                out = None  # e.g. a guide with per-datapoint parameters meets the repeated batch
+            if out is not None:
+                return out
             pyro.set_rng_seed(seed)
         grads_list, bounds = [], []
         for _ in range(replicates):
             bound, surrogate = objective.surrogate(obj.model, obj.guide, *batch)
-            grads = torch.autograd.grad(-surrogate, params, allow_unused=True)
+            grads = torch.autograd.grad(-surrogate, params, allow_unused=True) if surrogate.requires_grad else [None] * len(params)
             grads_list.append(flat_grad(grads, params))
             bounds.append(bound.detach())
         return torch.stack(grads_list), torch.stack(bounds)
+
+
+def _vectorized(objective: Objective, obj: Any, batch: tuple, params: list[Tensor], replicates: int,
+                chunk: int | None, B: int, P: int) -> tuple[Tensor, Tensor] | None:
+    """The vectorized paths (module docstring); None where the units are not per datapoint."""
+    seed_state = torch.get_rng_state()
+    linear = _linear_layers(obj, params) if P > ROWS_MAX_PARAMETERS else None
+    if linear is not None:
+        chunk = min(chunk or replicates, max(1, (1 << 28) // (4 * P)))
+        grads = torch.empty(replicates, P, dtype=params[0].dtype, device=params[0].device)
+        bounds = []
+        for start in range(0, replicates, chunk):
+            r = min(chunk, replicates - start)
+            with _PerReplicate(linear, r * B) as rec:
+                bound, surrogate = objective.surrogate_units(obj.model, obj.guide, *_repeat(batch, r))
+                if surrogate.shape[0] != r * B:
+                    break
+                (-surrogate.sum()).backward(inputs=params)
+            rec.write_gradients(params, grads[start : start + r])
+            bounds.append(bound.detach().reshape(r, B).sum(1))
+        else:
+            for p in params:
+                p.grad = None
+            return grads, torch.cat(bounds)
+        for p in params:
+            p.grad = None
+        torch.set_rng_state(seed_state)
+    if P <= ROWS_MAX_PARAMETERS:
+        chunk = min(chunk or replicates, replicates if P <= FEW_PARAMETERS else ROWS_CHUNK)
+        out_g, out_b = [], []
+        for start in range(0, replicates, chunk):
+            r = min(chunk, replicates - start)
+            bound, surrogate = objective.surrogate_units(obj.model, obj.guide, *_repeat(batch, r))
+            if surrogate.shape[0] != r * B:
+                break  # global latents: no per-datapoint units, use the loop
+            out_g.append(_jacobian(-surrogate.reshape(r, B).sum(1), params))
+            out_b.append(bound.detach().reshape(r, B).sum(1))
+        else:
+            return torch.cat(out_g), torch.cat(out_b)
+    return None
 
 
 def _linear_layers(obj: Any, params: list[Tensor]) -> dict[int, tuple[torch.nn.Linear, str]] | None:

@@ -54,13 +54,31 @@ def parameter_groups(model: Callable, guide: Callable, *args: Any) -> dict[str, 
         known = {id(p) for p in candidates}
         candidates += [p for p in owner.parameters() if id(p) not in known]
     candidates = [p for p in candidates if p.requires_grad]
-    groups: dict[str, list[Tensor]] = {}
+    groups: dict[str, list[Tensor]] = {"model": [], "guide": []}
+    if not candidates:
+        return groups
     for name, trace in (("model", model_trace), ("guide", guide_trace)):
-        total = sum(site["fn"].log_prob(site["value"].detach()).sum()
-                    for site in trace.nodes.values() if site["type"] == "sample")
+        terms = [site["fn"].log_prob(site["value"].detach()).sum()
+                 for site in trace.nodes.values() if site["type"] == "sample"]
+        total = sum(terms) if terms else None
+        if total is None or not torch.is_tensor(total) or not total.requires_grad:
+            continue  # no parameter reaches this side (a Delta guide's value, a fixed prior)
         grads = torch.autograd.grad(total, candidates, allow_unused=True, retain_graph=True)
         groups[name] = [p for p, g in zip(candidates, grads) if g is not None and bool(g.abs().sum() > 0)]
+    # parameters reached only through sampled values (a Delta guide's point) count as the guide's
+    seen = {id(p) for ps in groups.values() for p in ps}
+    groups["guide"] += [p for p in candidates if id(p) not in seen and _reaches_values(guide_trace, p)]
     return groups
+
+
+def _reaches_values(trace: Any, param: Tensor) -> bool:
+    values = [s["value"] for s in trace.nodes.values() if s["type"] == "sample" and not s["is_observed"]
+              and torch.is_tensor(s["value"]) and s["value"].requires_grad]
+    if not values:
+        return False
+    total = sum(v.sum() for v in values)
+    (g,) = torch.autograd.grad(total, [param], allow_unused=True, retain_graph=True)
+    return g is not None
 
 
 def _resolve_groups(params: Any, owner: Any, model: Callable, guide: Callable, args: tuple) -> dict[str, list[Tensor]]:
@@ -94,18 +112,23 @@ def _resolve_groups(params: Any, owner: Any, model: Callable, guide: Callable, a
     return groups
 
 
-def _with_particles(objective: str | Objective, K: int) -> Objective:
+def _with_particles(objective: "str | Objective | Any", K: int) -> Objective:
+    """The objective (a name, a configured ppmodels objective or a Pyro ELBO) with K particles,
+    every other option kept."""
     if isinstance(objective, str):
         return make(objective, num_particles=K)
-    options = {**objective.options(), "num_particles": K}
-    return type(objective)(**options)
+    objective = make(objective)
+    return objective if objective.num_particles == K else objective.with_particles(K)
 
 
 def _chunk(objective: Objective, model: Callable, guide: Callable, args: tuple, P: int, replicates: int,
            memory: int) -> int:
     """Replicates per vectorized pass so that the traces and the batched backward over them
     (4 bytes × 4 a number, times the batch of the backward: P or the replicate chunk; see
-    :mod:`.replicates`) and the (chunk, P) gradients fit in ``memory``."""
+    :mod:`.replicates`) and the (chunk, P) gradients fit in ``memory``. Objectives whose
+    batch is one unit replicate in a loop: no chunking."""
+    if not objective.per_unit:
+        return replicates
     with torch.no_grad():
         _, pairs = objective.draw(model, guide, args, {})
     batched = P if P <= FEW_PARAMETERS else ROWS_CHUNK
@@ -175,10 +198,10 @@ def gradient_study(
         for K in num_particles:
             try:
                 objective = _with_particles(spec, K)
-            except PPModelsError as e:
-                skipped.append(f"{spec if isinstance(spec, str) else spec.name} K={K}: {e}")
+            except (PPModelsError, ValueError, NotImplementedError) as e:
+                skipped.append(f"{spec if isinstance(spec, str) else getattr(spec, 'name', type(spec).__name__)} K={K}: {e}")
                 continue
-            if objective.name == "enum" and K != num_particles[0]:
+            if objective.enumerates and K != num_particles[0]:
                 continue  # exact: the particle count does not matter
             label = objective.label
             if show:
@@ -191,7 +214,7 @@ def gradient_study(
                     r = min(chunk, replicates - r0)
                     grads, _ = replicate_gradients(objective, pair, args, all_params, r, seed=seed + r0)
                     moments.update(grads)
-            except PPModelsError as e:
+            except (PPModelsError, NotImplementedError) as e:
                 skipped.append(f"{label} K={K}: {e}")
                 continue
             seconds = _seconds_per_estimate(objective, model, guide, args, all_params)

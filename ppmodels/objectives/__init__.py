@@ -10,11 +10,14 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from pyro.infer.elbo import ELBO
+
 from ..utils import PPModelsError
 from .base import LogWeights, Objective, log_mean_exp, log_weights
 from .dreg import Dreg
 from .elbo import Elbo
 from .enum import Enum
+from .interop import PyroElbo
 from .iwae import Iwae
 from .meanfield import MeanFieldElbo
 from .reinforce import Reinforce
@@ -23,7 +26,7 @@ from .stl import Stl
 from .vimco import Vimco
 
 __all__ = ["make", "names", "REGISTRY", "Objective", "LogWeights", "log_weights", "log_mean_exp",
-           "Elbo", "MeanFieldElbo", "Reinforce", "Enum", "Renyi", "Iwae", "Dreg", "Stl", "Vimco"]
+           "PyroElbo", "Elbo", "MeanFieldElbo", "Reinforce", "Enum", "Renyi", "Iwae", "Dreg", "Stl", "Vimco"]
 
 REGISTRY: dict[str, type[Objective]] = {
     cls.name: cls for cls in (Elbo, MeanFieldElbo, Reinforce, Enum, Renyi, Iwae, Dreg, Stl, Vimco)
@@ -44,17 +47,22 @@ def _accepted(cls: type) -> set[str]:
     return accepted
 
 
-def make(name: str | Objective, **options: Any) -> Objective:
-    """The objective registered as ``name``, configured with ``options``.
+def make(name: "str | Objective | ELBO", **options: Any) -> Objective:
+    """The objective registered as ``name``, configured with ``options``; a configured
+    objective as it is; a ``pyro.infer.ELBO`` instance wrapped as :class:`PyroElbo`.
 
     An unknown name, or an option the objective does not take, is a :class:`PPModelsError`
     that lists what is available.
     """
+    if isinstance(name, ELBO) and not isinstance(name, Objective):
+        if options:
+            raise PPModelsError(f"make: options {sorted(options)} given with a configured Pyro {type(name).__name__}")
+        return PyroElbo(name)
     if isinstance(name, Objective):
         if options:
             raise PPModelsError(f"make: options {sorted(options)} given with an already-configured {name!r}")
         return name
-    if name not in REGISTRY:
+    if not isinstance(name, str) or name not in REGISTRY:
         raise PPModelsError(f"unknown objective {name!r}; available: {', '.join(REGISTRY)}")
     cls = REGISTRY[name]
     accepted = _accepted(cls)

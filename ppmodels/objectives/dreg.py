@@ -28,7 +28,7 @@ from pyro import poutine
 from pyro.poutine.messenger import Messenger
 from torch import Tensor
 
-from .base import _data_frame, require_reparameterized, units
+from .base import LogWeights, require_reparameterized, units
 from .iwae import Iwae
 
 __all__ = ["Dreg"]
@@ -74,33 +74,34 @@ class Dreg(Iwae):
     def surrogate_units(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
         lw, pairs = self.draw(model, guide, args, kwargs, detach_guide=True, guide_handler=_DeferredGradScale)
         require_reparameterized(lw, self.name, instead="vimco (discrete latents) or iwae")
-        log_w, _, scale, offset = units(lw, self.name)
-        U = log_w.shape[1]
-        bound = scale * self.bound_fn(log_w) + offset / U
+        log_w, _, scale = units(lw, self)
+        bound = scale * self.bound_fn(log_w)
         w = torch.softmax(log_w.detach(), 0)  # (K, U)
-        self._scale_guide_gradients(pairs, w, local=log_w.shape[1] > 1 or lw.local is not None and not lw.global_latents)
-        surrogate = scale * (w * log_w).sum(0) + offset / U
+        self._scale_guide_gradients(pairs, w, lw)
+        surrogate = scale * (w * log_w).sum(0)
         return bound, surrogate
 
-    def _scale_guide_gradients(self, pairs: list[tuple[poutine.Trace, poutine.Trace]], w: Tensor, local: bool) -> None:
-        """Fill every guide latent's buffer so the gradient reaching z_k is multiplied by w̃_k."""
+    def _scale_guide_gradients(self, pairs: list[tuple[poutine.Trace, poutine.Trace]], w: Tensor,
+                               lw: LogWeights) -> None:
+        """Fill every guide latent's buffer so the gradient reaching z_k (of unit u) is
+        multiplied by w̃_ku: the weights placed at the particle dim and the batch plate's dim."""
         ndim = self.max_plate_nesting + 1
         per_pair = w.shape[0] // len(pairs)
+        vectorized = per_pair > 1
         for i, (_, guide_trace) in enumerate(pairs):
-            wi = w[i * per_pair : (i + 1) * per_pair]
+            wi = w[i * per_pair : (i + 1) * per_pair]  # (k, U)
             for site in guide_trace.nodes.values():
                 if site["type"] != "sample" or WEIGHTS not in site["infer"]:
                     continue
                 buffer = site["infer"][WEIGHTS]
                 shape = [1] * ndim
-                shape[0] = wi.shape[0]
-                frame = _data_frame(site, self.data_plate)
-                if local and frame is not None:
+                if vectorized:
+                    shape[0] = wi.shape[0]
+                if lw.per_datapoint:
+                    frame = next(f for f in site["cond_indep_stack"] if f.name == lw.data_plate)
                     shape[ndim + frame.dim] = wi.shape[1]
-                    factor = wi.reshape(shape)
-                else:
-                    factor = wi.sum(-1).reshape(shape) if local else wi.reshape(shape)
+                factor = wi.reshape(shape) if vectorized else wi.reshape(shape[1:])
                 event_dim = site["fn"].event_dim
                 batch_dims = site["value"].dim() - event_dim
-                factor = factor.reshape(factor.shape[ndim - batch_dims :] + (1,) * event_dim)
+                factor = factor.reshape(factor.shape[factor.dim() - batch_dims :] + (1,) * event_dim)
                 buffer.copy_(factor.expand_as(buffer))

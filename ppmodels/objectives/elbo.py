@@ -1,11 +1,14 @@
-r"""The evidence lower bound, estimated with K particles (Trace_ELBO semantics).
+r"""The evidence lower bound, estimated with K particles (Pyro's ``Trace_ELBO``).
 
 .. math:: \mathcal L(\theta, \phi) = \mathbb E_{q_\phi(z|x)}[\log p_\theta(x, z) - \log q_\phi(z|x)]
 
 Gradient: pathwise (reparameterization, Kingma & Welling 2014) at reparameterizable guide
-sites; score function (Williams 1992) at the others, each datapoint's latent weighted by that
-datapoint's own log weight (Rao-Blackwellized over the data plate), global latents by the
-whole batch's. Particles are vectorized.
+sites; at the others the score function (Williams 1992; Ranganath et al. 2014), each site's
+score multiplied by the detached log weight summed down to the site's own plates — Pyro's
+partial Rao-Blackwellization (``MultiFrameTensor.sum_to``), so a datapoint's latent sees its
+own datapoint's terms and every term outside the plate. Under plate subsampling the log
+weights carry the plate's scale N/B and the score function does not (as in Pyro).
+Particles are vectorized when K > 1 (``vectorize_particles=False``: a loop).
 """
 
 from __future__ import annotations
@@ -22,24 +25,17 @@ __all__ = ["Elbo", "elbo_surrogate"]
 def elbo_surrogate(lw: LogWeights, baseline: Tensor | float = 0.0) -> tuple[Tensor, Tensor]:
     r"""``(bound, surrogate)`` per unit of the K-particle ELBO, from log weights.
 
-    surrogate :math:`= \frac1K \sum_k \big[\log w_k + \frac NB \sum_b (\overline{\log w_{kb}} - b_b)\,
-    \log q(z_{kb}) + (\overline{\log w_k} - b)\, \log q(z^{\mathrm{global}}_k)\big]` (bars: detached;
-    ``baseline`` :math:`b`: per datapoint, or per batch when there are global latents).
+    surrogate :math:`= \frac{\text{scale}}K \sum_k \big[\text{pathwise}_k + \sum_{\text{sites}}
+    \log q(z_k)\,(\overline{\text{cost}_k} - b)\big]` per unit (bars: detached; ``baseline``
+    :math:`b`: per unit, shape (U,), or a scalar).
     """
-    if lw.local is not None and not lw.global_latents:  # one unit per datapoint
-        per = lw.scale * lw.local + lw.global_[:, None] / lw.local.shape[1]  # (K, B)
-        if lw.has_score:
-            surrogate = per + lw.scale * (lw.local.detach() - baseline) * lw.local_score
-        else:
-            surrogate = per
-        return per.mean(0), surrogate.mean(0)
-    total = lw.total()
-    surrogate = total
-    if lw.has_score:
-        surrogate = surrogate + (total.detach() - baseline) * lw.global_score
-        if lw.local is not None:
-            surrogate = surrogate + lw.scale * (lw.local.detach() * lw.local_score).sum(-1)
-    return total.mean(0)[None], surrogate.mean(0)[None]
+    bound = lw.scale * lw.log_w.mean(0)
+    if not lw.has_score:
+        return bound, lw.scale * lw.pathwise.mean(0)
+    surrogate = lw.pathwise + lw.rb
+    if not (isinstance(baseline, float) and baseline == 0.0):
+        surrogate = surrogate - baseline * lw.score
+    return bound, lw.scale * surrogate.mean(0)
 
 
 class Elbo(Objective):

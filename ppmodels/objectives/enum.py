@@ -18,8 +18,9 @@ from pyro import poutine
 from pyro.infer import TraceEnum_ELBO, config_enumerate
 from torch import Tensor
 
+from ..tracing import forked_rng
 from ..utils import PPModelsError
-from .base import Objective
+from .base import Objective, _identity
 
 __all__ = ["Enum"]
 
@@ -30,17 +31,19 @@ class Enum(Objective):
     name = "enum"
     jit_safe = False
     per_unit = False
+    enumerates = True
 
     def __init__(self, num_particles: int = 1, **kwargs: Any) -> None:
         super().__init__(num_particles, **kwargs)
         self._elbo: TraceEnum_ELBO | None = None
-        self._checked: set[int] = set()
+        self._has_enum: set[tuple] = set()
 
     def _setup(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> tuple[TraceEnum_ELBO, Callable]:
         guide = config_enumerate(guide, default="parallel")
-        if id(model) not in self._checked:
+        key = (_identity(model), _identity(guide))
+        if key not in self._has_enum:
             self._check(model, guide, args, kwargs)
-            self._checked.add(id(model))
+            self._has_enum.add(key)
         if self._elbo is None:
             self._elbo = TraceEnum_ELBO(
                 num_particles=self.num_particles,
@@ -51,7 +54,7 @@ class Enum(Objective):
 
     @staticmethod
     def _check(model: Callable, guide: Callable, args: tuple, kwargs: dict) -> None:
-        with poutine.block():
+        with forked_rng(), poutine.block():  # checking must not shift the random stream
             gt = poutine.trace(guide).get_trace(*args, **kwargs)
             mt = poutine.trace(poutine.replay(model, trace=gt)).get_trace(*args, **kwargs)
         if not any(

@@ -3,9 +3,8 @@ r"""The importance-weighted bound (Burda, Grosse & Salakhutdinov, ICLR 2016).
 .. math:: \mathcal L_K = \mathbb E\Big[\log \frac1K \sum_{k=1}^K
           \frac{p(x, z_k)}{q(z_k|x)}\Big],\qquad z_k \sim q(z|x)
 
-per datapoint when all latents are local to the ``"data"`` plate, with the subsampling scale
-N/B applied *outside* the log; models with global latents get the whole-batch bound (an
-error under subsampling). Gradient: :math:`\sum_k \tilde w_k \nabla \log w_k` with
+per datapoint when the batch plate holds every site, with the subsampling scale N/B applied
+*outside* the log; other models get the whole-batch bound (an error under subsampling). Gradient: :math:`\sum_k \tilde w_k \nabla \log w_k` with
 :math:`\tilde w = \mathrm{softmax}(\log w)` at reparameterized sites, plus the plain score
 function :math:`\hat{\mathcal L}_K \sum_k \nabla \log q(z_k)` at discrete ones (use ``vimco``
 for a low-variance one). This is ``renyi`` at α = 0.
@@ -32,7 +31,7 @@ class Iwae(Renyi):
         super().__init__(num_particles, alpha=0.0, **kwargs)
 
     def options(self) -> dict[str, Any]:
-        return {"num_particles": self.num_particles}
+        return {k: v for k, v in super().options().items() if k != "alpha"}
 
     def bound_fn(self, log_w: Tensor) -> Tensor:
         return log_mean_exp(log_w, 0)

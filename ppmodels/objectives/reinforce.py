@@ -8,12 +8,13 @@ term of the datapoint, as TraceGraph_ELBO's dependency graph gives for per-datap
           + \text{pathwise terms}
 
 with the baseline :math:`b_b`: ``"none"``; ``"decaying"``, an exponential moving average
-(weight ``beta``) of past mean log weights, kept as a (gradient-free) Pyro param so it is
+(weight ``beta``) of past mean log weights — past only: the first step has baseline 0, so
+no step's baseline depends on its own sample — kept as (gradient-free) Pyro params so it is
 checkpointed; or ``"neural"``, that average plus a network of :math:`x_b` (the input-dependent
 residual, as in NVIL's centring), trained by :math:`(\log w_{kb} - b_b)^2`
 (its gradient is added to the surrogate; it does not bias the estimator because the baseline
-does not depend on :math:`z_{kb}`). Models with global latents get a batch-level baseline
-(``"none"`` or ``"decaying"``). Vectorized over particles, and, unlike Pyro's
+does not depend on :math:`z_{kb}`). Models whose batch is one unit (global latents or sites outside the batch plate) get a
+batch-level baseline (``"none"`` or ``"decaying"``). Vectorized over particles, and, unlike Pyro's
 ``TraceGraph_ELBO``, with ``differentiable_loss``.
 """
 
@@ -73,20 +74,23 @@ class Reinforce(Elbo):
 
     def surrogate_units(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
         lw, _ = self.draw(model, guide, args, kwargs)
-        per_datapoint = lw.local is not None and not lw.global_latents
-        signal = (lw.local if per_datapoint else lw.total()[:, None]).detach()  # (K, U)
         if self.baseline == "none" or not lw.has_score:
             return elbo_surrogate(lw)
-        avg = pyro.param("reinforce_baseline_avg", lambda: signal.mean().detach().clone())
-        centre = avg.detach().clone()
+        signal = lw.log_w.detach()  # (K, U): per datapoint, or the whole batch
+        mean = signal.mean()
+        avg = pyro.param("reinforce_baseline_avg", lambda: torch.zeros((), device=mean.device))
+        seen = pyro.param("reinforce_baseline_seen", lambda: torch.zeros((), device=mean.device))
+        # the average of *past* signals: before any, the baseline is 0 (not this draw's own mean)
+        centre = torch.where(seen > 0, avg, torch.zeros_like(avg)).detach().clone()
         with torch.no_grad():
-            avg.mul_(self.beta).add_((1 - self.beta) * signal.mean())
+            avg.copy_(torch.where(seen > 0, self.beta * avg + (1 - self.beta) * mean, mean))
+            seen.add_(1.0)
         if self.baseline == "decaying":
             return elbo_surrogate(lw, centre)
-        if not per_datapoint:
+        if not lw.per_datapoint:
             raise PPModelsError(
-                "objective 'reinforce': the neural baseline needs per-datapoint latents (the model has "
-                f"global latents {list(lw.global_latents)}); use baseline='decaying'"
+                "objective 'reinforce': the neural baseline needs per-datapoint units (here "
+                f"{lw.why_batch}); use baseline='decaying'"
             )
         b = centre + self._neural(args, kwargs)  # (B,)
         bound, surrogate = elbo_surrogate(lw, b.detach())

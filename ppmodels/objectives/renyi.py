@@ -3,8 +3,9 @@ r"""The Rényi (variational Rényi, VR) bound (Li & Turner, NeurIPS 2016).
 .. math:: \mathcal L_{\alpha,K} = \frac{1}{1-\alpha}\,
           \log \frac1K \sum_{k=1}^K w_k^{1-\alpha},\qquad w_k = \frac{p(x, z_k)}{q(z_k|x)}
 
-taken per datapoint when every latent is local to the data plate (the N/B subsampling scale
-outside the log: unlike Pyro's ``RenyiELBO``), over the whole batch otherwise. α = 0 is IWAE,
+taken per datapoint when the batch plate holds every site (the N/B subsampling scale outside
+the log: unlike Pyro's ``RenyiELBO``, which puts the scaled batch inside it), over the whole
+batch otherwise (an error under subsampling). α = 0 is IWAE,
 α → 1 the ELBO. Gradient: pathwise at reparameterized sites; at non-reparameterized sites the
 score function :math:`\mathcal L_{\alpha,K}\,\nabla_\phi \sum_k \log q(z_k)` (the term Pyro's
 ``RenyiELBO`` drops, which leaves discrete encoders untrained).
@@ -24,12 +25,12 @@ __all__ = ["Renyi", "multisample_surrogate"]
 
 
 def multisample_surrogate(
-    bound_fn: Callable[[Tensor], Tensor], log_w: Tensor, score: Tensor, scale: float, offset: Tensor,
-    has_score: bool,
+    bound_fn: Callable[[Tensor], Tensor], log_w: Tensor, score: Tensor, scale: float, has_score: bool,
 ) -> tuple[Tensor, Tensor]:
-    r"""``(bound, surrogate)`` per unit for :math:`\frac NB f(\log w_{\cdot u}) + \text{offset}/U`,
-    with the plain score-function term :math:`\bar f_u \sum_k \log q(z_{ku})` at discrete sites."""
-    bound = scale * bound_fn(log_w) + offset / log_w.shape[1]  # (U,)
+    r"""``(bound, surrogate)`` per unit for :math:`\frac NB f(\log w_{\cdot u})`, with the plain
+    score-function term :math:`\frac NB \bar f_u \sum_k \log q(z_{ku})` at discrete sites (the
+    score function itself unscaled, as in Pyro)."""
+    bound = scale * bound_fn(log_w)  # (U,)
     if not has_score:
         return bound, bound
     return bound, bound + scale * bound_fn(log_w).detach() * score.sum(0)
@@ -53,6 +54,12 @@ class Renyi(Objective):
     def options(self) -> dict[str, Any]:
         return {**super().options(), "alpha": self.alpha}
 
+    def with_particles(self, num_particles: int) -> "Renyi":
+        if type(self) is not Renyi:
+            options = {k: v for k, v in self.options().items() if k != "alpha"}
+            return type(self)(**{**options, "num_particles": num_particles})
+        return super().with_particles(num_particles)
+
     @property
     def bound(self) -> tuple:
         return ("elbo",) if self.num_particles == 1 else ("renyi", self.alpha, self.num_particles)
@@ -62,4 +69,4 @@ class Renyi(Objective):
 
     def surrogate_units(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
         lw, _ = self.draw(model, guide, args, kwargs)
-        return multisample_surrogate(self.bound_fn, *units(lw, self.name), lw.has_score)
+        return multisample_surrogate(self.bound_fn, *units(lw, self), lw.has_score)

@@ -53,9 +53,9 @@ class Vimco(Iwae):
 
     def surrogate_units(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
         lw, _ = self.draw(model, guide, args, kwargs)
-        log_w, score, scale, offset = units(lw, self.name)
+        log_w, score, scale = units(lw, self)
         f = log_mean_exp(log_w, 0)  # (U,)
-        bound = scale * f + offset / log_w.shape[1]
+        bound = scale * f
         if not lw.has_score:
             return bound, bound
         signal = (f[None] - leave_one_out_bounds(log_w)).detach()  # (K, U)

@@ -1,0 +1,104 @@
+r"""Pyro's own ELBOs as ppmodels objectives: :class:`PyroElbo`.
+
+``make(pyro.infer.TraceGraph_ELBO())`` (or passing the instance to ``fit``, ``evaluate`` or
+``gradient_study``) wraps a ``pyro.infer.ELBO`` instance so it runs wherever a ppmodels
+objective does, with Pyro's own code and semantics — so the variance lab can show what
+Pyro's estimators do next to ours. The other direction needs no adapter: every ppmodels
+objective is a ``pyro.infer.ELBO`` (see :class:`~ppmodels.objectives.base.Objective`).
+
+Pyro's ``TraceGraph_ELBO`` and ``RenyiELBO`` have no ``differentiable_loss``, only
+``loss_and_grads``, which runs its own backward pass. For those the adapter runs it on
+gradient buffers set aside for the call (the caller's ``.grad`` are restored), and returns
+:math:`-\hat{\mathcal L}` plus :math:`\sum_i \langle \theta_i, g_i\rangle` minus its value:
+a tensor whose value is the loss and whose gradient is Pyro's estimate :math:`g` (first
+order only). The batch is always one unit: replicates run as a loop.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable
+
+import pyro
+import torch
+from pyro.infer import RenyiELBO, TraceEnum_ELBO
+from pyro.infer.elbo import ELBO
+from torch import Tensor
+
+from .base import Objective
+
+__all__ = ["PyroElbo"]
+
+
+class PyroElbo(Objective):
+    """A ``pyro.infer.ELBO`` instance behind the ppmodels objective interface."""
+
+    per_unit = False
+    jit_safe = False
+
+    def __init__(self, elbo: ELBO) -> None:
+        if not isinstance(elbo, ELBO) or isinstance(elbo, Objective):
+            raise TypeError(f"PyroElbo wraps a pyro.infer.ELBO instance, got {type(elbo).__name__}")
+        self.elbo = elbo
+        self.name = type(elbo).__name__
+        self.enumerates = isinstance(elbo, TraceEnum_ELBO)
+        super().__init__(int(elbo.num_particles), vectorize_particles=bool(elbo.vectorize_particles))
+        self._native = type(elbo).__dict__.get("differentiable_loss") is not None or any(
+            "differentiable_loss" in vars(k) for k in type(elbo).__mro__ if k not in (ELBO, object))
+
+    def __repr__(self) -> str:
+        return f"PyroElbo({self.name}, num_particles={self.num_particles})"
+
+    def options(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"num_particles": self.num_particles}
+        if isinstance(self.elbo, RenyiELBO):
+            out["alpha"] = self.elbo.alpha
+        return out
+
+    @property
+    def label(self) -> str:
+        return f"pyro:{self.name}" + (f"[alpha={self.elbo.alpha}]" if isinstance(self.elbo, RenyiELBO) else "")
+
+    @property
+    def bound(self) -> tuple:
+        if isinstance(self.elbo, RenyiELBO) and self.num_particles > 1:
+            # Pyro's Renyi bound is taken over the whole (scaled) batch: another bound than ours
+            return ("pyro-renyi", float(self.elbo.alpha), self.num_particles)
+        return ("elbo",)
+
+    def with_particles(self, num_particles: int) -> "PyroElbo":
+        elbo = copy.copy(self.elbo)
+        elbo.num_particles = num_particles
+        return PyroElbo(elbo)
+
+    def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> Tensor:
+        if self._native:
+            return self.elbo.differentiable_loss(model, guide, *args, **kwargs)
+        return self._via_loss_and_grads(model, guide, args, kwargs)
+
+    def _via_loss_and_grads(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> Tensor:
+        store = pyro.get_param_store()
+        before = {name: p.grad for name, p in store.named_parameters()}
+        for _, p in store.named_parameters():
+            p.grad = None
+        loss = self.elbo.loss_and_grads(model, guide, *args, **kwargs)
+        terms = []
+        for name, p in store.named_parameters():
+            if p.grad is not None:
+                terms.append((p * p.grad.detach()).sum())
+            p.grad = before.get(name)
+        value = torch.as_tensor(float(loss))
+        if not terms:
+            return value
+        linear = torch.stack(terms).sum()
+        return value.to(linear) + linear - linear.detach()
+
+    def surrogate_units(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
+        loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        return -loss.detach().reshape(1), -loss.reshape(1)
+
+    def loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
+        return float(self.elbo.loss(model, guide, *args, **kwargs))
+
+    def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
+        return float(self.elbo.loss_and_grads(model, guide, *args, **kwargs))
