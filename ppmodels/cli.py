@@ -233,11 +233,11 @@ def _train(args: argparse.Namespace) -> None:
     import torch
 
     from . import data
-    from .models import build
+    from .models import REGISTRY, build
     from .models.vae import PRESETS
 
     family = args.model
-    objective = args.objective or {"ssvae": "enum", "dvae": "reinforce"}.get(family, "elbo")
+    objective = args.objective or REGISTRY[family].default_objective
     splits = data.mnist(validation=args.validation, binarize=args.binarize, labels=family == "ssvae",
                         device=args.device)
     train, test = splits["train"], splits["test"]

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from . import evaluate
 from .data import TensorData, as_data
-from .objectives import Objective, make
+from .objectives import Objective, PyroElbo, make
 from .protocol import ModelGuide, as_pair, check_batch, read_parameters
 from .tracing import trace_if_equal
 from .utils import PPModelsError, model_name, resolve_device, rng_state, set_rng_state, set_seed
@@ -181,7 +181,7 @@ def fit(
     obj: Any,
     train: TensorData | Tensor | tuple,
     *,
-    objective: str | Objective = "elbo",
+    objective: str | Objective | None = None,
     epochs: int | None = None,
     steps: int | None = None,
     batch_size: int = 128,
@@ -206,8 +206,11 @@ def fit(
 ) -> pd.DataFrame:
     """Train ``obj`` (anything with ``model`` and ``guide``) by SVI; return the per-epoch history.
 
-    ``objective`` is a name for :func:`ppmodels.objectives.make` (with ``objective_options``)
-    or a configured objective. Give ``epochs`` or ``steps``. With ``out``, ``history.csv`` and
+    ``objective`` is a name for :func:`ppmodels.objectives.make` (with ``objective_options``),
+    a configured objective, or a ``pyro.infer.ELBO`` instance (run by Pyro's own code); None
+    takes the model's natural objective (its ``default_objective``, else ``"elbo"``).
+    ``seed`` seeds fit's own randomness (initial guide draws, batches, particles); the
+    caller's random state (torch, Python, numpy) is restored when fit returns. Give ``epochs`` or ``steps``. With ``out``, ``history.csv`` and
     ``checkpoint.pt`` are written each epoch; ``resume=True`` continues from ``out``'s
     checkpoint (or ``resume=PATH``) on the same trajectory as an uninterrupted run.
     History columns: epoch, step, train_loss (minus the objective per datapoint), val_elbo,
@@ -220,6 +223,8 @@ def fit(
     obj = as_pair(obj)
     name = model_name(obj)
     device = resolve_device(device)
+    if objective is None:
+        objective = getattr(obj, "default_objective", "elbo")
     objective = make(objective, **objective_options)
     if epochs is None and steps is None:
         raise PPModelsError("fit: give epochs=... or steps=...")
@@ -249,11 +254,28 @@ def fit(
 
     if isinstance(obj, torch.nn.Module):
         obj.to(device)
+    caller_rng = rng_state()
+    try:
+        return _fit(obj, name, train, objective, device, seed, batch_size, steps_per_epoch, total_steps,
+                    num_epochs, out_dir, validation, test, lr, lr_schedule, betas, eps, clip_norm,
+                    eval_particles, resume, meta, progress, log_every, drop_last, jit)
+    finally:
+        set_rng_state(caller_rng)
+
+
+def _fit(obj, name, train, objective, device, seed, batch_size, steps_per_epoch, total_steps, num_epochs,
+         out_dir, validation, test, lr, lr_schedule, betas, eps, clip_norm, eval_particles, resume, meta,
+         progress, log_every, drop_last, jit) -> pd.DataFrame:
+    """fit's loop, run between saving and restoring the caller's random state."""
     pyro.clear_param_store()
     set_seed(seed)
     probe = next(train.batches(batch_size, shuffle=False))
     check_batch(obj, probe, device)
-    params, fast = prepare(obj, objective, probe)
+    if isinstance(objective, PyroElbo):  # Pyro's code reads the param store itself: no shortcuts
+        params, _ = _collect_params(obj, objective, probe)
+        fast = ModelGuide(obj.model, obj.guide, name)
+    else:
+        params, fast = prepare(obj, objective, probe)
     if jit is None:
         jit = bool(getattr(obj, "static_structure", False))
     compiled = compile_loss(fast, objective, params, probe) if jit else None

@@ -86,6 +86,7 @@ class QuadrantBaseline(_Quadrants):
     :math:`y \sim \mathrm{Bernoulli}(\hat y)` on the target pixels, no latents."""
 
     static_structure = True
+    default_objective = "elbo"
 
     def __init__(self, quadrants: int = 1, hidden: Sequence[int] = (500, 500), activation: str = "relu") -> None:
         super().__init__(quadrants)
@@ -121,6 +122,7 @@ class ConditionalVAE(_Quadrants):
     """CVAE: prior network p(z|x), recognition network q(z|x,y), generation network p(y|x,z)."""
 
     static_structure = True
+    default_objective = "elbo"
 
     def __init__(
         self,

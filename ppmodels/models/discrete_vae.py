@@ -40,6 +40,8 @@ LATENTS = ("categorical", "mixture")
 class DiscreteVAE(nn.Module):
     """A VAE with G × C categorical latents, or a categorical-mixture prior over a Gaussian z."""
 
+    default_objective = "reinforce"  # what fit uses when called without an objective
+
     static_structure = True  # the same sites and shapes every call: fit may trace it
 
     def __init__(

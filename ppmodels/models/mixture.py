@@ -38,6 +38,8 @@ COVARIANCES = ("full", "tied", "diag", "spherical")
 class GaussianMixture(nn.Module):
     """K-component Gaussian mixture in D dimensions; ``model(x)``/``guide(x)`` are Pyro programs."""
 
+    default_objective = "enum"  # what fit uses when called without an objective
+
     def __init__(
         self,
         num_components: int = 2,

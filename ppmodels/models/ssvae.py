@@ -42,6 +42,8 @@ __all__ = ["SemiSupervisedVAE", "semi_supervised"]
 class SemiSupervisedVAE(nn.Module):
     """M2: classifier q(y|x), encoder q(z|x, y), decoder p(x|y, z); ``model(x, y)`` with y = -1 unlabelled."""
 
+    default_objective = "enum"  # what fit uses when called without an objective
+
     static_structure = True  # the same sites every call; labels only change masks
 
     def __init__(

@@ -33,6 +33,8 @@ LIKELIHOODS = ("bernoulli", "gaussian")
 class VAE(nn.Module):
     """A VAE with an MLP encoder/decoder; ``model(x)`` and ``guide(x)`` are Pyro programs."""
 
+    default_objective = "elbo"  # what fit uses when called without an objective
+
     static_structure = True  # the same sites and shapes every call: fit may trace it
 
     def __init__(
