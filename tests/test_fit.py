@@ -56,7 +56,8 @@ def test_nan_guard_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
         def model(self, x):
             loc = pyro.param("loc", torch.zeros(2))
             self.calls += 1
-            if self.calls > 15:  # bad from step 13, in the 4th epoch (4 steps an epoch; 3 set-up calls)
+            if self.calls > 16:  # bad from step 13, in the 4th epoch (4 steps an epoch; 4 set-up calls:
+                # the batch check, the parameter collection and a structure check per model/guide pair)
                 loc = loc * float("nan")
             with pyro.plate("data", len(x)):
                 z = pyro.sample("z", dist.Normal(loc, 1.0).to_event(1))
