@@ -206,10 +206,11 @@ def gradient_study(
             label = objective.label
             if show:
                 print(f"gradient_study: {label} K={K}", file=sys.stderr)
-            chunk = _chunk(objective, model, guide, args, P, replicates, memory)
             pyro.set_rng_seed(seed)
             moments = Moments(P, device)
             try:
+                chunk = _chunk(objective, model, guide, args, P, replicates, memory)
+                pyro.set_rng_seed(seed)
                 for r0 in range(0, replicates, chunk):
                     r = min(chunk, replicates - r0)
                     grads, _ = replicate_gradients(objective, pair, args, all_params, r, seed=seed + r0)
