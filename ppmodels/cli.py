@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", required=True, help="run directory")
     t.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     t.add_argument("--eval-subset", type=_positive(int), default=1000,
                    help="test images for the importance-sampled NLL (default 1000)")
     t.add_argument("--num-samples", type=_positive(int), default=1000, help="importance samples for the NLL")
@@ -212,12 +213,20 @@ def _fit_stage(model, train, test, args: argparse.Namespace, out: Path, family: 
     history = fit(
         model, train, objective=objective, epochs=epochs, steps=args.steps if epochs is None else None,
         batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule, seed=args.seed,
-        device=args.device, test=test, out=out, resume=args.resume, progress=False if args.quiet else None,
+        device=args.device, test=test, out=out, resume=args.resume, overwrite=args.overwrite,
+        progress=False if args.quiet else None,
         jit=False if args.no_jit else None,
         meta={"family": family, "config": config, "args": {k: str(v) for k, v in vars(args).items()}},
         **_objective_options(args),
     )
     return history, time.perf_counter() - t0
+
+
+def _check_seed(seed: int) -> None:
+    from .utils import PPModelsError
+
+    if not 0 <= seed < 2**63:
+        raise PPModelsError(f"--seed must be in [0, 2**63), got {seed}")
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -230,14 +239,20 @@ def _train(args: argparse.Namespace) -> None:
     args.batch_size = args.batch_size or 128
     if args.epochs is None and args.steps is None:
         raise PPModelsError("train: give --epochs N or --steps N")
+    if args.epochs is not None and args.steps is not None:
+        raise PPModelsError("train: give --epochs N or --steps N, not both")
     import torch
 
     from . import data
     from .models import REGISTRY, build
     from .models.vae import PRESETS
+    from .rundir import open_run
 
     family = args.model
     objective = args.objective or REGISTRY[family].default_objective
+    _check_seed(args.seed)
+    open_run(args.out, resume=args.resume, overwrite=args.overwrite).release()  # before any work
+    torch.manual_seed(args.seed)  # the initial weights too: one seed, one run
     splits = data.mnist(validation=args.validation, binarize=args.binarize, labels=family == "ssvae",
                         device=args.device)
     train, test = splits["train"], splits["test"]
@@ -335,8 +350,14 @@ def _read_points(spec: str):
         raise PPModelsError(f"gmm: --data {spec!r} is neither 'tutorial' nor a CSV file")
     import pandas as pd
 
-    frame = pd.read_csv(path)
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise PPModelsError(f"gmm: {path} is not a readable CSV file ({type(e).__name__})") from None
     numeric = frame.select_dtypes("number")
+    text = [c for c in frame.columns if c not in numeric.columns]
+    if text:
+        raise PPModelsError(f"gmm: column {text[0]!r} of {path} is not numeric; drop it from the file")
     if numeric.shape[1] == 0 or len(numeric) == 0:
         raise PPModelsError(f"gmm: {path} has no numeric columns (or no rows)")
     x = torch.tensor(numeric.to_numpy(dtype="float64"), dtype=torch.float32)
@@ -352,17 +373,21 @@ def _train_gmm(args: argparse.Namespace) -> None:
 
     from .models import GaussianMixture
 
+    from .rundir import open_run, save_checkpoint
+
+    _check_seed(args.seed)
+    open_run(args.out, resume=args.resume, overwrite=args.overwrite).release()
     x = _read_points(args.data)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     config = {"num_components": args.components, "dim": x.shape[1], "covariance": args.covariance, "guide": args.guide}
     gmm = GaussianMixture(**config)
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
     if args.guide == "map":
         values = gmm.fit_map(x, restarts=args.restarts, steps=args.steps or 600, lr=args.lr, seed=args.seed)
-        torch.save({"params": {f"module.{k}": v for k, v in gmm.state_dict().items()},
-                    "meta": {"family": "gmm", "config": config}}, out / "checkpoint.pt")
+        with open_run(out, overwrite=True):
+            save_checkpoint(out, {"params": {f"module.{k}": v for k, v in gmm.state_dict().items()},
+                                  "meta": {"family": "gmm", "config": config}})
         extra = {"map_objective": float(values.max()), "restarts": args.restarts}
     else:
         if args.epochs is None and args.steps is None:
@@ -395,9 +420,20 @@ def _evaluate(args: argparse.Namespace) -> None:
 def _sample(args: argparse.Namespace) -> None:
     import torch
 
+    from .rundir import CHECKPOINT
+    from .utils import PPModelsError
+
+    if not (Path(args.run_dir) / CHECKPOINT).exists():
+        raise PPModelsError(f"{args.run_dir}: not a run directory (no {CHECKPOINT}); train one with `ppmodels train`")
+    out = Path(args.out) if args.out else Path(args.run_dir) / "samples.png"
+    if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        raise PPModelsError(f"sample: --out {out} must end in .png or .jpg")
+    if not out.parent.is_dir():
+        raise PPModelsError(f"sample: the folder of --out {out} does not exist; create it first")
+    if args.n > 10_000:
+        raise PPModelsError(f"sample: -n {args.n} images is more than a grid can show; ask for at most 10000")
     model, _, _ = _load_run(args.run_dir, args.device)
     torch.manual_seed(args.seed)
-    out = Path(args.out) if args.out else Path(args.run_dir) / "samples.png"
     _save_grid(model.sample(args.n), out)
     print(f"wrote {out}")
 
@@ -487,15 +523,30 @@ def _data(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line. Every error about the user's input or the file system is one line
+    ``ppmodels: error: ...`` and exit code 2 (the whole traceback with ``PPMODELS_DEBUG=1``);
+    anything else is a bug and keeps its traceback."""
+    import os
+
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .utils import PPModelsError
+    from .utils import PPModelsError, first_line
 
     try:
         commands = {"train": _train, "evaluate": _evaluate, "sample": _sample, "variance": _variance, "data": _data}
         commands[args.command](args)
-    except PPModelsError as e:
-        print(f"ppmodels: error: {e}", file=sys.stderr)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `ppmodels evaluate RUN | head -1`: the reader left; not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except (PPModelsError, OSError, ValueError, MemoryError) as e:
+        if os.environ.get("PPMODELS_DEBUG"):
+            raise
+        what = first_line(e) if isinstance(e, PPModelsError) else first_line(e, with_type=True)
+        if isinstance(e, OSError) and getattr(e, "filename", None) and str(e.filename) not in what:
+            what += f" ({e.filename})"
+        print(f"ppmodels: error: {what}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("ppmodels: interrupted", file=sys.stderr)

@@ -78,6 +78,14 @@ class TensorData:
         self.name = name
         self.binarize = binarize
         x = tensors[0]
+        if binarize is not None and x.is_floating_point() and x.numel():
+            bad = ~((x >= 0) & (x <= 1))  # NaN too
+            if bool(bad.any()):
+                row = int(bad.reshape(n, -1).any(1).nonzero()[0])
+                raise PPModelsError(
+                    f"{name}: row {row} has intensities outside [0, 1] (binarize={binarize!r} needs them in [0, 1] "
+                    "or uint8 pixels); rescale the data"
+                )
         if binarize == "fixed":
             g = torch.Generator(device=x.device).manual_seed(fixed_seed)
             x = (torch.bernoulli(_intensity(x), generator=g) * 255).to(torch.uint8)  # {0, 255}
@@ -151,13 +159,27 @@ class TensorData:
         return n // batch_size if drop_last else -(-n // batch_size)
 
 
-def as_data(data: "TensorData | Tensor | tuple") -> "TensorData":
-    """A :class:`TensorData` from a TensorData, one tensor, or a tuple of tensors."""
+def as_data(data: "TensorData | Tensor | tuple", name: str = "data") -> "TensorData":
+    """A :class:`TensorData` from a TensorData, one tensor, or a tuple of tensors; anything
+    else (arrays, lists, strings), no rows or a 0-d tensor is a :class:`PPModelsError`."""
     if isinstance(data, TensorData):
-        return data
-    if torch.is_tensor(data):
-        return TensorData(data)
-    return TensorData(*data)
+        out = data
+    elif torch.is_tensor(data):
+        out = TensorData(data, name=name)
+    elif isinstance(data, (tuple, list)) and data and all(torch.is_tensor(t) for t in data):
+        out = TensorData(*data, name=name)
+    else:
+        kinds = type(data).__name__ if not isinstance(data, (tuple, list)) else \
+            f"a {type(data).__name__} of {', '.join(sorted({type(t).__name__ for t in data})) or 'nothing'}"
+        raise PPModelsError(
+            f"{name}: expected a tensor, a tuple of tensors or a TensorData, got {kinds}; "
+            "convert with torch.as_tensor(...)"
+        )
+    if any(t.dim() == 0 for t in out.tensors):
+        raise PPModelsError(f"{name}: a 0-d tensor has no rows; give one row per datapoint")
+    if len(out) == 0:
+        raise PPModelsError(f"{name}: no rows; give at least one datapoint")
+    return out
 
 
 def _intensity(x: Tensor) -> Tensor:

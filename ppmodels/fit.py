@@ -28,13 +28,14 @@ from torch import Tensor
 from . import evaluate
 from .data import TensorData, as_data
 from .objectives import Objective, PyroElbo, make
-from .protocol import ModelGuide, as_pair, check_batch, read_parameters
+from .protocol import ModelGuide, as_pair, check_batch, check_data, read_parameters
+from .rundir import CHECKPOINT, NonFiniteState, load_checkpoint, open_run, save_checkpoint
 from .tracing import trace_if_equal
 from .utils import PPModelsError, model_name, resolve_device, rng_state, set_rng_state, set_seed
 
-__all__ = ["fit", "svi_step", "compile_loss", "prepare", "make_optimizer", "NonFiniteLoss", "load_checkpoint", "load_run", "lr_factor", "CHECKPOINT"]
+__all__ = ["fit", "svi_step", "compile_loss", "prepare", "make_optimizer", "NonFiniteLoss", "load_checkpoint", "load_run",
+           "lr_factor", "check_options", "CHECKPOINT"]
 
-CHECKPOINT = "checkpoint.pt"
 SCHEDULES = ("constant", "cosine", "burda")
 
 
@@ -134,16 +135,6 @@ def prepare(obj: Any, objective: Objective, batch: tuple) -> tuple[dict[str, Ten
     return params, ModelGuide(known(obj.model), known(obj.guide), model_name(obj))
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
-    """A checkpoint written by :func:`fit`, loaded with ``weights_only=True``."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT
-    if not path.exists():
-        raise PPModelsError(f"no checkpoint at {path}")
-    return torch.load(path, map_location=map_location, weights_only=True)
-
-
 def make_optimizer(params: list[Tensor], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                    eps: float = 1e-8) -> torch.optim.Adam:
     """One Adam over every parameter: fused kernels on CUDA, multi-tensor (foreach) on the CPU
@@ -162,19 +153,15 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "auto") ->
         raise PPModelsError(f"{run_dir}: not a run directory (no {CHECKPOINT}); train one with `ppmodels train`")
     dev = resolve_device(device)
     ckpt = load_checkpoint(path, map_location=dev)
-    meta = ckpt["meta"]
+    meta = ckpt.get("meta", {})
     if "family" not in meta:
         raise PPModelsError(f"{run_dir}: the checkpoint names no model family (written by fit without meta?)")
+    if meta["family"] == "gmm":
+        raise PPModelsError(f"{run_dir}: a gmm run has no images to evaluate or sample; read its report.json")
     model = build(meta["family"], **meta["config"]).to(dev)
     state = {k[len("module."):]: v for k, v in ckpt["params"].items() if k.startswith("module.")}
     model.load_state_dict(state, strict=False)
     return model, ckpt
-
-
-def _save(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
 
 
 def fit(
@@ -197,6 +184,7 @@ def fit(
     eval_particles: int = 1,
     out: str | os.PathLike | None = None,
     resume: bool | str | os.PathLike = False,
+    overwrite: bool = False,
     meta: dict[str, Any] | None = None,
     progress: bool | None = None,
     log_every: int = 50,
@@ -211,8 +199,11 @@ def fit(
     takes the model's natural objective (its ``default_objective``, else ``"elbo"``).
     ``seed`` seeds fit's own randomness (initial guide draws, batches, particles); the
     caller's random state (torch, Python, numpy) is restored when fit returns. Give ``epochs`` or ``steps``. With ``out``, ``history.csv`` and
-    ``checkpoint.pt`` are written each epoch; ``resume=True`` continues from ``out``'s
-    checkpoint (or ``resume=PATH``) on the same trajectory as an uninterrupted run.
+    ``checkpoint.pt`` are written each epoch (verified finite, the previous one kept as
+    ``checkpoint.prev.pt``; see :mod:`ppmodels.rundir`); ``out`` holding another run is
+    refused unless ``resume=True`` (continue from its checkpoint, on the same trajectory as an
+    uninterrupted run, with the same settings) or ``overwrite=True``; ``resume=PATH`` starts
+    from another run's checkpoint.
     History columns: epoch, step, train_loss (minus the objective per datapoint), val_elbo,
     test_elbo (per datapoint), lr, seconds (cumulative wall time). ``jit=True`` uses the traced
     loss of :func:`compile_loss` where it is proven equal on the first batch (and falls back
@@ -226,31 +217,24 @@ def fit(
     if objective is None:
         objective = getattr(obj, "default_objective", "elbo")
     objective = make(objective, **objective_options)
-    if epochs is None and steps is None:
-        raise PPModelsError("fit: give epochs=... or steps=...")
-    if (epochs is not None and epochs < 1) or (steps is not None and steps < 1):
-        raise PPModelsError(f"fit: epochs and steps must be >= 1, got epochs={epochs}, steps={steps}")
-    if lr <= 0 or not math.isfinite(lr):
-        raise PPModelsError(f"fit: lr must be a positive number, got {lr}")
+    check_options(epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, betas=betas, eps=eps,
+                  clip_norm=clip_norm, seed=seed, eval_particles=eval_particles, log_every=log_every)
     if not callable(lr_schedule) and lr_schedule not in (None, *SCHEDULES):
         raise PPModelsError(f"fit: lr_schedule must be one of {SCHEDULES} or a callable, got {lr_schedule!r}")
-    train = as_data(train).to(device)
-    for i, t in enumerate(train.tensors):
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise PPModelsError(
-                f"{name}: training data tensor {i} has {int((~torch.isfinite(t)).sum())} NaN/inf values"
-            )
-    if batch_size < 1:
-        raise PPModelsError(f"fit: batch_size must be >= 1, got {batch_size}")
+    train = as_data(train, "training data").to(device)
+    validation = as_data(validation, "validation data").to(device) if validation is not None else None
+    test = as_data(test, "test data").to(device) if test is not None else None
+    for what, data in (("training data", train), ("validation data", validation), ("test data", test)):
+        if data is not None:
+            check_data(obj, data, what, device)
     batch_size = min(batch_size, len(train))
     steps_per_epoch = train.num_batches(batch_size, drop_last)
     total_steps = steps if steps is not None else epochs * steps_per_epoch
     num_epochs = math.ceil(total_steps / steps_per_epoch)
     out_dir = Path(out) if out is not None else None
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    validation = validation.to(device) if validation is not None else None
-    test = test.to(device) if test is not None else None
+    if resume and out_dir is None and isinstance(resume, bool):
+        raise PPModelsError("fit: resume=True needs out=RUN_DIR (or resume=PATH)")
+    lock = open_run(out_dir, resume=resume is True, overwrite=overwrite) if out_dir is not None else None
 
     if isinstance(obj, torch.nn.Module):
         obj.to(device)
@@ -261,6 +245,8 @@ def fit(
                     eval_particles, resume, meta, progress, log_every, drop_last, jit)
     finally:
         set_rng_state(caller_rng)
+        if lock is not None:
+            lock.release()
 
 
 def _fit(obj, name, train, objective, device, seed, batch_size, steps_per_epoch, total_steps, num_epochs,
@@ -284,6 +270,8 @@ def _fit(obj, name, train, objective, device, seed, batch_size, steps_per_epoch,
     loss_fn = compiled or (lambda b: objective.differentiable_loss(fast.model, fast.guide, *b))
     optimizer = make_optimizer(list(params.values()), lr=lr, betas=betas, eps=eps)
 
+    settings = {"objective": repr(objective), "lr": lr, "lr_schedule": str(lr_schedule), "betas": list(betas),
+                "eps": eps, "batch_size": batch_size, "clip_norm": clip_norm, "seed": seed, "drop_last": drop_last}
     history: list[dict[str, Any]] = []
     step, start_epoch, elapsed = 0, 0, 0.0
     if resume:
@@ -293,7 +281,15 @@ def _fit(obj, name, train, objective, device, seed, batch_size, steps_per_epoch,
         ckpt = load_checkpoint(ckpt_path, map_location=device)
         missing = set(params) ^ set(ckpt["params"])
         if missing:
-            raise PPModelsError(f"{name}: checkpoint parameters do not match the model: {sorted(missing)}")
+            raise PPModelsError(f"{name}: checkpoint parameters do not match the model: {sorted(missing)[:4]}")
+        differ = _differences(ckpt.get("settings", {}), settings)
+        differ += [f"{k} {tuple(ckpt['params'][k].shape)} vs {tuple(p.shape)}" for k, p in params.items()
+                   if tuple(ckpt["params"][k].shape) != tuple(p.shape)]
+        if differ:
+            raise PPModelsError(
+                f"{name}: cannot resume {ckpt_path}: settings differ from the checkpoint's ({'; '.join(differ[:4])}); "
+                "resume with the same settings, or start a new run"
+            )
         with torch.no_grad():
             for key, p in params.items():
                 p.copy_(ckpt["params"][key])
@@ -343,18 +339,26 @@ def _fit(obj, name, train, objective, device, seed, batch_size, steps_per_epoch,
                 row["seconds"] = time.perf_counter() - t0
                 history.append(row)
                 if out_dir is not None:
-                    _save(out_dir / CHECKPOINT, {
-                        "params": {k: p.detach().cpu() for k, p in params.items()},
-                        "optimizer": optimizer.state_dict(),
-                        "rng": rng_state(),
-                        "epoch": epoch + 1,
-                        "step": step,
-                        "seconds": row["seconds"],
-                        "history": pd.DataFrame(history).to_dict("list"),
-                        "objective": {"name": objective.name, **objective.options()},
-                        "meta": meta or {},
-                        "seed": seed,
-                    })
+                    try:
+                        save_checkpoint(out_dir, {
+                            "params": {k: p.detach().cpu() for k, p in params.items()},
+                            "optimizer": optimizer.state_dict(),
+                            "rng": rng_state(),
+                            "epoch": epoch + 1,
+                            "step": step,
+                            "seconds": row["seconds"],
+                            "history": pd.DataFrame(history).to_dict("list"),
+                            "objective": {"name": objective.name, **objective.options()},
+                            "settings": settings,
+                            "meta": meta or {},
+                            "seed": seed,
+                        })
+                    except NonFiniteState as e:
+                        where = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was written yet"
+                        raise NonFiniteLoss(
+                            f"{name}: parameters became NaN/inf by step {step} (a NaN gradient); {where}. "
+                            "Try a lower lr or clip_norm=..."
+                        ) from e
                     last_good = out_dir / CHECKPOINT
                     pd.DataFrame(history).to_csv(out_dir / "history.csv", index=False)
                 if progress:
@@ -366,6 +370,40 @@ def _fit(obj, name, train, objective, device, seed, batch_size, steps_per_epoch,
                      "jit": compiled is not None,
                      "checkpoint": str(last_good) if last_good else None})
     return df
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def check_options(**options: Any) -> None:
+    """fit's numeric options, checked before any work: one rule per option, a short error."""
+    rules = {
+        "epochs": (lambda v: v is None or (_is_int(v) and v >= 1), "an integer >= 1"),
+        "steps": (lambda v: v is None or (_is_int(v) and v >= 1), "an integer >= 1"),
+        "batch_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+        "lr": (lambda v: isinstance(v, (int, float)) and math.isfinite(v) and v > 0, "a positive number"),
+        "betas": (lambda v: isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in v),
+                  "two numbers in [0, 1)"),
+        "eps": (lambda v: isinstance(v, (int, float)) and math.isfinite(v) and v > 0, "a positive number"),
+        "clip_norm": (lambda v: v is None or (isinstance(v, (int, float)) and math.isfinite(v) and v > 0),
+                      "None or a positive number"),
+        "seed": (lambda v: _is_int(v) and 0 <= v < 2**63, "an integer in [0, 2**63)"),
+        "eval_particles": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+        "log_every": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    }
+    for key, value in options.items():
+        ok, want = rules[key]
+        if not ok(value):
+            raise PPModelsError(f"fit: {key} must be {want}, got {value!r}")
+    if options.get("epochs") is None and options.get("steps") is None:
+        raise PPModelsError("fit: give epochs=... or steps=...")
+    if options.get("epochs") is not None and options.get("steps") is not None:
+        raise PPModelsError("fit: give epochs=... or steps=..., not both")
+
+
+def _differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    return [f"{k} {saved[k]!r} vs {now[k]!r}" for k in now if k in saved and saved[k] != now[k]]
 
 
 def _raise_if_bad(first_bad: Tensor, name: str, last_good: Path | None) -> None:

@@ -15,9 +15,9 @@ import torch
 from pyro import poutine
 from torch import Tensor
 
-from .utils import PPModelsError, model_name
+from .utils import PPModelsError, first_line, model_name
 
-__all__ = ["ModelGuide", "as_pair", "check_batch", "parameters", "named_parameters", "read_parameters"]
+__all__ = ["ModelGuide", "as_pair", "check_batch", "check_data", "parameters", "named_parameters", "read_parameters"]
 
 
 class ModelGuide:
@@ -119,10 +119,49 @@ def check_batch(obj: Any, batch: tuple, device: torch.device | None = None) -> N
                             )
             model_trace.compute_log_prob()
             guide_trace.compute_log_prob()
-    except PPModelsError:
-        raise
+    except PPModelsError as e:
+        raise PPModelsError(first_line(e)) from e
     except Exception as e:  # noqa: BLE001 - re-raised with the model's name
         raise PPModelsError(
             f"{name}: running model/guide on a batch of {[_describe(t) for t in batch]} failed: "
-            f"{type(e).__name__}: {e}"
+            f"{first_line(e, with_type=True)}"
         ) from e
+
+
+#: rows per pass of :func:`check_data`
+CHECK_ROWS = 4096
+
+
+def check_data(obj: Any, data: Any, what: str = "data", device: torch.device | None = None) -> None:
+    """:func:`check_batch` on every row of ``data`` (a ``TensorData``), once, in passes of
+    :data:`CHECK_ROWS` rows; a bad pass is bisected so the error names the first bad row.
+    Dynamically binarized data is checked as the model sees it (one draw, RNG restored)."""
+    from .tracing import forked_rng
+
+    n = len(data)
+    with forked_rng():
+        start = 0
+        for batch in data.batches(min(CHECK_ROWS, n), shuffle=False):
+            try:
+                check_batch(obj, batch, device)
+            except PPModelsError:
+                row = start + _first_bad_row(obj, batch, device)
+                try:
+                    check_batch(obj, tuple(t[row - start : row - start + 1] if torch.is_tensor(t) else t for t in batch), device)
+                except PPModelsError as e:
+                    raise PPModelsError(f"{what}, row {row}: {e}") from e
+                raise
+            start += len(batch[0])
+
+
+def _first_bad_row(obj: Any, batch: tuple, device: torch.device | None) -> int:
+    """The index of the first row of ``batch`` that fails :func:`check_batch` (bisection)."""
+    lo, hi = 0, len(batch[0])
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        try:
+            check_batch(obj, tuple(t[lo:mid] if torch.is_tensor(t) else t for t in batch), device)
+            lo = mid
+        except PPModelsError:
+            hi = mid
+    return lo

@@ -15,6 +15,7 @@ __all__ = [
     "set_rng_state",
     "model_name",
     "check_rows",
+    "first_line",
 ]
 
 
@@ -96,3 +97,11 @@ def model_name(model: Any) -> str:
     if hasattr(model, "model") and hasattr(model, "guide"):
         return type(model).__name__
     return getattr(model, "__qualname__", None) or type(model).__name__
+
+
+def first_line(e: BaseException, with_type: bool = False) -> str:
+    """An exception's message cut to its first line (Pyro appends trace-shape tables), at most
+    300 characters; the whole message stays in the exception's ``__cause__``."""
+    lines = str(e).strip().splitlines()
+    text = (lines[0] if lines else "")[:300]
+    return f"{type(e).__name__}: {text}" if with_type else text

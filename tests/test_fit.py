@@ -50,14 +50,16 @@ def test_resume_continues_the_same_trajectory(images, tmp_path):
 def test_nan_guard_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     x = torch.randn(40, 2)
 
-    class Exploding:
-        calls = 0
+    clock = {"step": -1}  # the step being taken (0-based), read off the lr schedule fit calls each step
 
+    def schedule(step):
+        clock["step"] = step
+        return 1.0
+
+    class Exploding:
         def model(self, x):
             loc = pyro.param("loc", torch.zeros(2))
-            self.calls += 1
-            if self.calls > 16:  # bad from step 13, in the 4th epoch (4 steps an epoch; 4 set-up calls:
-                # the batch check, the parameter collection and a structure check per model/guide pair)
+            if clock["step"] >= 12:  # bad from step 13, in the 4th epoch (4 steps an epoch)
                 loc = loc * float("nan")
             with pyro.plate("data", len(x)):
                 z = pyro.sample("z", dist.Normal(loc, 1.0).to_event(1))
@@ -69,7 +71,7 @@ def test_nan_guard_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
                 pyro.sample("z", dist.Normal(x / 2, s).to_event(1))
 
     with pytest.raises(NonFiniteLoss, match=r"at step 13;.*checkpoint\.pt") as err:
-        fit(Exploding(), x, epochs=6, batch_size=10, out=tmp_path, device="cpu", log_every=1)
+        fit(Exploding(), x, epochs=6, batch_size=10, out=tmp_path, device="cpu", log_every=1, lr_schedule=schedule)
     assert "Exploding" in str(err.value)
     ckpt = load_checkpoint(tmp_path)
     assert ckpt["epoch"] == 3
@@ -108,10 +110,14 @@ def test_user_defined_model_trains_and_evaluates():
 def test_bad_input_is_refused_before_training(images):
     train, _ = images
     vae = small_vae()
-    bad = train.tensors[0].float() / 255
+    bad = (train.tensors[0] > 127).float()
     bad[3, 5] = float("nan")
-    with pytest.raises(PPModelsError, match="VAE: training data tensor 0 has 1 NaN"):
+    with pytest.raises(PPModelsError, match="training data, row 3: VAE: batch argument 0 .* has 1 NaN"):
         fit(vae, bad, steps=1, device="cpu")
+    late = (train.tensors[0] > 127).float()
+    late[250, 7] = 0.5  # after the first batch: every row is checked once
+    with pytest.raises(PPModelsError, match="training data, row 250: VAE: observed site 'x' has values outside"):
+        fit(vae, late, steps=1, device="cpu")
     with pytest.raises(PPModelsError, match="VAE: observed site 'x' has values outside the likelihood's support"):
         fit(vae, torch.full((10, 784), 0.5), steps=1, device="cpu")
     with pytest.raises(PPModelsError, match=r"VAE.*site 'x' expects a batch of shape \(B, 784\)"):

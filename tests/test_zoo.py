@@ -246,11 +246,13 @@ def test_train_gmm_cli_reproduces_the_pyro_tutorial(tmp_path, capsys):
 def test_train_gmm_cli_on_a_csv_with_a_bayesian_guide(tmp_path, capsys):
     g = torch.Generator().manual_seed(0)
     x = torch.cat([torch.randn(60, 2, generator=g) - 3, torch.randn(40, 2, generator=g) + 3])
-    pd.DataFrame(x.numpy(), columns=["a", "b"]).assign(name="p").to_csv(tmp_path / "pts.csv", index=False)
+    pd.DataFrame(x.numpy(), columns=["a", "b"]).to_csv(tmp_path / "pts.csv", index=False)
     out = tmp_path / "gb"
     assert main(["train", "gmm", "--data", str(tmp_path / "pts.csv"), "--guide", "bayes", "--covariance", "diag",
                  "--steps", "250", "--quiet", "--out", str(out)]) == 0
     assert sorted(json.loads((out / "report.json").read_text())["weights"]) == pytest.approx([0.4, 0.6], abs=0.05)
     (tmp_path / "bad.csv").write_text("a,b\n1,2\nnan,3\n")
-    assert main(["train", "gmm", "--data", str(tmp_path / "bad.csv"), "--out", str(out)]) == 2
+    assert main(["train", "gmm", "--data", str(tmp_path / "bad.csv"), "--out", str(tmp_path / "gb2")]) == 2
     assert "NaN" in capsys.readouterr().err
+    assert main(["train", "gmm", "--data", str(tmp_path / "pts.csv"), "--out", str(out)]) == 2  # holds a run
+    assert "--overwrite" in capsys.readouterr().err

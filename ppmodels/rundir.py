@@ -1,0 +1,180 @@
+"""Run directories that lose nothing: a guard with a lock, and a checkpoint writer that verifies.
+
+- :func:`open_run` checks a run directory before any work starts: a usable path, writable, not
+  holding another run unless resumed or overwritten on purpose, and not in use by another
+  training (an exclusive ``flock`` on ``RUN/.lock``, released when the process ends, even by
+  ``kill -9``).
+- :func:`save_checkpoint` writes ``checkpoint.pt`` only after checking that every tensor in it
+  is finite; it writes a temporary file, reads it back, checks its checksum, keeps the previous
+  checkpoint as ``checkpoint.prev.pt`` and then renames. A crash at any point leaves a
+  complete checkpoint on disk.
+- :func:`load_checkpoint` reads with ``weights_only=True`` and verifies the checksum: a
+  truncated, corrupted or foreign file is one clear error, never a silent load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from .utils import PPModelsError
+
+__all__ = ["open_run", "RunLock", "save_checkpoint", "load_checkpoint", "checksum", "CHECKPOINT", "PREVIOUS",
+           "NonFiniteState"]
+
+CHECKPOINT = "checkpoint.pt"
+PREVIOUS = "checkpoint.prev.pt"
+#: files whose presence means a directory holds a run
+RUN_FILES = (CHECKPOINT, "history.csv", "report.json")
+
+
+class NonFiniteState(PPModelsError, FloatingPointError):
+    """Parameters or optimizer state became NaN or inf: nothing was written."""
+
+
+class RunLock:
+    """An exclusive lock on a run directory (``RUN/.lock``), held until :meth:`release`."""
+
+    def __init__(self, directory: Path) -> None:
+        import fcntl
+
+        self.directory = directory
+        self.path = directory / ".lock"
+        self._file = open(self.path, "a+")
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._file.seek(0)
+            owner = self._file.read().strip() or "another process"
+            self._file.close()
+            raise PPModelsError(
+                f"run directory {directory} is in use by another training ({owner}); wait for it, or use another --out"
+            ) from None
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(f"pid {os.getpid()}")
+        self._file.flush()
+
+    def release(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+    def __enter__(self) -> "RunLock":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def open_run(path: str | os.PathLike, *, resume: bool = False, overwrite: bool = False) -> RunLock:
+    """Check ``path`` as a run directory and lock it; see the module docstring. Errors name
+    the path and what to do."""
+    if path is None or str(path).strip() == "":
+        raise PPModelsError("run directory: an empty path was given; pass --out DIR")
+    directory = Path(path)
+    for parent in [directory, *directory.parents]:
+        if parent.exists() and not parent.is_dir():
+            where = "is a file" if parent == directory else f"is under the file {parent}"
+            raise PPModelsError(f"run directory {directory} {where}; pass a directory for --out")
+    if resume and overwrite:
+        raise PPModelsError("run directory: --resume and --overwrite contradict each other; pass one")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise PPModelsError(f"run directory {directory} is not writable ({e.strerror}); choose another --out") from None
+    present = [name for name in RUN_FILES if (directory / name).exists()]
+    if resume and not (directory / CHECKPOINT).exists():
+        raise PPModelsError(f"run directory {directory} has no {CHECKPOINT} to resume from; drop --resume")
+    if present and not resume and not overwrite:
+        raise PPModelsError(
+            f"run directory {directory} already holds a run ({', '.join(present)}); "
+            "pass --resume to continue it or --overwrite to replace it"
+        )
+    return RunLock(directory)
+
+
+def _tensors(obj: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor in a nested dict/list, with a path, in a fixed order."""
+    if torch.is_tensor(obj):
+        yield prefix, obj
+    elif isinstance(obj, dict):
+        for key in sorted(obj, key=str):
+            yield from _tensors(obj[key], f"{prefix}/{key}")
+    elif isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            yield from _tensors(value, f"{prefix}/{i}")
+
+
+def checksum(state: dict[str, Any]) -> str:
+    """SHA-256 of the parameters' and optimizer state's tensors (names, shapes, dtypes, bytes)."""
+    h = hashlib.sha256()
+    for key in ("params", "optimizer"):
+        for name, t in _tensors(state.get(key, {}), key):
+            t = t.detach().cpu().contiguous()
+            h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _non_finite(state: dict[str, Any]) -> list[str]:
+    return [name for key in ("params", "optimizer") for name, t in _tensors(state.get(key, {}), key)
+            if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+def save_checkpoint(directory: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """Write ``state`` as ``directory/checkpoint.pt`` (see the module docstring); raise
+    :class:`NonFiniteState` without writing if a parameter or optimizer tensor is not finite."""
+    directory = Path(directory)
+    bad = _non_finite(state)
+    if bad:
+        raise NonFiniteState(f"{len(bad)} tensors are NaN/inf (first: {bad[0]}); the checkpoint was not replaced")
+    state = {**state, "checksum": checksum(state)}
+    target, tmp, previous = directory / CHECKPOINT, directory / (CHECKPOINT + ".tmp"), directory / PREVIOUS
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    with open(tmp, "wb") as f:
+        f.write(buffer.getvalue())
+        f.flush()
+        os.fsync(f.fileno())
+    load_checkpoint(tmp)  # read back and verify before anything is replaced
+    if target.exists():
+        os.replace(target, previous)
+    os.replace(tmp, target)
+    return target
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """A checkpoint, loaded with ``weights_only=True`` and verified (one-line errors)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT
+    if not path.exists():
+        raise PPModelsError(f"no checkpoint at {path}")
+    if path.stat().st_size == 0:
+        raise PPModelsError(f"checkpoint {path} is empty; use {PREVIOUS} beside it, or train again")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise PPModelsError(
+            f"checkpoint {path} was refused: it holds objects other than tensors and plain data (not written by ppmodels)"
+        ) from None
+    except (RuntimeError, EOFError, ValueError, OSError, KeyError, AttributeError, ImportError) as e:
+        raise PPModelsError(
+            f"checkpoint {path} cannot be read ({type(e).__name__}: truncated or not a checkpoint); "
+            f"use {PREVIOUS} beside it, or train again"
+        ) from None
+    if not isinstance(state, dict) or "params" not in state:
+        raise PPModelsError(f"checkpoint {path} is not a ppmodels checkpoint (no parameters)")
+    expected = state.get("checksum")
+    if expected is not None and checksum(state) != expected:
+        raise PPModelsError(f"checkpoint {path} is corrupted (checksum mismatch); use {PREVIOUS} beside it, or train again")
+    return state
