@@ -23,9 +23,12 @@ class _Parser(argparse.ArgumentParser):
 
 def _ints(text: str) -> tuple[int, ...]:
     try:
-        return tuple(int(t) for t in text.split(",") if t)
+        values = tuple(int(t) for t in text.split(",") if t.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    return values
 
 
 def _positive(kind: type):
@@ -34,11 +37,21 @@ def _positive(kind: type):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
-        if value <= 0:
+        if not value > 0 or value == float("inf"):  # NaN and inf too
             raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
         return value
 
     return parse
+
+
+def _nonnegative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     family["ssvae"].add_argument("--labels", type=_positive(int), default=3000, help="ssvae: training labels kept (default 3000)")
     family["ssvae"].add_argument("--label-repeats", type=_positive(int), default=1,
                    help="ssvae: present each labelled image this many times per epoch (default 1)")
-    family["ssvae"].add_argument("--aux-loss", type=float, default=None, help="ssvae: weight α of the classifier's loss (default 46)")
+    family["ssvae"].add_argument("--aux-loss", type=_nonnegative, default=None, help="ssvae: weight α of the classifier's loss (default 46)")
     family["cvae"].add_argument("--quadrants", type=int, choices=[1, 2, 3], default=1, help="cvae: quadrants given (default 1)")
     family["cvae"].add_argument("--baseline-epochs", type=_positive(int), default=None,
                    help="cvae: epochs of the baseline network (default: --epochs)")
@@ -495,9 +508,13 @@ def _study_target(args: argparse.Namespace):
 def _variance(args: argparse.Namespace) -> None:
     import pandas as pd
 
+    from .utils import PPModelsError
+
     from .analysis import gradient_study, plot_study
 
     objectives = [_parse_objective(s) for s in args.objectives.split(",") if s.strip()]
+    if not objectives:
+        raise PPModelsError(f"variance: --objectives {args.objectives!r} names no objective; e.g. elbo,iwae")
     m, batch, params = _study_target(args)
     exact = None if args.exact == "none" else (args.exact if args.exact == "auto" else _parse_objective(args.exact))
     df = gradient_study(m.model, m.guide, *batch, objectives=objectives, num_particles=args.num_particles,

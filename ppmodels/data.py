@@ -164,6 +164,8 @@ def as_data(data: "TensorData | Tensor | tuple", name: str = "data") -> "TensorD
     else (arrays, lists, strings), no rows or a 0-d tensor is a :class:`PPModelsError`."""
     if isinstance(data, TensorData):
         out = data
+    elif torch.is_tensor(data) and data.dim() == 0:
+        raise PPModelsError(f"{name}: a 0-d tensor has no rows; give one row per datapoint")
     elif torch.is_tensor(data):
         out = TensorData(data, name=name)
     elif isinstance(data, (tuple, list)) and data and all(torch.is_tensor(t) for t in data):

@@ -144,8 +144,9 @@ def log_likelihood(
     """
     obj = as_pair(obj)
     data = as_data(data)
-    if num_samples < 1:
-        raise PPModelsError(f"log_likelihood: num_samples must be >= 1, got {num_samples}")
+    for key, value in (("num_samples", num_samples), ("batch_size", batch_size), ("particle_chunk", particle_chunk)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise PPModelsError(f"log_likelihood: {key} must be an integer >= 1, got {value!r}")
     first, batch_size = _probe(obj, data, batch_size, generator)
     with torch.no_grad(), pyro.validation_enabled(False):
         mpn = guess_max_plate_nesting(obj.model, obj.guide, first, {})

@@ -89,6 +89,11 @@ def check_batch(obj: Any, batch: tuple, device: torch.device | None = None) -> N
         if t.is_floating_point() and not torch.isfinite(t).all():
             bad = int((~torch.isfinite(t)).sum())
             raise PPModelsError(f"{name}: batch argument {i} ({_describe(t)}) has {bad} NaN/inf values")
+        if params and t.is_floating_point() and t.dtype != params[0].dtype:
+            raise PPModelsError(
+                f"{name}: batch argument {i} is {t.dtype} but the model's parameters are {params[0].dtype}; "
+                f"convert the data with .to({params[0].dtype})"
+            )
         want = device or (params[0].device if params else None)
         if want is not None and t.device.type != torch.device(want).type:
             raise PPModelsError(

@@ -165,7 +165,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
         raise PPModelsError(
-            f"checkpoint {path} was refused: it holds objects other than tensors and plain data (not written by ppmodels)"
+            f"checkpoint {path} was refused: it is not a file of tensors and plain data (damaged, foreign, or "
+            f"holding code); use {PREVIOUS} beside it, or train again"
         ) from None
     except (RuntimeError, EOFError, ValueError, OSError, KeyError, AttributeError, ImportError) as e:
         raise PPModelsError(

@@ -58,7 +58,7 @@ class SemiSupervisedVAE(nn.Module):
         super().__init__()
         if num_classes < 2 or z_dim < 1:
             raise PPModelsError(f"SemiSupervisedVAE: need num_classes >= 2 and z_dim >= 1, got {num_classes}, {z_dim}")
-        if aux_loss < 0:
+        if not 0 <= aux_loss < float("inf"):  # NaN too
             raise PPModelsError(f"SemiSupervisedVAE: aux_loss must be >= 0, got {aux_loss}")
         self.x_dim, self.z_dim, self.num_classes, self.aux_loss = x_dim, z_dim, num_classes, float(aux_loss)
         self.config = dict(x_dim=x_dim, z_dim=z_dim, num_classes=num_classes, hidden=tuple(hidden),
