@@ -189,6 +189,10 @@ def _report(model, test, num_samples: int, subset: int | None, seed: int) -> dic
 
     from . import evaluate
 
+    from .utils import PPModelsError
+
+    if num_samples > 1_000_000:
+        raise PPModelsError(f"--num-samples {num_samples} importance samples would take days; use at most 1000000")
     g = torch.Generator(device=test.device).manual_seed(seed)
     sub = test.subset(subset) if subset else test
     t0 = time.perf_counter()
@@ -260,6 +264,7 @@ def _train(args: argparse.Namespace) -> None:
     from .models import REGISTRY, build
     from .models.vae import PRESETS
     from .rundir import open_run
+    from .utils import check_memory
 
     family = args.model
     objective = args.objective or REGISTRY[family].default_objective
@@ -295,6 +300,10 @@ def _train(args: argparse.Namespace) -> None:
         report["baseline_seconds"] = seconds
         config = _network_config(args, {"quadrants": args.quadrants})
         config["baseline"] = None if args.no_baseline_input else baseline.config
+    K = args.num_particles or 1
+    widths = 3 * 784 + 4 * sum(config.get("hidden", (400,)))
+    check_memory(16.0 * K * min(args.batch_size, len(train)) * widths, f"one training step (K={K}, batch "
+                 f"{min(args.batch_size, len(train))})", "use a smaller -K or --batch-size", args.device if args.device != "auto" else "cpu")
     model = build(family, **config)
     if family == "cvae" and not args.no_baseline_input:
         model.baseline.load_state_dict(baseline.state_dict())
@@ -393,9 +402,13 @@ def _train_gmm(args: argparse.Namespace) -> None:
     x = _read_points(args.data)
     out = Path(args.out)
     config = {"num_components": args.components, "dim": x.shape[1], "covariance": args.covariance, "guide": args.guide}
+    torch.manual_seed(args.seed)  # the initial parameters too
     gmm = GaussianMixture(**config)
-    torch.manual_seed(args.seed)
     t0 = time.perf_counter()
+    from .utils import check_memory
+
+    check_memory(64.0 * args.restarts * len(x) * args.components * (x.shape[1] + 1) ** 2,
+                 f"{args.restarts} MAP restarts", "use fewer --restarts")
     if args.guide == "map":
         values = gmm.fit_map(x, restarts=args.restarts, steps=args.steps or 600, lr=args.lr, seed=args.seed)
         with open_run(out, overwrite=True):

@@ -16,6 +16,7 @@ __all__ = [
     "model_name",
     "check_rows",
     "first_line",
+    "check_memory",
 ]
 
 
@@ -105,3 +106,25 @@ def first_line(e: BaseException, with_type: bool = False) -> str:
     lines = str(e).strip().splitlines()
     text = (lines[0] if lines else "")[:300]
     return f"{type(e).__name__}: {text}" if with_type else text
+
+
+def available_memory(device: "torch.device | str" = "cpu") -> int:
+    """Bytes free for a computation: the GPU's free memory, or the host's MemAvailable."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:  # pragma: no cover - not Linux
+        pass
+    return 8 << 30
+
+
+def check_memory(nbytes: float, what: str, hint: str, device: "torch.device | str" = "cpu") -> None:
+    """Raise before allocating when ``what`` needs more than 80% of the free memory."""
+    free = available_memory(device)
+    if nbytes > 0.8 * free:
+        raise PPModelsError(f"{what} needs about {nbytes / 2**30:.1f} GiB but {free / 2**30:.1f} GiB is free; {hint}")
