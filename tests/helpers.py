@@ -27,3 +27,15 @@ def assert_unbiased(samples, exact, bound=Z_BOUND, what=""):
     worst = z.abs().max().item()
     assert worst < bound, f"{what}: max |z| = {worst:.2f} >= {bound} (R = {samples.shape[0]})"
     return worst
+
+
+def step_clock():
+    """``(clock, schedule)``: pass ``lr_schedule=schedule`` to fit and read ``clock["step"]``, the
+    0-based step being taken (-1 before training), from inside a model."""
+    clock = {"step": -1}
+
+    def schedule(step):
+        clock["step"] = step
+        return 1.0
+
+    return clock, schedule

@@ -13,6 +13,8 @@ from ppmodels.models import VAE
 from ppmodels.models.conjugate import LinearGaussian
 from ppmodels.utils import PPModelsError
 
+from helpers import step_clock
+
 
 @pytest.fixture
 def images():
@@ -50,11 +52,7 @@ def test_resume_continues_the_same_trajectory(images, tmp_path):
 def test_nan_guard_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     x = torch.randn(40, 2)
 
-    clock = {"step": -1}  # the step being taken (0-based), read off the lr schedule fit calls each step
-
-    def schedule(step):
-        clock["step"] = step
-        return 1.0
+    clock, schedule = step_clock()
 
     class Exploding:
         def model(self, x):
