@@ -75,7 +75,8 @@ def test_train_discrete_vae(fake_mnist, tmp_path, capsys, latent, objective):
     (["sample", "/nonexistent/run"], "not a run directory"),
     (["frobnicate"], "invalid choice"),
 ])
-def test_bad_arguments_give_one_line_and_exit_2(fake_mnist, capsys, args, message):
+def test_bad_arguments_give_one_line_and_exit_2(fake_mnist, capsys, args, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative --out paths land here, not in the checkout
     try:
         code = main(args)
     except SystemExit as e:
