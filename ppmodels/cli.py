@@ -97,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--num-particles", "-K", type=_positive(int), default=None, help="particles K of the objective")
     t.add_argument("--alpha", type=float, default=None, help="α of the renyi objective")
     t.add_argument("--baseline", choices=["none", "decaying", "neural"], default=None, help="reinforce baseline")
+    t.add_argument("--kl-weight", type=_nonnegative, default=None,
+                   help="β: weight of the KL term (elbo, meanfield, stl, reinforce; default 1)")
+    t.add_argument("--kl-warmup", type=_positive(int), default=None,
+                   help="raise β linearly from 0 to --kl-weight (default 1) over this many steps")
+    t.add_argument("--kl-cycles", type=_positive(int), default=1, help="cyclical annealing: cycles over --kl-warmup")
+    t.add_argument("--tensorboard", nargs="?", const="", default=None, metavar="DIR",
+                   help="write TensorBoard event files (default DIR: RUN_DIR/tensorboard); needs ppmodels[tensorboard]")
     t.add_argument("--epochs", type=_positive(int), default=None)
     t.add_argument("--steps", type=_positive(int), default=None)
     t.add_argument("--batch-size", type=_positive(int), default=None, help="default 128 (gmm: all points)")
@@ -164,8 +171,23 @@ def _save_grid(images, path: Path, nrow: int = 8) -> None:
     save_image(images.reshape(-1, 1, 28, 28).float().cpu(), path, nrow=nrow)
 
 
+def _callbacks(args: argparse.Namespace, out: Path) -> list:
+    """The callbacks the train flags ask for: KL annealing, TensorBoard."""
+    from .callbacks import KLAnnealing, TensorBoard
+
+    callbacks: list = []
+    if args.kl_warmup:
+        end = 1.0 if args.kl_weight is None else args.kl_weight
+        callbacks.append(KLAnnealing(args.kl_warmup, start=0.0, end=end, cycles=args.kl_cycles))
+    if args.tensorboard is not None:
+        callbacks.append(TensorBoard(Path(args.tensorboard) if args.tensorboard else out / "tensorboard"))
+    return callbacks
+
+
 def _objective_options(args: argparse.Namespace) -> dict[str, Any]:
     opts: dict[str, Any] = {}
+    if getattr(args, "kl_weight", None) is not None and not getattr(args, "kl_warmup", None):
+        opts["kl_weight"] = args.kl_weight
     if args.num_particles is not None:
         opts["num_particles"] = args.num_particles
     if args.alpha is not None:
@@ -232,7 +254,7 @@ def _fit_stage(model, train, test, args: argparse.Namespace, out: Path, family: 
         batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule, seed=args.seed,
         device=args.device, test=test, out=out, resume=args.resume, overwrite=args.overwrite,
         progress=False if args.quiet else None,
-        jit=False if args.no_jit else None,
+        jit=False if args.no_jit else None, callbacks=_callbacks(args, out),
         meta={"family": family, "config": config, "args": {k: str(v) for k, v in vars(args).items()}},
         **_objective_options(args),
     )

@@ -14,7 +14,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 import pyro
@@ -26,6 +26,7 @@ from torch.distributions import transform_to
 from torch import Tensor
 
 from . import evaluate
+from .callbacks import HOOKS, FitState, check_callbacks
 from .data import TensorData, as_data
 from .objectives import Objective, PyroElbo, make
 from .protocol import ModelGuide, as_pair, check_batch, check_data, read_parameters
@@ -120,10 +121,14 @@ def compile_loss(
     def loss_fn(*inputs: Tensor) -> Tensor:
         return objective.differentiable_loss(pair.model, pair.guide, *inputs[:n])
 
-    traced = trace_if_equal(loss_fn, (*batch, *plist), wrt=plist)
+    extra = []  # a scheduled or non-unit KL weight is an input of the trace, not a constant
+    if torch.is_tensor(getattr(objective, "kl_weight", None)) and (objective.kl_scheduled or objective._beta != 1.0):
+        objective._kl_weight(batch[0].device)
+        extra = [objective.kl_weight]
+    traced = trace_if_equal(loss_fn, (*batch, *plist, *extra), wrt=plist)
     if traced is None:
         return None
-    return lambda batch: traced(*batch, *plist)
+    return lambda batch: traced(*batch, *plist, *extra)
 
 
 def prepare(obj: Any, objective: Objective, batch: tuple) -> tuple[dict[str, Tensor], ModelGuide]:
@@ -190,6 +195,7 @@ def fit(
     log_every: int = 50,
     drop_last: bool = True,
     jit: bool | None = None,
+    callbacks: Sequence[Any] | None = None,
     **objective_options: Any,
 ) -> pd.DataFrame:
     """Train ``obj`` (anything with ``model`` and ``guide``) by SVI; return the per-epoch history.
@@ -210,6 +216,8 @@ def fit(
     to the plain loss otherwise); the default, ``None``, does so only for models that declare
     ``static_structure = True`` (a trace freezes Python control flow: a model whose structure
     changes between calls must not be traced). ``history.attrs["jit"]`` says which ran.
+    ``callbacks``: objects with any of the hooks of :mod:`ppmodels.callbacks` (``on_fit_start``,
+    ``on_step_start``, ``on_step_end``, ``on_epoch_end``, ``on_fit_end``), run in order.
     """
     obj = as_pair(obj)
     name = model_name(obj)
@@ -217,6 +225,7 @@ def fit(
     if objective is None:
         objective = getattr(obj, "default_objective", "elbo")
     objective = make(objective, **objective_options)
+    callbacks = check_callbacks(callbacks)
     check_options(epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, betas=betas, eps=eps,
                   clip_norm=clip_norm, seed=seed, eval_particles=eval_particles, log_every=log_every)
     if not callable(lr_schedule) and lr_schedule not in (None, *SCHEDULES):
@@ -242,7 +251,7 @@ def fit(
     try:
         return _fit(obj, name, train, objective, device, seed, batch_size, steps_per_epoch, total_steps,
                     num_epochs, out_dir, validation, test, lr, lr_schedule, betas, eps, clip_norm,
-                    eval_particles, resume, meta, progress, log_every, drop_last, jit)
+                    eval_particles, resume, meta, progress, log_every, drop_last, jit, callbacks)
     finally:
         set_rng_state(caller_rng)
         if lock is not None:
@@ -251,7 +260,7 @@ def fit(
 
 def _fit(obj, name, train, objective, device, seed, batch_size, steps_per_epoch, total_steps, num_epochs,
          out_dir, validation, test, lr, lr_schedule, betas, eps, clip_norm, eval_particles, resume, meta,
-         progress, log_every, drop_last, jit) -> pd.DataFrame:
+         progress, log_every, drop_last, jit, callbacks) -> pd.DataFrame:
     """fit's loop, run between saving and restoring the caller's random state."""
     pyro.clear_param_store()
     set_seed(seed)
@@ -264,6 +273,8 @@ def _fit(obj, name, train, objective, device, seed, batch_size, steps_per_epoch,
         params, fast = prepare(obj, objective, probe)
     if jit is None:
         jit = bool(getattr(obj, "static_structure", False))
+    if any(getattr(cb, "schedules_kl_weight", False) for cb in callbacks):
+        objective.kl_scheduled = True  # β stays a tensor the traced loss reads
     compiled = compile_loss(fast, objective, params, probe) if jit else None
     if compiled is not None and not drop_last and len(train) % batch_size:
         compiled = None  # the trace is specialised to full batches
@@ -303,6 +314,11 @@ def _fit(obj, name, train, objective, device, seed, batch_size, steps_per_epoch,
     from tqdm.auto import tqdm
 
     bar = tqdm(total=total_steps, initial=step, disable=not progress, desc=f"fit {name}", unit="step")
+    state = FitState(model=obj, objective=objective, optimizer=optimizer, params=params, total_steps=total_steps,
+                     steps_per_epoch=steps_per_epoch, out_dir=out_dir, step=step, epoch=start_epoch, history=history)
+    hooks = {h: [getattr(cb, h) for cb in callbacks if callable(getattr(cb, h, None))] for h in HOOKS}
+    for hook in hooks["on_fit_start"]:
+        hook(state)
     last_good = (out_dir / CHECKPOINT) if out_dir is not None and (out_dir / CHECKPOINT).exists() else None
     t0 = time.perf_counter() - elapsed
     try:
@@ -316,6 +332,10 @@ def _fit(obj, name, train, objective, device, seed, batch_size, steps_per_epoch,
                 for batch in train.batches(batch_size, generator=g, drop_last=drop_last, binarize_generator=gd):
                     if step >= total_steps:
                         break
+                    if hooks["on_step_start"]:
+                        state.step, state.epoch = step, epoch
+                        for hook in hooks["on_step_start"]:
+                            hook(state)
                     for group in optimizer.param_groups:
                         group["lr"] = lr * lr_factor(lr_schedule, step, total_steps, steps_per_epoch)
                     loss = svi_step(loss_fn, optimizer, batch, clip_norm)
@@ -324,6 +344,10 @@ def _fit(obj, name, train, objective, device, seed, batch_size, steps_per_epoch,
                     running = running + torch.where(bad, 0.0, loss)
                     n_seen += batch[0].shape[0]
                     step += 1
+                    if hooks["on_step_end"]:
+                        state.step, state.epoch, state.loss = step, epoch, loss
+                        for hook in hooks["on_step_end"]:
+                            hook(state)
                     if step % log_every == 0 or step == total_steps:
                         _raise_if_bad(first_bad, name, last_good)
                         bar.set_postfix(loss=f"{float(running) / max(n_seen, 1):.2f}", refresh=False)
@@ -336,6 +360,9 @@ def _fit(obj, name, train, objective, device, seed, batch_size, steps_per_epoch,
                     row["val_elbo"] = float(evaluate.elbo(obj, validation, eval_particles).mean())
                 if test is not None:
                     row["test_elbo"] = float(evaluate.elbo(obj, test, eval_particles).mean())
+                state.step, state.epoch, state.row = step, epoch, row
+                for hook in hooks["on_epoch_end"]:
+                    hook(state)
                 row["seconds"] = time.perf_counter() - t0
                 history.append(row)
                 if out_dir is not None:
@@ -363,6 +390,10 @@ def _fit(obj, name, train, objective, device, seed, batch_size, steps_per_epoch,
                     pd.DataFrame(history).to_csv(out_dir / "history.csv", index=False)
                 if progress:
                     bar.write(_format_row(row))
+                if state.stop:
+                    break
+        for hook in hooks["on_fit_end"]:
+            hook(state)
     finally:
         bar.close()
     df = pd.DataFrame(history)

@@ -93,8 +93,9 @@ class LinearGaussian(nn.Module):
         gain = cov @ self.W.T * psi_inv  # (d, D)
         return (x - self.b) @ gain.T, cov
 
-    def elbo(self, x: Tensor) -> Tensor:
-        r"""Closed-form ELBO per datapoint for the current guide parameters, shape (N,).
+    def elbo(self, x: Tensor, kl_weight: float = 1.0) -> Tensor:
+        r"""Closed-form ELBO per datapoint for the current guide parameters, shape (N,); with
+        ``kl_weight`` β, :math:`\mathbb E_q[\log p(x|z)] - \beta\,\mathrm{KL}(q \| p)`.
 
         :math:`\mathbb E_q[\log p(x|z)] + \mathbb E_q[\log p(z)] + \mathbb H[q]` with
         :math:`m = Ax + c`, :math:`S = \mathrm{diag}(s^2)`.
@@ -107,7 +108,7 @@ class LinearGaussian(nn.Module):
                         + ((self.W**2) * psi_inv[:, None]).sum(0) @ s2)
         e_prior = -0.5 * (self.z_dim * LOG_2PI + (m**2).sum(-1) + s2.sum())
         entropy = 0.5 * self.z_dim * (1 + LOG_2PI) + self.log_s.sum()
-        return e_lik + e_prior + entropy
+        return e_lik + kl_weight * (e_prior + entropy)
 
     def exact_objective(self, objective, x: Tensor) -> Tensor | None:
         """The exact expected bound ``objective`` estimates on ``x``, where it has a closed form

@@ -286,6 +286,7 @@ def log_weights(
     data_plate: str | None = None,
     detach_guide: bool = False,
     analytic_kl: bool = False,
+    kl_weight: float | Tensor = 1.0,
 ) -> LogWeights:
     r"""Reduce a (model, guide) trace pair to :class:`LogWeights`.
 
@@ -295,8 +296,16 @@ def log_weights(
     parameters detached (the gradient then reaches :math:`\phi` only through :math:`z_k`; STL
     and DReG). ``analytic_kl``: replace :math:`\log p(z) - \log q(z)` by
     :math:`-\mathrm{KL}(q \| p)` at reparameterized sites where the KL is registered.
+    ``kl_weight`` β: the latent sites' :math:`\log p(z) - \log q(z)` terms (or -KL) weighted by
+    β, for :math:`\mathbb E_q[\log p(x|z)] - \beta\,\mathrm{KL}` (β-VAE; a 0-d tensor may change
+    between calls, also on a traced loss).
     """
     K = num_particles
+    weighted = not (isinstance(kl_weight, (int, float)) and kl_weight == 1.0)
+
+    def beta(term: Tensor, site: dict) -> Tensor:
+        return term * kl_weight if weighted and not site["is_observed"] else term
+
     pdim = -(max_plate_nesting + 1) if K > 1 else None
     model_trace.compute_log_prob()
     guide_trace.compute_score_parts()
@@ -337,10 +346,10 @@ def log_weights(
 
     for name, site in _sample_sites(model_trace):
         if name in kl_sites:
-            term = _units(-kl_sites[name], pdim, ddim)
+            term = _units(beta(-kl_sites[name], site), pdim, ddim)
             log_w, pathwise = acc(log_w, term), acc(pathwise, term)
             continue
-        term = _units(site["log_prob"], pdim, ddim)
+        term = _units(beta(site["log_prob"], site), pdim, ddim)
         log_w, pathwise = acc(log_w, term), acc(pathwise, term)
     log_r = None
     for name, site in _sample_sites(guide_trace):
@@ -349,7 +358,7 @@ def log_weights(
         lp = site["log_prob"]
         if detach_guide and not site["is_observed"]:
             lp = scale_and_mask(detach(site["fn"]).log_prob(site["value"]), site["scale"], site["mask"])
-        term = _units(-lp, pdim, ddim)
+        term = _units(beta(-lp, site), pdim, ddim)
         log_w = acc(log_w, term)
         sf = site["score_parts"].score_function
         if is_identically_zero(sf):
@@ -358,7 +367,7 @@ def log_weights(
         # a guide-side factor is observed: Pyro multiplies its (constant) score by the cost too
         has_score = has_score or not site["is_observed"] or bool(getattr(sf, "requires_grad", False))
         if log_r is None:
-            log_r = _log_r(model_trace, guide_trace, kl_sites)
+            log_r = _log_r(model_trace, guide_trace, kl_sites, beta)
         cost = log_r.sum_to(site["cond_indep_stack"])
         score = acc(score, _units(sf, pdim, ddim))
         rb = acc(rb, _units(sf * cost, pdim, ddim))
@@ -376,7 +385,8 @@ def log_weights(
                       why_batch=why, subsampled=subsampled)
 
 
-def _log_r(model_trace: poutine.Trace, guide_trace: poutine.Trace, kl_sites: dict[str, Tensor]) -> MultiFrameTensor:
+def _log_r(model_trace: poutine.Trace, guide_trace: poutine.Trace, kl_sites: dict[str, Tensor],
+           beta: Callable[[Tensor, dict], Tensor] = lambda t, site: t) -> MultiFrameTensor:
     """Pyro's downstream cost of ``Trace_ELBO`` (``_compute_log_r``): every model site's
     :math:`\log p - \log q` (detached), keyed by its plates; analytic-KL sites contribute -KL."""
     log_r = MultiFrameTensor()
@@ -387,7 +397,7 @@ def _log_r(model_trace: poutine.Trace, guide_trace: poutine.Trace, kl_sites: dic
             term = site["log_prob"]
             if not site["is_observed"] and name in guide_trace.nodes:
                 term = term - guide_trace.nodes[name]["log_prob"]
-        log_r.add((site["cond_indep_stack"], term.detach()))
+        log_r.add((site["cond_indep_stack"], beta(term, site).detach()))
     return log_r
 
 
@@ -563,7 +573,7 @@ class Objective(ELBO):
 
     def draw(
         self, model: Callable, guide: Callable, args: tuple, kwargs: dict, *,
-        detach_guide: bool = False, analytic_kl: bool = False,
+        detach_guide: bool = False, analytic_kl: bool = False, kl_weight: float | Tensor = 1.0,
         guide_handler: Callable[[], Messenger] | None = None,
     ) -> tuple[LogWeights, list[tuple[poutine.Trace, poutine.Trace]]]:
         """Draw ``num_particles`` particles: their :class:`LogWeights` and the (model, guide)
@@ -571,7 +581,7 @@ class Objective(ELBO):
         ``guide_handler`` makes a fresh :class:`Messenger` per pair (see :func:`particle_traces`)."""
         mpn = self._plate_nesting(model, guide, args, kwargs)
         opts = dict(max_plate_nesting=mpn, data_plate=self.data_plate, detach_guide=detach_guide,
-                    analytic_kl=analytic_kl)
+                    analytic_kl=analytic_kl, kl_weight=kl_weight)
         vectorized = self.vectorize_particles and self.num_particles > 1
         K = self.num_particles if vectorized else 1
         pairs = []

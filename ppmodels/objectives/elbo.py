@@ -13,10 +13,13 @@ Particles are vectorized when K > 1 (``vectorize_particles=False``: a loop).
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
+import torch
 from torch import Tensor
 
+from ..utils import PPModelsError
 from .base import LogWeights, Objective
 
 __all__ = ["Elbo", "elbo_surrogate"]
@@ -39,13 +42,53 @@ def elbo_surrogate(lw: LogWeights, baseline: Tensor | float = 0.0) -> tuple[Tens
 
 
 class Elbo(Objective):
-    """``"elbo"``: the ELBO with pathwise / score-function gradients (Trace_ELBO)."""
+    r"""``"elbo"``: the ELBO with pathwise / score-function gradients (Trace_ELBO).
+
+    ``kl_weight`` β (Higgins et al. 2017): the objective
+    :math:`\mathbb E_q[\log p(x \mid z)] - \beta\,\mathrm{KL}(q(z|x) \| p(z))`, the latent sites'
+    terms weighted by β (1: the ELBO). It is held as a 0-d tensor that
+    :class:`ppmodels.callbacks.KLAnnealing` changes in place, so a schedule also reaches a traced loss.
+    """
 
     name = "elbo"
     jit_safe = True
     analytic_kl = False
     detach_guide = False
 
+    def __init__(self, num_particles: int = 1, *, kl_weight: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(num_particles, **kwargs)
+        if isinstance(kl_weight, bool) or not isinstance(kl_weight, (int, float)) or not math.isfinite(kl_weight) \
+                or kl_weight < 0:
+            raise PPModelsError(f"objective {self.name!r}: kl_weight must be a finite number >= 0, got {kl_weight!r}")
+        self.kl_weight = torch.tensor(float(kl_weight))
+        self._beta = float(kl_weight)  # the same value, readable without a device sync
+        self.kl_scheduled = False  # set by a schedule: β then stays a tensor input even at 1
+
+    def set_kl_weight(self, value: float) -> None:
+        """Change β in place (the tensor a traced loss reads, and its host copy)."""
+        self._beta = float(value)
+        self.kl_weight.fill_(self._beta)
+
+    def options(self) -> dict[str, Any]:
+        out = super().options()
+        if self._beta != 1.0:
+            out["kl_weight"] = self._beta
+        return out
+
+    def _kl_weight(self, device: torch.device) -> Tensor | float:
+        """β for this call: the float 1.0 (no work) while β = 1 and no schedule holds it, else the
+        tensor on ``device``."""
+        if not self.kl_scheduled and self._beta == 1.0:
+            return 1.0
+        if self.kl_weight.device != device:
+            self.kl_weight = self.kl_weight.to(device)
+        return self.kl_weight
+
     def surrogate_units(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
-        lw, _ = self.draw(model, guide, args, kwargs, detach_guide=self.detach_guide, analytic_kl=self.analytic_kl)
+        lw, _ = self.draw(model, guide, args, kwargs, detach_guide=self.detach_guide, analytic_kl=self.analytic_kl,
+                          kl_weight=self._kl_weight(_device(args)))
         return elbo_surrogate(lw)
+
+
+def _device(args: tuple) -> torch.device:
+    return next((a.device for a in args if torch.is_tensor(a)), torch.device("cpu"))

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ..tracing import forked_rng
 from .base import _identity
-from .elbo import Elbo, elbo_surrogate
+from .elbo import Elbo, _device, elbo_surrogate
 
 __all__ = ["MeanFieldElbo"]
 
@@ -59,5 +59,5 @@ class MeanFieldElbo(Elbo):
     def surrogate_units(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
         self._check_once(model, guide, args, kwargs)
         analytic = self._is_mean_field(model, guide, args, kwargs)
-        lw, _ = self.draw(model, guide, args, kwargs, analytic_kl=analytic)
+        lw, _ = self.draw(model, guide, args, kwargs, analytic_kl=analytic, kl_weight=self._kl_weight(_device(args)))
         return elbo_surrogate(lw)

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ..utils import PPModelsError
-from .elbo import Elbo, elbo_surrogate
+from .elbo import Elbo, _device, elbo_surrogate
 
 __all__ = ["Reinforce", "BASELINES"]
 
@@ -73,7 +73,7 @@ class Reinforce(Elbo):
         return pyro.module("reinforce_baseline", self.baseline_net)(x)
 
     def surrogate_units(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
-        lw, _ = self.draw(model, guide, args, kwargs)
+        lw, _ = self.draw(model, guide, args, kwargs, kl_weight=self._kl_weight(_device(args)))
         if self.baseline == "none" or not lw.has_score:
             return elbo_surrogate(lw)
         signal = lw.log_w.detach()  # (K, U): per datapoint, or the whole batch

@@ -19,7 +19,7 @@ from typing import Any, Callable
 from torch import Tensor
 
 from .base import require_reparameterized
-from .elbo import Elbo, elbo_surrogate
+from .elbo import Elbo, _device, elbo_surrogate
 
 __all__ = ["Stl"]
 
@@ -31,6 +31,6 @@ class Stl(Elbo):
     detach_guide = True
 
     def surrogate_units(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
-        lw, _ = self.draw(model, guide, args, kwargs, detach_guide=True)
+        lw, _ = self.draw(model, guide, args, kwargs, detach_guide=True, kl_weight=self._kl_weight(_device(args)))
         require_reparameterized(lw, self.name, instead="elbo or reinforce")
         return elbo_surrogate(lw)

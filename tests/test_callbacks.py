@@ -1,0 +1,159 @@
+"""Callbacks, the KL weight β and its schedules."""
+
+import math
+
+import pyro
+import pytest
+import torch
+
+from ppmodels.analysis import replicate_gradients
+from ppmodels.callbacks import EarlyStopping, KLAnnealing
+from ppmodels.data import synthetic_images
+from ppmodels.fit import compile_loss, fit, prepare
+from ppmodels.models import VAE, LinearGaussian
+from ppmodels.objectives import make
+
+from helpers import assert_unbiased, z_scores
+
+R = 2000
+
+
+@pytest.mark.parametrize("name", ["elbo", "meanfield", "stl"])
+@pytest.mark.parametrize("beta", [0.5, 4.0])
+def test_kl_weight_gradient_is_exact_in_expectation(name, beta):
+    m = LinearGaussian(5, 2, seed=0)
+    x = m.sample_data(4, seed=1)
+    params = m.model_parameters() + m.guide_parameters()
+    exact = torch.cat([g.reshape(-1) for g in torch.autograd.grad(-m.elbo(x, beta).sum(), params)])
+    grads, bounds = replicate_gradients(make(name, kl_weight=beta), m, (x,), params, R, seed=1)
+    assert_unbiased(grads, exact, what=f"{name} kl_weight={beta}")
+    assert abs(bounds.mean() - m.elbo(x, beta).sum()) < 5 * bounds.std() / R**0.5
+
+
+def test_kl_weight_power_an_ignored_weight_fails_the_check():
+    m = LinearGaussian(5, 2, seed=0)
+    x = m.sample_data(4, seed=1)
+    params = m.model_parameters() + m.guide_parameters()
+    exact = torch.cat([g.reshape(-1) for g in torch.autograd.grad(-m.elbo(x, 4.0).sum(), params)])
+    grads, _ = replicate_gradients(make("elbo"), m, (x,), params, R, seed=1)  # beta = 1, not 4
+    assert z_scores(grads, exact).abs().max() > 5
+
+
+def test_kl_weight_reaches_the_traced_loss():
+    torch.manual_seed(0)
+    vae = VAE(x_dim=784, z_dim=4, hidden=(16,))
+    x = (synthetic_images(32, seed=0)[0] > 127).float()
+    objective = make("elbo")
+    objective.kl_scheduled = True
+    params, fast = prepare(vae, objective, (x,))
+    traced = compile_loss(fast, objective, params, (x,))
+    assert traced is not None
+    for beta in (0.0, 0.3, 2.0):
+        objective.set_kl_weight(beta)
+        torch.manual_seed(5)
+        a = traced((x,))
+        torch.manual_seed(5)
+        b = objective.differentiable_loss(fast.model, fast.guide, x)
+        assert torch.allclose(a, b, rtol=1e-5), (beta, a, b)
+
+
+def test_kl_annealing_schedules():
+    linear = KLAnnealing(steps=100, start=0.0, end=1.0)
+    assert [linear.weight(s) for s in (0, 50, 100, 500)] == [0.0, 0.5, 1.0, 1.0]
+    cyclic = KLAnnealing(steps=100, cycles=4, ratio=0.5)  # 25-step cycles, rising over 12.5 steps
+    assert cyclic.weight(0) == 0.0 and cyclic.weight(25) == 0.0 and cyclic.weight(20) == 1.0
+    assert math.isclose(cyclic.weight(31.25), 0.5)  # 6.25 steps into the second cycle
+    assert cyclic.weight(1000) == 1.0
+
+
+class Recorder:
+    def __init__(self):
+        self.calls = []
+
+    def on_fit_start(self, state):
+        self.calls.append(("fit_start", state.step))
+
+    def on_step_start(self, state):
+        self.calls.append(("step_start", state.step))
+
+    def on_step_end(self, state):
+        self.calls.append(("step_end", state.step))
+
+    def on_epoch_end(self, state):
+        self.calls.append(("epoch_end", state.epoch))
+        state.row["custom"] = 1.0
+
+    def on_fit_end(self, state):
+        self.calls.append(("fit_end", state.step))
+
+
+def test_callbacks_run_in_order_and_add_history_columns():
+    m = LinearGaussian(5, 2, seed=0)
+    rec = Recorder()
+    history = fit(m, m.sample_data(20, seed=1), epochs=2, batch_size=10, device="cpu", callbacks=[rec])
+    assert rec.calls == [("fit_start", 0),
+                         ("step_start", 0), ("step_end", 1), ("step_start", 1), ("step_end", 2), ("epoch_end", 0),
+                         ("step_start", 2), ("step_end", 3), ("step_start", 3), ("step_end", 4), ("epoch_end", 1),
+                         ("fit_end", 4)]
+    assert list(history["custom"]) == [1.0, 1.0]
+
+
+def test_kl_annealing_in_fit_records_the_weight_and_resumes(tmp_path):
+    m = LinearGaussian(5, 2, seed=0)
+    x = m.sample_data(40, seed=1)
+    history = fit(m, x, epochs=3, batch_size=10, device="cpu", callbacks=[KLAnnealing(steps=8)], out=tmp_path / "a")
+    assert list(history["kl_weight"]) == [3 / 8, 7 / 8, 1.0]
+    m2 = LinearGaussian(5, 2, seed=0)
+    fit(m2, x, epochs=1, batch_size=10, device="cpu", callbacks=[KLAnnealing(steps=8)], out=tmp_path / "b")
+    m2 = LinearGaussian(5, 2, seed=0)
+    fit(m2, x, epochs=3, batch_size=10, device="cpu", callbacks=[KLAnnealing(steps=8)], out=tmp_path / "b", resume=True)
+    assert all(torch.equal(p, q) for p, q in zip(m.parameters(), m2.parameters()))
+
+
+def test_early_stopping_stops_and_keeps_the_checkpoint(tmp_path):
+    m = LinearGaussian(5, 2, seed=0)
+    x = m.sample_data(40, seed=1)
+
+    class Flat:  # a metric that never improves after the first epoch
+        def on_epoch_end(self, state):
+            state.row["score"] = 0.0
+
+    history = fit(m, x, epochs=50, batch_size=20, device="cpu", out=tmp_path,
+                  callbacks=[Flat(), EarlyStopping("score", patience=2)])
+    assert len(history) == 3 and bool(history["stopped_early"].iloc[-1])
+    from ppmodels.fit import load_checkpoint
+
+    assert load_checkpoint(tmp_path)["epoch"] == 3
+
+
+def test_a_callback_without_hooks_is_refused():
+    from ppmodels.utils import PPModelsError
+
+    m = LinearGaussian(5, 2, seed=0)
+    with pytest.raises(PPModelsError, match="has none of the hooks"):
+        fit(m, m.sample_data(20, seed=1), epochs=1, device="cpu", callbacks=[object()])
+
+
+def test_cli_kl_warmup_and_tensorboard_write_readable_events(fake_mnist, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from ppmodels.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "vae", "--steps", "6", "--batch-size", "50", "--kl-warmup", "4", "--tensorboard",
+                 "--hidden", "16", "--z-dim", "2", "--num-samples", "4", "--eval-subset", "20", "--quiet",
+                 "--out", str(out)]) == 0
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    scalars = events.Tags()["scalars"]
+    assert "epoch/train_loss" in scalars and "epoch/kl_weight" in scalars and "epoch/test_elbo" in scalars
+    assert events.Scalars("epoch/kl_weight")[-1].value == 1.0
+    assert "samples" in events.Tags()["images"]
+
+
+def test_core_does_not_import_tensorboard():
+    import subprocess
+    import sys
+
+    code = "import sys, ppmodels.fit, ppmodels.callbacks, ppmodels.cli; print('tensorboard' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
