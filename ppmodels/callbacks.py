@@ -34,7 +34,7 @@ from torch import Tensor
 
 from .utils import PPModelsError
 
-__all__ = ["FitState", "Callback", "KLAnnealing", "EarlyStopping", "TensorBoard", "HOOKS"]
+__all__ = ["FitState", "Callback", "KLAnnealing", "EarlyStopping", "TensorBoard", "CollapseDiagnostics", "HOOKS"]
 
 HOOKS = ("on_fit_start", "on_step_start", "on_step_end", "on_epoch_end", "on_fit_end")
 
@@ -205,3 +205,53 @@ class TensorBoard(Callback):
     def on_fit_end(self, state: FitState) -> None:
         self.writer.flush()
         self.writer.close()
+
+
+class CollapseDiagnostics(Callback):
+    """Posterior-collapse diagnostics per epoch on ``data`` (a held-out set): the KL term
+    (``kl``, nats per datapoint), the active units (Burda et al. 2016, ``active_units``) and the
+    KL of each latent unit. At the end, with a run directory, ``kl_units.csv`` (epochs × units)
+    and ``kl_units.png`` (the heat map) are written there."""
+
+    def __init__(self, data: Any, threshold: float = 0.01) -> None:
+        self.data, self.threshold = data, threshold
+        self.per_unit: list[Tensor] = []
+
+    def on_epoch_end(self, state: FitState) -> None:
+        from . import evaluate
+        from .tracing import forked_rng
+
+        with forked_rng():  # diagnostics do not shift training's random stream
+            kls = evaluate.kl_per_unit(state.model, self.data)
+            active = evaluate.active_units(state.model, self.data, self.threshold)
+        if kls:
+            units = torch.cat([v.reshape(-1) for v in kls.values()]).cpu()
+            self.per_unit.append(units)
+            state.row["kl"] = float(units.sum())
+        state.row["active_units"] = sum(active.values())
+
+    def on_fit_end(self, state: FitState) -> None:
+        if state.out_dir is None or not self.per_unit:
+            return
+        import pandas as pd
+
+        table = torch.stack(self.per_unit).numpy()
+        first = len(state.history) - len(self.per_unit) + 1
+        frame = pd.DataFrame(table, columns=[f"unit_{u}" for u in range(table.shape[1])])
+        frame.insert(0, "epoch", range(first, first + len(frame)))
+        frame.to_csv(state.out_dir / "kl_units.csv", index=False)
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        image = ax.imshow(table.T, aspect="auto", origin="lower", cmap="viridis",
+                          extent=(first - 0.5, first + len(frame) - 0.5, -0.5, table.shape[1] - 0.5))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("latent unit")
+        ax.set_title("KL per latent unit (nats)")
+        fig.colorbar(image, ax=ax)
+        fig.tight_layout()
+        fig.savefig(state.out_dir / "kl_units.png", dpi=120)
+        plt.close(fig)

@@ -171,11 +171,12 @@ def _save_grid(images, path: Path, nrow: int = 8) -> None:
     save_image(images.reshape(-1, 1, 28, 28).float().cpu(), path, nrow=nrow)
 
 
-def _callbacks(args: argparse.Namespace, out: Path) -> list:
-    """The callbacks the train flags ask for: KL annealing, TensorBoard."""
-    from .callbacks import KLAnnealing, TensorBoard
+def _callbacks(args: argparse.Namespace, out: Path, diagnose=None) -> list:
+    """The callbacks the train flags ask for: KL annealing, TensorBoard; and posterior-collapse
+    diagnostics on ``diagnose`` (held-out data) when given."""
+    from .callbacks import CollapseDiagnostics, KLAnnealing, TensorBoard
 
-    callbacks: list = []
+    callbacks: list = [CollapseDiagnostics(diagnose)] if diagnose is not None else []
     if args.kl_warmup:
         end = 1.0 if args.kl_weight is None else args.kl_weight
         callbacks.append(KLAnnealing(args.kl_warmup, start=0.0, end=end, cycles=args.kl_cycles))
@@ -244,7 +245,7 @@ def _network_config(args: argparse.Namespace, config: dict[str, Any]) -> dict[st
 
 
 def _fit_stage(model, train, test, args: argparse.Namespace, out: Path, family: str, config: dict[str, Any],
-               objective: str, epochs: int | None):
+               objective: str, epochs: int | None, diagnose=None):
     """One call of the SVI loop with the command's settings; returns (history, seconds)."""
     from .fit import fit
 
@@ -254,7 +255,7 @@ def _fit_stage(model, train, test, args: argparse.Namespace, out: Path, family: 
         batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule, seed=args.seed,
         device=args.device, test=test, out=out, resume=args.resume, overwrite=args.overwrite,
         progress=False if args.quiet else None,
-        jit=False if args.no_jit else None, callbacks=_callbacks(args, out),
+        jit=False if args.no_jit else None, callbacks=_callbacks(args, out, diagnose),
         meta={"family": family, "config": config, "args": {k: str(v) for k, v in vars(args).items()}},
         **_objective_options(args),
     )
@@ -330,7 +331,8 @@ def _train(args: argparse.Namespace) -> None:
     if family == "cvae" and not args.no_baseline_input:
         model.baseline.load_state_dict(baseline.state_dict())
     history, train_seconds = _fit_stage(model, train, test if family != "ssvae" else _unlabelled(test), args, out,
-                                        family, config, objective, args.epochs)
+                                        family, config, objective, args.epochs,
+                                        diagnose=test.subset(min(1000, len(test))) if family == "vae" else None)
 
     torch.manual_seed(args.seed)
     model.eval()

@@ -157,3 +157,21 @@ def test_core_does_not_import_tensorboard():
 
     code = "import sys, ppmodels.fit, ppmodels.callbacks, ppmodels.cli; print('tensorboard' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_collapse_diagnostics_record_kl_per_unit_and_write_the_heat_map(tmp_path):
+    from ppmodels.callbacks import CollapseDiagnostics
+    from ppmodels.evaluate import kl_per_unit
+
+    m = LinearGaussian(5, 2, seed=0)
+    x = m.sample_data(60, seed=1)
+    diag = CollapseDiagnostics(x[:30])
+    history = fit(m, x, epochs=3, batch_size=20, device="cpu", out=tmp_path, callbacks=[diag])
+    assert {"kl", "active_units"} <= set(history.columns)
+    # the KL term against the closed form: KL(N(m, s^2) || N(0, 1)) per unit, averaged over x
+    mean = x[:30] @ m.A.T + m.c
+    s2 = (2 * m.log_s).exp()
+    exact = 0.5 * (mean**2 + s2 - 1 - s2.log()).mean(0)
+    assert torch.allclose(kl_per_unit(m, x[:30])["z"], exact.detach(), atol=1e-5)
+    assert abs(history["kl"].iloc[-1] - float(exact.sum())) < 1e-4
+    assert (tmp_path / "kl_units.png").exists() and (tmp_path / "kl_units.csv").exists()
