@@ -159,6 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--device", default="auto")
     v.add_argument("--seed", type=int, default=0)
 
+    c = sub.add_parser("compare", help="final metrics, settings and learning curves of several runs",
+                       description="Put runs side by side: one table of their final metrics and settings (printed, "
+                       "and written as CSV) and one figure of their learning curves.")
+    c.add_argument("runs", nargs="+", help="run directories")
+    c.add_argument("--out", default="compare.png", help="figure path (.png); the CSV is written beside it")
+
     d = sub.add_parser("data", help="fetch MNIST into the cache",
                        description="Fetch MNIST into $PPMODELS_DATA (default ~/.cache/ppmodels) and report the sources.")
     d.add_argument("--root", default=None)
@@ -568,6 +574,25 @@ def _variance(args: argparse.Namespace) -> None:
     print(f"reference: {df['reference'].iloc[0] if len(df) else 'none'}; wrote {out}/study.csv, study.png")
 
 
+def _compare(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from .compare import compare_runs, plot_runs
+    from .utils import PPModelsError
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".png":
+        raise PPModelsError(f"compare: --out {out} must end in .png")
+    if not out.parent.is_dir():
+        raise PPModelsError(f"compare: the folder of --out {out} does not exist; create it first")
+    table = compare_runs(args.runs)
+    table.to_csv(out.with_suffix(".csv"), index=False)
+    plot_runs(args.runs, out)
+    with pd.option_context("display.width", 200, "display.max_columns", 30):
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(f"wrote {out.with_suffix('.csv')} and {out}")
+
+
 def _data(args: argparse.Namespace) -> None:
     from . import data
 
@@ -587,7 +612,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .utils import PPModelsError, first_line
 
     try:
-        commands = {"train": _train, "evaluate": _evaluate, "sample": _sample, "variance": _variance, "data": _data}
+        commands = {"train": _train, "evaluate": _evaluate, "sample": _sample, "variance": _variance, "data": _data,
+                    "compare": _compare}
         commands[args.command](args)
         sys.stdout.flush()
     except BrokenPipeError:  # `ppmodels evaluate RUN | head -1`: the reader left; not an error

@@ -175,3 +175,21 @@ def test_collapse_diagnostics_record_kl_per_unit_and_write_the_heat_map(tmp_path
     assert torch.allclose(kl_per_unit(m, x[:30])["z"], exact.detach(), atol=1e-5)
     assert abs(history["kl"].iloc[-1] - float(exact.sum())) < 1e-4
     assert (tmp_path / "kl_units.png").exists() and (tmp_path / "kl_units.csv").exists()
+
+
+def test_compare_puts_runs_side_by_side(fake_mnist, tmp_path, capsys):
+    import pandas as pd
+
+    from ppmodels.cli import main
+
+    small = ["--steps", "4", "--batch-size", "50", "--hidden", "16", "--z-dim", "2", "--num-samples", "4",
+             "--eval-subset", "20", "--quiet"]
+    for beta in ("0.5", "2"):
+        assert main(["train", "vae", "--kl-weight", beta, "--out", str(tmp_path / f"b{beta}"), *small]) == 0
+    capsys.readouterr()
+    figure = tmp_path / "cmp.png"
+    assert main(["compare", str(tmp_path / "b0.5"), str(tmp_path / "b2"), "--out", str(figure)]) == 0
+    table = pd.read_csv(tmp_path / "cmp.csv")
+    assert list(table["kl_weight"]) == [0.5, 2.0] and {"test_nll", "test_elbo", "kl", "active_units"} <= set(table.columns)
+    assert figure.exists() and "test_nll" in capsys.readouterr().out
+    assert main(["compare", str(tmp_path / "nothing"), "--out", str(figure)]) == 2
