@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "gmm (Gaussian mixture on --data)")
     family = {name: t.add_argument_group(f"{name} options") for name in ("vae", "dvae", "ssvae", "cvae", "gmm")}
     family["vae"].add_argument("--preset", choices=sorted(PRESETS), default="pyro", help="vae architecture preset (default: pyro)")
+    t.add_argument("--guide", choices=["diagonal", "iaf", "map", "bayes"], default=None,
+                   help="vae: diagonal (default) or iaf (flows on top of the diagonal Gaussian); "
+                        "gmm: map (default, MAP restarts) or bayes (a mean-field guide)")
+    family["vae"].add_argument("--flow-layers", type=_positive(int), default=2, help="vae: IAF layers for --guide iaf")
     family["dvae"].add_argument("--latent", choices=["categorical", "mixture"], default="categorical",
                    help="dvae: G x C categoricals, or a categorical mixture over a Gaussian z")
     family["dvae"].add_argument("--groups", type=_positive(int), help="dvae: categorical groups G (default 20)")
@@ -87,7 +91,6 @@ def build_parser() -> argparse.ArgumentParser:
     family["gmm"].add_argument("--data", default="tutorial", help="gmm: a CSV file of numeric columns, or 'tutorial' (Pyro's five points)")
     family["gmm"].add_argument("--components", type=_positive(int), default=2, help="gmm: mixture components K")
     family["gmm"].add_argument("--covariance", choices=["full", "tied", "diag", "spherical"], default="tied", help="gmm")
-    family["gmm"].add_argument("--guide", choices=["map", "bayes"], default="map", help="gmm: MAP restarts or a mean-field guide")
     family["gmm"].add_argument("--restarts", type=_positive(int), default=32, help="gmm: random restarts of the MAP fit")
     t.add_argument("--z-dim", type=_positive(int), help="latent size (overrides the preset)")
     t.add_argument("--hidden", type=_ints, help="hidden sizes, e.g. 200,200 (overrides the preset)")
@@ -309,6 +312,10 @@ def _train(args: argparse.Namespace) -> None:
     report: dict[str, Any] = {}
     if family == "vae":
         config = _network_config(args, dict(PRESETS[args.preset]))
+        if args.guide not in (None, "diagonal", "iaf"):
+            raise PPModelsError(f"train vae: --guide {args.guide} is a gmm guide; use diagonal or iaf")
+        if args.guide == "iaf":
+            config.update(guide="iaf", flow_layers=args.flow_layers)
     elif family == "dvae":
         config = _network_config(args, {"latent": args.latent})
         config.update({k: getattr(args, k) for k in ("groups", "classes") if getattr(args, k) is not None})
@@ -426,8 +433,12 @@ def _train_gmm(args: argparse.Namespace) -> None:
     from .models import GaussianMixture
 
     from .rundir import open_run, save_checkpoint
+    from .utils import PPModelsError
 
     _check_seed(args.seed)
+    args.guide = args.guide or "map"
+    if args.guide not in ("map", "bayes"):
+        raise PPModelsError(f"train gmm: --guide {args.guide} is a vae guide; use map or bayes")
     open_run(args.out, resume=args.resume, overwrite=args.overwrite).release()
     x = _read_points(args.data)
     out = Path(args.out)

@@ -64,6 +64,15 @@ class GaussianHead(nn.Module):
         self.scale, self.min_scale = scale, min_scale
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        loc, raw = self.net(x).chunk(2, dim=-1)
+        loc, scale, _ = self.with_features(x)
+        return loc, scale
+
+    def with_features(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(loc, scale, h)``, h the last hidden layer's output (``x`` with no hidden layer)."""
+        *body, last = self.net
+        h = x
+        for layer in body:
+            h = layer(h)
+        loc, raw = last(h).chunk(2, dim=-1)
         scale = torch.exp(raw.clamp(max=15.0)) if self.scale == "exp" else F.softplus(raw)
-        return loc, scale + self.min_scale
+        return loc, scale + self.min_scale, h

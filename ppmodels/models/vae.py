@@ -28,6 +28,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 LIKELIHOODS = ("bernoulli", "gaussian")
+GUIDES = ("diagonal", "iaf")
 
 
 class VAE(nn.Module):
@@ -45,16 +46,26 @@ class VAE(nn.Module):
         activation: str = "softplus",
         likelihood: str = "bernoulli",
         scale: str = "exp",
+        guide: str = "diagonal",
+        flow_layers: int = 2,
     ) -> None:
         super().__init__()
         if likelihood not in LIKELIHOODS:
             raise PPModelsError(f"VAE: likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
+        if guide not in GUIDES:
+            raise PPModelsError(f"VAE: guide must be one of {GUIDES}, got {guide!r}")
+        if not isinstance(flow_layers, int) or flow_layers < 1:
+            raise PPModelsError(f"VAE: flow_layers must be an integer >= 1, got {flow_layers!r}")
         if x_dim < 1 or z_dim < 1:
             raise PPModelsError(f"VAE: x_dim and z_dim must be >= 1, got {x_dim}, {z_dim}")
         self.x_dim, self.z_dim, self.likelihood = x_dim, z_dim, likelihood
         self.config = dict(x_dim=x_dim, z_dim=z_dim, hidden=tuple(hidden), activation=activation,
                            likelihood=likelihood, scale=scale)
+        if guide != "diagonal":
+            self.config.update(guide=guide, flow_layers=flow_layers)
+        self.guide_kind = guide
         self.encoder = GaussianHead(x_dim, hidden, z_dim, activation, scale=scale)
+        self.flows = nn.ModuleList(_iaf(z_dim, hidden[-1] if hidden else x_dim, flow_layers) if guide == "iaf" else [])
         out = x_dim if likelihood == "bernoulli" else 2 * x_dim
         self.decoder = MLP(z_dim, tuple(reversed(hidden)), out, activation)
 
@@ -81,12 +92,23 @@ class VAE(nn.Module):
             z = pyro.sample("z", prior)
             pyro.sample("x", self.likelihood_dist(z), obs=x)
 
+    def posterior(self, x: Tensor) -> dist.TorchDistribution:
+        r""":math:`q_\phi(z \mid x)`: the diagonal Gaussian, or (``guide="iaf"``) that Gaussian pushed
+        through ``flow_layers`` inverse autoregressive flows conditioned on the encoder's last hidden
+        layer (Kingma et al. 2016; Pyro's ``ConditionalAffineAutoregressive``, ``stable=True``). Its
+        ``log_prob`` counts the flows' log-determinants, so the ELBO and the IS log-likelihood do."""
+        if not len(self.flows):
+            loc, scale = self.encoder(x)
+            return dist.Normal(loc, scale).to_event(1)
+        loc, scale, context = self.encoder.with_features(x)
+        return dist.TransformedDistribution(dist.Normal(loc, scale).to_event(1),
+                                            [flow.condition(context) for flow in self.flows])
+
     def guide(self, x: Tensor) -> None:
         pyro.module("vae", self)
         check_rows(x, self.x_dim, "VAE.model", "x")
         with pyro.plate("data", x.shape[0]):
-            loc, scale = self.encoder(x)
-            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+            pyro.sample("z", self.posterior(x))
 
     # -- conveniences -----------------------------------------------------------------------
     def _mean(self, z: Tensor) -> Tensor:
@@ -116,3 +138,14 @@ class VAE(nn.Module):
         z1, z2 = self.encoder(x1)[0], self.encoder(x2)[0]
         t = torch.linspace(0, 1, steps, device=z1.device).reshape(-1, *([1] * z1.dim()))
         return self._mean((1 - t) * z1 + t * z2)
+
+
+def _iaf(z_dim: int, context_dim: int, layers: int) -> list[nn.Module]:
+    """``layers`` conditional affine autoregressive transforms (hidden width 2·z_dim + context),
+    each with its own permutation of the latent dimensions."""
+    from pyro.distributions.transforms import ConditionalAffineAutoregressive
+    from pyro.nn import ConditionalAutoRegressiveNN
+
+    width = max(2 * z_dim, 32)
+    return [ConditionalAffineAutoregressive(ConditionalAutoRegressiveNN(z_dim, context_dim, [width]), stable=True)
+            for _ in range(layers)]
