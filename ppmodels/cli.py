@@ -301,87 +301,89 @@ def _train(args: argparse.Namespace) -> None:
     family = args.model
     objective = args.objective or REGISTRY[family].default_objective
     _check_seed(args.seed)
-    open_run(args.out, resume=args.resume, overwrite=args.overwrite).release()  # before any work
-    torch.manual_seed(args.seed)  # the initial weights too: one seed, one run
-    splits = data.mnist(validation=args.validation, binarize=args.binarize, labels=family == "ssvae",
-                        device=args.device)
-    train, test = splits["train"], splits["test"]
-    if args.train_subset:
-        train = train.subset(args.train_subset)
-    out = Path(args.out)
-    report: dict[str, Any] = {}
-    if family == "vae":
-        config = _network_config(args, dict(PRESETS[args.preset]))
-        if args.guide not in (None, "diagonal", "iaf"):
-            raise PPModelsError(f"train vae: --guide {args.guide} is a gmm guide; use diagonal or iaf")
-        if args.guide == "iaf":
-            config.update(guide="iaf", flow_layers=args.flow_layers)
-    elif family == "dvae":
-        config = _network_config(args, {"latent": args.latent})
-        config.update({k: getattr(args, k) for k in ("groups", "classes") if getattr(args, k) is not None})
-    elif family == "ssvae":
-        from .models.ssvae import semi_supervised
+    lock = open_run(args.out, resume=args.resume, overwrite=args.overwrite)  # before any work; held to the end
+    try:
+        torch.manual_seed(args.seed)  # the initial weights too: one seed, one run
+        splits = data.mnist(validation=args.validation, binarize=args.binarize, labels=family == "ssvae",
+                            device=args.device)
+        train, test = splits["train"], splits["test"]
+        if args.train_subset:
+            train = train.subset(args.train_subset)
+        out = Path(args.out)
+        report: dict[str, Any] = {}
+        if family == "vae":
+            config = _network_config(args, dict(PRESETS[args.preset]))
+            if args.guide not in (None, "diagonal", "iaf"):
+                raise PPModelsError(f"train vae: --guide {args.guide} is a gmm guide; use diagonal or iaf")
+            if args.guide == "iaf":
+                config.update(guide="iaf", flow_layers=args.flow_layers)
+        elif family == "dvae":
+            config = _network_config(args, {"latent": args.latent})
+            config.update({k: getattr(args, k) for k in ("groups", "classes") if getattr(args, k) is not None})
+        elif family == "ssvae":
+            from .models.ssvae import semi_supervised
 
-        config = _network_config(args, {} if args.aux_loss is None else {"aux_loss": args.aux_loss})
-        train = semi_supervised(train, min(args.labels, len(train)), seed=args.seed,
-                                balanced=min(args.labels, len(train)) % 10 == 0, repeats=args.label_repeats)
-    else:  # cvae: the baseline network first, then the CVAE that uses it
-        from .models.cvae import QuadrantBaseline
+            config = _network_config(args, {} if args.aux_loss is None else {"aux_loss": args.aux_loss})
+            train = semi_supervised(train, min(args.labels, len(train)), seed=args.seed,
+                                    balanced=min(args.labels, len(train)) % 10 == 0, repeats=args.label_repeats)
+        else:  # cvae: the baseline network first, then the CVAE that uses it
+            from .models.cvae import QuadrantBaseline
 
-        base_config = _network_config(args, {"quadrants": args.quadrants})
-        base_config.pop("z_dim", None)
-        baseline = QuadrantBaseline(**base_config)
-        _, seconds = _fit_stage(baseline, train, test, args, out / "baseline", "cvae-baseline", base_config, "elbo",
-                                args.baseline_epochs or args.epochs)
-        report["baseline_seconds"] = seconds
-        config = _network_config(args, {"quadrants": args.quadrants})
-        config["baseline"] = None if args.no_baseline_input else baseline.config
-    K = args.num_particles or 1
-    widths = 3 * 784 + 4 * sum(config.get("hidden", (400,)))
-    check_memory(16.0 * K * min(args.batch_size, len(train)) * widths, f"one training step (K={K}, batch "
-                 f"{min(args.batch_size, len(train))})", "use a smaller -K or --batch-size", args.device if args.device != "auto" else "cpu")
-    model = build(family, **config)
-    if family == "cvae" and not args.no_baseline_input:
-        model.baseline.load_state_dict(baseline.state_dict())
-    history, train_seconds = _fit_stage(model, train, test if family != "ssvae" else _unlabelled(test), args, out,
-                                        family, config, objective, args.epochs,
-                                        diagnose=test.subset(min(1000, len(test))) if family == "vae" else None)
+            base_config = _network_config(args, {"quadrants": args.quadrants})
+            base_config.pop("z_dim", None)
+            baseline = QuadrantBaseline(**base_config)
+            _, seconds = _fit_stage(baseline, train, test, args, out / "baseline", "cvae-baseline", base_config, "elbo",
+                                    args.baseline_epochs or args.epochs)
+            report["baseline_seconds"] = seconds
+            config = _network_config(args, {"quadrants": args.quadrants})
+            config["baseline"] = None if args.no_baseline_input else baseline.config
+        K = args.num_particles or 1
+        widths = 3 * 784 + 4 * sum(config.get("hidden", (400,)))
+        check_memory(16.0 * K * min(args.batch_size, len(train)) * widths, f"one training step (K={K}, batch "
+                     f"{min(args.batch_size, len(train))})", "use a smaller -K or --batch-size", args.device if args.device != "auto" else "cpu")
+        model = build(family, **config)
+        if family == "cvae" and not args.no_baseline_input:
+            model.baseline.load_state_dict(baseline.state_dict())
+        history, train_seconds = _fit_stage(model, train, test if family != "ssvae" else _unlabelled(test), args, out,
+                                            family, config, objective, args.epochs,
+                                            diagnose=test.subset(min(1000, len(test))) if family == "vae" else None)
 
-    torch.manual_seed(args.seed)
-    model.eval()
-    x = test.subset(32).full(torch.Generator(device=test.device).manual_seed(0))[0]
-    if family == "cvae":
-        report.update(_cvae_report(model, baseline, test, args))
-        x = x[:8]
-        _save_grid(torch.cat([x[None], baseline.complete(x)[None], model.complete(x, 6)]).transpose(0, 1),
-                   out / "completions.png", nrow=8)
-    else:
-        report.update(_report(model, _unlabelled(test), args.num_samples, args.eval_subset, args.seed))
-        _save_grid(model.sample(100 if family == "ssvae" else 64), out / "samples.png",
-                   nrow=10 if family == "ssvae" else 8)
-        _save_grid(torch.cat([x.reshape(4, 8, -1), model.reconstruct(x).reshape(4, 8, -1)], 1),
-                   out / "reconstructions.png")
-    if family == "ssvae":
-        report["test_accuracy"] = model.accuracy(test)
-        report["labels"] = int((train.tensors[1] >= 0).sum()) // args.label_repeats
-        _save_grid(model.analogies(x[:10]), out / "analogies.png", nrow=10)
-    report["train_seconds"] = train_seconds
-    report["epochs"] = int(history["epoch"].iloc[-1])
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    if family == "ssvae":
-        print(f"test accuracy {report['test_accuracy']:.4f} ({report['labels']} labels)")
-    if family == "cvae":
-        for who in ("cvae", "baseline"):
-            print(f"{who}: test -log p(y|x) {report[who + '_nll']:.2f} nats ({args.quadrants} quadrant(s) given, "
-                  f"{report['nll_images']} images{', K=%d' % args.num_samples if who == 'cvae' else ', exact'})")
-    else:
-        print(f"test ELBO {report['test_elbo']:.2f} nats ({len(test)} images, K=1)")
-        print(f"test NLL  {report['test_nll']:.2f} nats ({report['nll_images']} images, K={args.num_samples} "
-              f"importance samples, {report['nll_seconds']:.0f}s)")
-        print(f"active units {report['active_units']}")
-    print(f"trained {report['epochs']} epochs in {train_seconds:.0f}s; wrote {out}/history.csv, checkpoint.pt, "
-          "report.json and images")
-
+        torch.manual_seed(args.seed)
+        model.eval()
+        x = test.subset(32).full(torch.Generator(device=test.device).manual_seed(0))[0]
+        if family == "cvae":
+            report.update(_cvae_report(model, baseline, test, args))
+            x = x[:8]
+            _save_grid(torch.cat([x[None], baseline.complete(x)[None], model.complete(x, 6)]).transpose(0, 1),
+                       out / "completions.png", nrow=8)
+        else:
+            report.update(_report(model, _unlabelled(test), args.num_samples, args.eval_subset, args.seed))
+            _save_grid(model.sample(100 if family == "ssvae" else 64), out / "samples.png",
+                       nrow=10 if family == "ssvae" else 8)
+            _save_grid(torch.cat([x.reshape(4, 8, -1), model.reconstruct(x).reshape(4, 8, -1)], 1),
+                       out / "reconstructions.png")
+        if family == "ssvae":
+            report["test_accuracy"] = model.accuracy(test)
+            report["labels"] = int((train.tensors[1] >= 0).sum()) // args.label_repeats
+            _save_grid(model.analogies(x[:10]), out / "analogies.png", nrow=10)
+        report["train_seconds"] = train_seconds
+        report["epochs"] = int(history["epoch"].iloc[-1])
+        (out / "report.json").write_text(json.dumps(report, indent=2))
+        if family == "ssvae":
+            print(f"test accuracy {report['test_accuracy']:.4f} ({report['labels']} labels)")
+        if family == "cvae":
+            for who in ("cvae", "baseline"):
+                print(f"{who}: test -log p(y|x) {report[who + '_nll']:.2f} nats ({args.quadrants} quadrant(s) given, "
+                      f"{report['nll_images']} images{', K=%d' % args.num_samples if who == 'cvae' else ', exact'})")
+        else:
+            print(f"test ELBO {report['test_elbo']:.2f} nats ({len(test)} images, K=1)")
+            print(f"test NLL  {report['test_nll']:.2f} nats ({report['nll_images']} images, K={args.num_samples} "
+                  f"importance samples, {report['nll_seconds']:.0f}s)")
+            print(f"active units {report['active_units']}")
+        print(f"trained {report['epochs']} epochs in {train_seconds:.0f}s; wrote {out}/history.csv, checkpoint.pt, "
+              "report.json and images")
+    finally:
+        lock.release()
 
 def _cvae_report(model, baseline, test, args: argparse.Namespace) -> dict[str, float]:
     """Conditional NLL :math:`-\\log p(y|x)` on binarized test targets: the CVAE by importance
@@ -439,41 +441,45 @@ def _train_gmm(args: argparse.Namespace) -> None:
     args.guide = args.guide or "map"
     if args.guide not in ("map", "bayes"):
         raise PPModelsError(f"train gmm: --guide {args.guide} is a vae guide; use map or bayes")
-    open_run(args.out, resume=args.resume, overwrite=args.overwrite).release()
-    x = _read_points(args.data)
-    out = Path(args.out)
-    config = {"num_components": args.components, "dim": x.shape[1], "covariance": args.covariance, "guide": args.guide}
-    torch.manual_seed(args.seed)  # the initial parameters too
-    gmm = GaussianMixture(**config)
-    t0 = time.perf_counter()
-    from .utils import check_memory
+    if args.guide == "map" and args.resume:
+        raise PPModelsError("train gmm: MAP restarts have no training state to resume; use --overwrite or another --out")
+    lock = open_run(args.out, resume=args.resume, overwrite=args.overwrite)
+    try:
+        x = _read_points(args.data)
+        out = Path(args.out)
+        config = {"num_components": args.components, "dim": x.shape[1], "covariance": args.covariance, "guide": args.guide}
+        torch.manual_seed(args.seed)  # the initial parameters too
+        gmm = GaussianMixture(**config)
+        t0 = time.perf_counter()
+        from .utils import check_memory
 
-    check_memory(64.0 * args.restarts * len(x) * args.components * (x.shape[1] + 1) ** 2,
-                 f"{args.restarts} MAP restarts", "use fewer --restarts")
-    if args.guide == "map":
-        values = gmm.fit_map(x, restarts=args.restarts, steps=args.steps or 600, lr=args.lr, seed=args.seed)
-        with open_run(out, overwrite=True):
-            save_checkpoint(out, {"params": {f"module.{k}": v for k, v in gmm.state_dict().items()},
-                                  "meta": {"family": "gmm", "config": config}})
-        extra = {"map_objective": float(values.max()), "restarts": args.restarts}
-    else:
-        if args.epochs is None and args.steps is None:
-            args.steps = 2000
-        args.batch_size = min(args.batch_size or len(x), len(x))
-        _fit_stage(gmm, x, None, args, out, "gmm", config, args.objective or "enum", args.epochs)
-        extra = {}
-    point = {k: v.cpu().tolist() for k, v in gmm.point_estimate().items()}
-    ll = gmm.log_likelihood(x)
-    report = {"log_likelihood": float(ll.sum()), "log_likelihood_per_point": float(ll.mean()), "points": len(x),
-              "seconds": time.perf_counter() - t0, **extra, **point}
-    pd.DataFrame(gmm.responsibilities(x).cpu().numpy(),
-                 columns=[f"component_{k}" for k in range(args.components)]).to_csv(out / "responsibilities.csv",
-                                                                                    index=False)
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    print(f"log-likelihood {report['log_likelihood']:.3f} ({len(x)} points); weights "
-          + ", ".join(f"{w:.3f}" for w in point["weights"]))
-    print(f"wrote {out}/report.json, responsibilities.csv, checkpoint.pt")
-
+        check_memory(64.0 * args.restarts * len(x) * args.components * (x.shape[1] + 1) ** 2,
+                     f"{args.restarts} MAP restarts", "use fewer --restarts")
+        if args.guide == "map":
+            values = gmm.fit_map(x, restarts=args.restarts, steps=args.steps or 600, lr=args.lr, seed=args.seed)
+            with open_run(out, overwrite=True):
+                save_checkpoint(out, {"params": {f"module.{k}": v for k, v in gmm.state_dict().items()},
+                                      "meta": {"family": "gmm", "config": config}})
+            extra = {"map_objective": float(values.max()), "restarts": args.restarts}
+        else:
+            if args.epochs is None and args.steps is None:
+                args.steps = 2000
+            args.batch_size = min(args.batch_size or len(x), len(x))
+            _fit_stage(gmm, x, None, args, out, "gmm", config, args.objective or "enum", args.epochs)
+            extra = {}
+        point = {k: v.cpu().tolist() for k, v in gmm.point_estimate().items()}
+        ll = gmm.log_likelihood(x)
+        report = {"log_likelihood": float(ll.sum()), "log_likelihood_per_point": float(ll.mean()), "points": len(x),
+                  "seconds": time.perf_counter() - t0, **extra, **point}
+        pd.DataFrame(gmm.responsibilities(x).cpu().numpy(),
+                     columns=[f"component_{k}" for k in range(args.components)]).to_csv(out / "responsibilities.csv",
+                                                                                        index=False)
+        (out / "report.json").write_text(json.dumps(report, indent=2))
+        print(f"log-likelihood {report['log_likelihood']:.3f} ({len(x)} points); weights "
+              + ", ".join(f"{w:.3f}" for w in point["weights"]))
+        print(f"wrote {out}/report.json, responsibilities.csv, checkpoint.pt")
+    finally:
+        lock.release()
 
 def _evaluate(args: argparse.Namespace) -> None:
     from . import data

@@ -70,6 +70,11 @@ def _local_log_weights(obj: Any, batch: tuple, num_particles: int, mpn: int, dat
             f"{model_name(obj)}: the batch plate {lw.data_plate!r} subsamples (scale {lw.scale:g}); "
             "evaluation needs every datapoint of the batch: pass the rows to evaluate as the data"
         )
+    if lw.log_w.shape[1] != len(batch[0]):
+        raise PPModelsError(
+            f"{model_name(obj)}: the batch plate {lw.data_plate!r} has {lw.log_w.shape[1]} entries but the batch has "
+            f"{len(batch[0])} rows; name the plate of the rows with data_plate=..."
+        )
     return lw.log_w
 
 

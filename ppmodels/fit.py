@@ -319,7 +319,7 @@ def _fit(obj, name, train, objective, device, seed, batch_size, steps_per_epoch,
     hooks = {h: [getattr(cb, h) for cb in callbacks if callable(getattr(cb, h, None))] for h in HOOKS}
     for hook in hooks["on_fit_start"]:
         hook(state)
-    last_good = (out_dir / CHECKPOINT) if out_dir is not None and (out_dir / CHECKPOINT).exists() else None
+    last_good = (out_dir / CHECKPOINT) if out_dir is not None and resume is True and (out_dir / CHECKPOINT).exists() else None
     t0 = time.perf_counter() - elapsed
     try:
         with pyro.validation_enabled(False):

@@ -18,6 +18,7 @@ import hashlib
 import io
 import os
 import pickle
+import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -38,32 +39,49 @@ class NonFiniteState(PPModelsError, FloatingPointError):
     """Parameters or optimizer state became NaN or inf: nothing was written."""
 
 
+_HELD: dict[str, list] = {}  # resolved run directory -> [locked file, holders in this process]
+
+
 class RunLock:
-    """An exclusive lock on a run directory (``RUN/.lock``), held until :meth:`release`."""
+    """An exclusive lock on a run directory (``RUN/.lock``), held until :meth:`release`.
+    Re-entrant within a process (the CLI holds it for a whole command, ``fit`` inside it takes
+    it again); another process gets a clear error."""
 
     def __init__(self, directory: Path) -> None:
         import fcntl
 
-        self.directory = directory
-        self.path = directory / ".lock"
-        self._file = open(self.path, "a+")
+        self.directory = Path(directory)
+        self.path = self.directory / ".lock"
+        self._key = str(self.directory.resolve())
+        self._released = False
+        if self._key in _HELD:
+            _HELD[self._key][1] += 1
+            return
+        file = open(self.path, "a+")
         try:
-            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            self._file.seek(0)
-            owner = self._file.read().strip() or "another process"
-            self._file.close()
+            file.seek(0)
+            owner = file.read().strip() or "another process"
+            file.close()
             raise PPModelsError(
-                f"run directory {directory} is in use by another training ({owner}); wait for it, or use another --out"
+                f"run directory {self.directory} is in use by another training ({owner}); wait for it, or use another --out"
             ) from None
-        self._file.seek(0)
-        self._file.truncate()
-        self._file.write(f"pid {os.getpid()}")
-        self._file.flush()
+        file.seek(0)
+        file.truncate()
+        file.write(f"pid {os.getpid()}")
+        file.flush()
+        _HELD[self._key] = [file, 1]
 
     def release(self) -> None:
-        if not self._file.closed:
-            self._file.close()
+        if self._released:
+            return
+        self._released = True
+        entry = _HELD[self._key]
+        entry[1] -= 1
+        if entry[1] == 0:
+            entry[0].close()
+            del _HELD[self._key]
 
     def __enter__(self) -> "RunLock":
         return self
@@ -146,9 +164,11 @@ def save_checkpoint(directory: str | os.PathLike, state: dict[str, Any]) -> Path
         f.flush()
         os.fsync(f.fileno())
     load_checkpoint(tmp)  # read back and verify before anything is replaced
-    if target.exists():
-        os.replace(target, previous)
-    os.replace(tmp, target)
+    if target.exists():  # a copy becomes the previous one: checkpoint.pt is never missing
+        staged = directory / (PREVIOUS + ".tmp")
+        shutil.copyfile(target, staged)
+        os.replace(staged, previous)
+    os.replace(tmp, target)  # one atomic rename
     return target
 
 

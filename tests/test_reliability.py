@@ -316,12 +316,21 @@ def test_fit_refuses_a_directory_holding_a_run_unless_asked(tmp_path):
     fit(m, x, epochs=1, batch_size=20, out=tmp_path, device="cpu", overwrite=True)
 
 
-def test_a_second_writer_is_refused_while_the_first_holds_the_directory(tmp_path):
+def test_a_second_writer_is_refused_while_another_process_holds_the_directory(tmp_path):
     m, x = _lg_data()
-    with RunLock(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom ppmodels.rundir import RunLock\n"
+                               "lock = RunLock(__import__('pathlib').Path(sys.argv[1]))\nprint('held', flush=True)\n"
+                               "time.sleep(60)", str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    try:
         with pytest.raises(PPModelsError, match="in use by another training"):
             fit(m, x, epochs=1, batch_size=20, out=tmp_path, device="cpu")
+    finally:
+        holder.kill()
+        holder.wait()
     fit(m, x, epochs=1, batch_size=20, out=tmp_path, device="cpu")  # free again
+    with RunLock(tmp_path):  # this process may take it again (the CLI holds it around fit)
+        fit(m, x, epochs=1, batch_size=20, out=tmp_path, device="cpu", overwrite=True)
 
 
 def test_two_processes_training_into_one_directory(tmp_path):

@@ -40,11 +40,11 @@ def names() -> list[str]:
 
 def _accepted(cls: type) -> set[str]:
     accepted: set[str] = set()
-    for klass in cls.__mro__:
+    for klass in cls.__mro__[: cls.__mro__.index(Objective) + 1]:  # not pyro.infer.ELBO's options
         if "__init__" in vars(klass):
             params = inspect.signature(vars(klass)["__init__"]).parameters
             accepted |= {n for n, p in params.items() if n != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
-    return accepted
+    return accepted - set(getattr(cls, "fixed_options", ()))
 
 
 def make(name: "str | Objective | ELBO", **options: Any) -> Objective:

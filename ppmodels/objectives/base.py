@@ -83,6 +83,8 @@ class LogWeights:
     per_datapoint: bool
     why_batch: str = ""
     subsampled: bool = False
+    inner_subsampled: tuple[str, ...] = ()  # subsampled plates inside the batch plate
+    outside_score: Tensor | None = None  # the score functions of sites outside every plate
 
     # the old field names, for readers of the per-datapoint layout
     @property
@@ -112,6 +114,8 @@ class LogWeights:
             per_datapoint=first.per_datapoint,
             why_batch=first.why_batch,
             subsampled=first.subsampled,
+            inner_subsampled=first.inner_subsampled,
+            outside_score=None if first.outside_score is None else torch.cat([p.outside_score for p in parts]),
         )
 
 
@@ -250,10 +254,23 @@ def find_data_plate(model_trace: poutine.Trace, guide_trace: poutine.Trace, name
     candidates = sorted(observed)
     if not candidates:
         return None
-    subsampled = [n for n in candidates if _plate_scale(frames[n]) != 1.0]
-    pool = subsampled or candidates
-    best = max(pool, key=lambda n: (counts[n], -depth[n]))
-    return frames[best]
+    most = max(counts[n] for n in candidates)
+    pool = [n for n in candidates if counts[n] == most]  # the plates holding the most sites
+    if len(pool) > 1:
+        pool = [n for n in pool if _plate_scale(frames[n]) != 1.0] or pool  # a subsampled one is the batch
+    if len(pool) > 1 and "data" in pool:
+        pool = ["data"]  # Pyro's convention
+    if len(pool) > 1:
+        raise AmbiguousPlate(pool)
+    return frames[pool[0]]
+
+
+class AmbiguousPlate(PPModelsError):
+    """Several plates could be the batch plate; ``data_plate=`` must say which."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+        super().__init__(f"plates {names} each hold every site; name the batch plate with data_plate=...")
 
 
 def _plate_scale(frame) -> float:
@@ -310,15 +327,22 @@ def log_weights(
     model_trace.compute_log_prob()
     guide_trace.compute_score_parts()
 
-    frame = find_data_plate(model_trace, guide_trace, data_plate)
+    try:
+        frame = find_data_plate(model_trace, guide_trace, data_plate)
+        ambiguous = ""
+    except AmbiguousPlate as e:  # not an error for the ELBO: no unit is per datapoint
+        frame, ambiguous = None, str(e)
     outside = sorted({n for n, s in _sample_sites(model_trace, guide_trace)
                       if frame is None or frame.name not in {f.name for f in _vectorized_frames(s)}})
     global_latents = tuple(n for n, s in guide_trace.nodes.items()
                            if s["type"] == "sample" and not s["is_observed"] and not _vectorized_frames(s))
     per_datapoint = frame is not None and not outside
     outside_latents = [n for n in outside if n in guide_trace.nodes and not guide_trace.nodes[n]["is_observed"]]
+    inner = [f.name for _, st in _sample_sites(model_trace, guide_trace) for f in st["cond_indep_stack"]
+             if per_datapoint and f.name not in (frame.name, PARTICLE_PLATE) and _plate_scale(f) != 1.0]
     why = "" if per_datapoint else (
-        "no vectorized plate holds the observations (name one with data_plate=...)" if frame is None
+        ambiguous if ambiguous
+        else "no vectorized plate holds the observations (name one with data_plate=...)" if frame is None
         else f"global latents {outside_latents[:3]} lie outside the batch plate {frame.name!r}" if outside_latents
         else f"sites {outside[:3]} lie outside the batch plate {frame.name!r}")
     ddim = frame.dim if per_datapoint else None
@@ -338,7 +362,7 @@ def log_weights(
                 continue
             kl_sites[name] = scale_and_mask(kl, gsite["scale"], gsite["mask"])
 
-    log_w = pathwise = score = rb = None
+    log_w = pathwise = score = rb = global_score = None
     has_score = False
 
     def acc(total: Tensor | None, term: Tensor) -> Tensor:
@@ -370,6 +394,8 @@ def log_weights(
             log_r = _log_r(model_trace, guide_trace, kl_sites, beta)
         cost = log_r.sum_to(site["cond_indep_stack"])
         score = acc(score, _units(sf, pdim, ddim))
+        if not _vectorized_frames(site):
+            global_score = acc(global_score, _units(sf, pdim, ddim))
         rb = acc(rb, _units(sf * cost, pdim, ddim))
 
     if log_w is None:
@@ -380,9 +406,11 @@ def log_weights(
     parts = [p.expand(K, U) for p in parts]
     if scale != 1.0:  # per datapoint: every term but the score function (never scaled) loses N/B
         parts = [p if i == 2 else p / scale for i, p in enumerate(parts)]
+    outside_score = (global_score if global_score is not None else zero).expand(K, U)
     return LogWeights(*parts, scale=scale, has_score=has_score, global_latents=global_latents,
                       data_plate=frame.name if frame is not None else None, per_datapoint=per_datapoint,
-                      why_batch=why, subsampled=subsampled)
+                      why_batch=why, subsampled=subsampled, inner_subsampled=tuple(sorted(set(inner))),
+                      outside_score=outside_score)
 
 
 def _log_r(model_trace: poutine.Trace, guide_trace: poutine.Trace, kl_sites: dict[str, Tensor],
@@ -672,6 +700,11 @@ def units(lw: LogWeights, objective: "Objective") -> tuple[Tensor, Tensor, float
     unit, which is said once as a warning (the bound is then not a sum over datapoints), and
     is an error under subsampling (a scaled batch inside the log is not a bound on log p(x)).
     """
+    if lw.inner_subsampled and lw.log_w.shape[0] > 1:
+        raise PPModelsError(
+            f"objective {objective.name!r}: plate {lw.inner_subsampled[0]!r} subsamples inside the batch plate "
+            f"{lw.data_plate!r}, so its scale would sit inside the log; do not subsample it for a multi-sample bound"
+        )
     if not lw.per_datapoint and lw.log_w.shape[0] > 1:  # one particle: every bound is the ELBO
         if lw.subsampled:
             raise PPModelsError(

@@ -25,19 +25,21 @@ from .base import LogWeights, Objective
 __all__ = ["Elbo", "elbo_surrogate"]
 
 
-def elbo_surrogate(lw: LogWeights, baseline: Tensor | float = 0.0) -> tuple[Tensor, Tensor]:
+def elbo_surrogate(lw: LogWeights, baseline: Tensor | float = 0.0, baseline_score: Tensor | None = None
+                   ) -> tuple[Tensor, Tensor]:
     r"""``(bound, surrogate)`` per unit of the K-particle ELBO, from log weights.
 
     surrogate :math:`= \frac{\text{scale}}K \sum_k \big[\text{pathwise}_k + \sum_{\text{sites}}
     \log q(z_k)\,(\overline{\text{cost}_k} - b)\big]` per unit (bars: detached; ``baseline``
-    :math:`b`: per unit, shape (U,), or a scalar).
+    :math:`b`: per unit, shape (U,), or a scalar; ``baseline_score``: the score functions it
+    multiplies, default all of them).
     """
     bound = lw.scale * lw.log_w.mean(0)
     if not lw.has_score:
         return bound, lw.scale * lw.pathwise.mean(0)
     surrogate = lw.pathwise + lw.rb
     if not (isinstance(baseline, float) and baseline == 0.0):
-        surrogate = surrogate - baseline * lw.score
+        surrogate = surrogate - baseline * (lw.score if baseline_score is None else baseline_score)
     return bound, lw.scale * surrogate.mean(0)
 
 

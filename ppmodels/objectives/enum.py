@@ -36,14 +36,15 @@ class Enum(Objective):
     def __init__(self, num_particles: int = 1, **kwargs: Any) -> None:
         super().__init__(num_particles, **kwargs)
         self._elbo: TraceEnum_ELBO | None = None
-        self._has_enum: set[tuple] = set()
+        self._wrapped: dict[tuple, Callable] = {}
 
     def _setup(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> tuple[TraceEnum_ELBO, Callable]:
-        guide = config_enumerate(guide, default="parallel")
         key = (_identity(model), _identity(guide))
-        if key not in self._has_enum:
-            self._check(model, guide, args, kwargs)
-            self._has_enum.add(key)
+        if key not in self._wrapped:  # one wrapper per pair: checks and caches key on a stable guide
+            wrapped = config_enumerate(guide, default="parallel")
+            self._check(model, wrapped, args, kwargs)
+            self._wrapped[key] = wrapped
+        guide = self._wrapped[key]
         if self._elbo is None:
             self._elbo = TraceEnum_ELBO(
                 num_particles=self.num_particles,

@@ -16,6 +16,7 @@ from typing import Any
 
 from torch import Tensor
 
+from ..utils import PPModelsError
 from .base import log_mean_exp
 from .renyi import Renyi
 
@@ -26,8 +27,11 @@ class Iwae(Renyi):
     """``"iwae"``: the K-particle importance-weighted bound."""
 
     name = "iwae"
+    fixed_options = ("alpha",)  # the Renyi bound at alpha = 0
 
     def __init__(self, num_particles: int = 5, **kwargs: Any) -> None:
+        if "alpha" in kwargs:
+            raise PPModelsError(f"objective {self.name!r} is the Renyi bound at alpha = 0 and takes no alpha; use 'renyi'")
         super().__init__(num_particles, alpha=0.0, **kwargs)
 
     def options(self) -> dict[str, Any]:

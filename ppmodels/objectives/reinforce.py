@@ -14,7 +14,8 @@ checkpointed; or ``"neural"``, that average plus a network of :math:`x_b` (the i
 residual, as in NVIL's centring), trained by :math:`(\log w_{kb} - b_b)^2`
 (its gradient is added to the surrogate; it does not bias the estimator because the baseline
 does not depend on :math:`z_{kb}`). Models whose batch is one unit (global latents or sites outside the batch plate) get a
-batch-level baseline (``"none"`` or ``"decaying"``). Vectorized over particles, and, unlike Pyro's
+batch-level baseline (``"none"`` or ``"decaying"``), applied to the sites outside every plate
+only: a site inside a plate has a per-datapoint cost that a whole-batch average does not centre. Vectorized over particles, and, unlike Pyro's
 ``TraceGraph_ELBO``, with ``differentiable_loss``.
 """
 
@@ -86,6 +87,8 @@ class Reinforce(Elbo):
             avg.copy_(torch.where(seen > 0, self.beta * avg + (1 - self.beta) * mean, mean))
             seen.add_(1.0)
         if self.baseline == "decaying":
+            if not lw.per_datapoint:  # a batch-level baseline suits only the sites outside every plate
+                return elbo_surrogate(lw, centre, lw.outside_score)
             return elbo_surrogate(lw, centre)
         if not lw.per_datapoint:
             raise PPModelsError(
