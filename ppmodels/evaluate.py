@@ -227,7 +227,8 @@ def active_units(
 ) -> dict[str, int]:
     r"""Active latent units per guide site (Burda et al. 2016): unit u is active when
     :math:`\mathrm{Cov}_x\big(\mathbb E_{q(z|x)}[z_u]\big) > 0.01`. Uses each continuous
-    (reparameterizable) site's ``mean``; discrete sites are skipped."""
+    (reparameterizable) site's ``mean``, or the mean of 64 draws where it has none (a flow
+    guide); discrete sites are skipped."""
     from pyro import poutine
     from pyro.poutine.util import prune_subsample_sites
 
@@ -239,7 +240,7 @@ def active_units(
             trace = prune_subsample_sites(poutine.trace(obj.guide).get_trace(*batch))
             for name, site in trace.nodes.items():
                 if site["type"] == "sample" and not site["is_observed"] and site["fn"].has_rsample:
-                    means.setdefault(name, []).append(site["fn"].mean.reshape(len(batch[0]), -1))
+                    means.setdefault(name, []).append(_mean(site["fn"]).reshape(len(batch[0]), -1))
     return {name: int((torch.cat(m).var(0) > threshold).sum()) for name, m in means.items()}
 
 
@@ -278,3 +279,11 @@ def _base(fn: Any) -> Any:
     while isinstance(fn, torch.distributions.Independent):
         fn = fn.base_dist
     return fn
+
+
+def _mean(fn: Any, draws: int = 64) -> Tensor:
+    """``fn.mean``, or a Monte-Carlo mean of ``draws`` samples for distributions without one."""
+    try:
+        return fn.mean
+    except NotImplementedError:
+        return fn.sample((draws,)).mean(0)

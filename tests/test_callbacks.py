@@ -193,3 +193,17 @@ def test_compare_puts_runs_side_by_side(fake_mnist, tmp_path, capsys):
     assert list(table["kl_weight"]) == [0.5, 2.0] and {"test_nll", "test_elbo", "kl", "active_units"} <= set(table.columns)
     assert figure.exists() and "test_nll" in capsys.readouterr().out
     assert main(["compare", str(tmp_path / "nothing"), "--out", str(figure)]) == 2
+
+
+def test_cli_trains_and_reports_an_iaf_guide(fake_mnist, tmp_path):
+    import json
+
+    from ppmodels.cli import main
+
+    out = tmp_path / "iaf"
+    assert main(["train", "vae", "--guide", "iaf", "--flow-layers", "2", "--steps", "4", "--batch-size", "50",
+                 "--hidden", "16", "--z-dim", "2", "--num-samples", "4", "--eval-subset", "20", "--quiet",
+                 "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["active_units"] >= 0 and report["test_nll"] > 0
+    assert main(["evaluate", str(out), "--num-samples", "4", "--subset", "10"]) == 0
