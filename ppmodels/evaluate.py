@@ -235,13 +235,18 @@ def active_units(
     obj = as_pair(obj)
     data = as_data(data)
     means: dict[str, list[Tensor]] = {}
+    noises: dict[str, list[Tensor]] = {}
     with torch.no_grad(), pyro.validation_enabled(False):
         for batch in data.batches(batch_size, shuffle=False, generator=generator):
             trace = prune_subsample_sites(poutine.trace(obj.guide).get_trace(*batch))
             for name, site in trace.nodes.items():
                 if site["type"] == "sample" and not site["is_observed"] and site["fn"].has_rsample:
-                    means.setdefault(name, []).append(_mean(site["fn"]).reshape(len(batch[0]), -1))
-    return {name: int((torch.cat(m).var(0) > threshold).sum()) for name, m in means.items()}
+                    mean, noise = _mean(site["fn"])
+                    means.setdefault(name, []).append(mean.reshape(len(batch[0]), -1))
+                    noises.setdefault(name, []).append(noise.reshape(len(batch[0]), -1))
+    # a Monte-Carlo mean adds its own variance across x: take it out (zero for exact means)
+    return {name: int((torch.cat(m).var(0) - torch.cat(noises[name]).mean(0) > threshold).sum())
+            for name, m in means.items()}
 
 
 def kl_per_unit(
@@ -281,9 +286,12 @@ def _base(fn: Any) -> Any:
     return fn
 
 
-def _mean(fn: Any, draws: int = 64) -> Tensor:
-    """``fn.mean``, or a Monte-Carlo mean of ``draws`` samples for distributions without one."""
+def _mean(fn: Any, draws: int = 256) -> tuple[Tensor, Tensor]:
+    """``(mean, variance of that mean)``: ``fn.mean`` exactly (variance 0), or, for a
+    distribution without one, the mean of ``draws`` samples and its Monte-Carlo variance."""
     try:
-        return fn.mean
+        mean = fn.mean
+        return mean, torch.zeros_like(mean)
     except NotImplementedError:
-        return fn.sample((draws,)).mean(0)
+        z = fn.sample((draws,))
+        return z.mean(0), z.var(0) / draws
