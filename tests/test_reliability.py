@@ -270,6 +270,10 @@ API_CASES = [
      "test data, row 40"),
     ("bad-validation-row", lambda: fit(_vae(), _binary(), steps=1, device="cpu",
                                        validation=TensorData(_with(_binary(50), 7, 0, float("nan")))), "validation data, row 7"),
+    ("half-pixel-row-4500", lambda: fit(_vae(), _with(_binary(5000), 4500, 3, 0.5), steps=1, device="cpu"),
+     "row 4500"),  # past the first 4096 rows the model sees: the vectorized support check
+    ("nan-row-4500", lambda: fit(_vae(), _with(_binary(5000), 4500, 3, float("nan")), steps=1, device="cpu"),
+     "row 4500"),
     ("dynamic-intensity-negative", lambda: TensorData(_with(_binary(), 250, 3, -5.0), binarize="dynamic"), "row 250"),
     ("ssvae-label-ten", lambda: fit(SemiSupervisedVAE(hidden=(8,), z_dim=2), (_binary(), _labels(250, 10)), steps=1,
                                     device="cpu"), "row 250"),
