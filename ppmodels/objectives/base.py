@@ -46,7 +46,7 @@ from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor
 
 from ..tracing import forked_rng
-from ..utils import PPModelsError
+from ..utils import PPModelsError, first_line
 
 __all__ = ["Objective", "LogWeights", "log_weights", "particle_traces", "guess_max_plate_nesting", "trace_numel",
            "find_data_plate", "check_model_guide", "PARTICLE_PLATE"]
@@ -436,11 +436,6 @@ def _identity(fn: Callable) -> tuple:
     return (id(owner), getattr(fn, "__func__", fn)) if owner is not None else (None, fn)
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"[:200]
-
-
 class Objective(ELBO):
     r"""A variational objective: a bound on :math:`\log p(x)` and a gradient estimator for it.
 
@@ -544,7 +539,7 @@ class Objective(ELBO):
         except PPModelsError:
             raise
         except (ValueError, RuntimeError, NotImplementedError) as e:  # Pyro's own structure errors
-            raise PPModelsError(f"{where}: running the model and guide once failed: {_first_line(e)}") from e
+            raise PPModelsError(f"{where}: running the model and guide once failed: {first_line(e, with_type=True)}") from e
         model_plates = {f.name for _, s in _sample_sites(model_trace) for f in s["cond_indep_stack"]}
         model_plates |= {n for n, s in _sample_sites(model_trace) if type(s["fn"]).__name__ == "_Subsample"}
         for name, site in _sample_sites(guide_trace):
@@ -577,7 +572,7 @@ class Objective(ELBO):
                 try:
                     trace.compute_log_prob()
                 except Exception as e:  # noqa: BLE001 - reported with the site
-                    raise PPModelsError(f"{where}: computing log-densities failed: {_first_line(e)}") from e
+                    raise PPModelsError(f"{where}: computing log-densities failed: {first_line(e, with_type=True)}") from e
                 for name, site in _sample_sites(trace):
                     if self.enumerates and site["infer"].get("enumerate"):
                         continue
@@ -625,7 +620,7 @@ class Objective(ELBO):
                     raise
                 raise PPModelsError(
                     f"objective {self.name!r}: the model failed under {K} vectorized particles "
-                    f"({_first_line(e)}); a model written for one sample needs vectorize_particles=False"
+                    f"({first_line(e, with_type=True)}); a model written for one sample needs vectorize_particles=False"
                 ) from e
         parts = [log_weights(*pair, num_particles=K, **opts) for pair in pairs]
         return (parts[0] if len(parts) == 1 else LogWeights.cat(parts)), pairs
