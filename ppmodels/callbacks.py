@@ -3,14 +3,20 @@ r"""Callbacks for :func:`ppmodels.fit.fit`: code that runs at fixed points of th
 A callback is any object with any of the hooks below; each gets the one :class:`FitState`.
 In order, for a run of E epochs of S steps:
 
-``on_fit_start`` · (``on_step_start`` · step · ``on_step_end``) × S · ``on_epoch_end`` … · ``on_fit_end``
+``on_fit_start`` · [``on_epoch_start`` · (``on_step_start`` · step · ``on_step_end``) × S ·
+``on_epoch_end``] × E · ``on_fit_end``
 
-``on_epoch_end`` runs after the epoch's history row is filled (train loss, evaluations) and
-before it is appended and checkpointed: a callback may add columns to ``state.row``, and may
-set ``state.stop = True`` to end training after this epoch (its checkpoint is still written).
-``on_fit_end`` runs also when training stops early. Callbacks run in the order given.
+fit itself is a short loop around these hooks: what it does besides the optimizer step is done
+by the built-in callbacks below, placed around the user's ones. Per epoch, in order:
+:class:`LossMonitor` (the NaN guard and the ``train_loss``/``lr`` columns), :class:`Evaluation`
+(``val_elbo``/``test_elbo``), *the user's callbacks*, :class:`History` (``seconds``; the row is
+appended), :class:`Checkpoint` (``checkpoint.pt`` and ``history.csv``), :class:`ProgressBar`.
+So a user's ``on_epoch_end`` sees the filled row, may add columns to ``state.row``, and may set
+``state.stop = True`` to end training after this epoch (its checkpoint is still written).
+``on_fit_end`` runs also when training stops early or fails (then ``state.error`` is set, and
+an error inside ``on_fit_end`` does not hide the first one). Callbacks run in the order given.
 
-Built in: :class:`KLAnnealing` (β warm-up, linear or cyclical, Bowman et al. 2016; Fu et al.
+For the user: :class:`KLAnnealing` (β warm-up, linear or cyclical, Bowman et al. 2016; Fu et al.
 2019), :class:`EarlyStopping`, :class:`TensorBoard` (needs the ``tensorboard`` extra). A
 per-step hook such as Pyro's DMM annealing or the sparse-gamma example's parameter clipping is a
 few lines::
@@ -25,26 +31,38 @@ few lines::
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+import pandas as pd
 import torch
 from torch import Tensor
 
-from .utils import PPModelsError
+from .rundir import CHECKPOINT, NonFiniteState, save_checkpoint
+from .utils import PPModelsError, rng_state
 
-__all__ = ["FitState", "Callback", "KLAnnealing", "EarlyStopping", "TensorBoard", "CollapseDiagnostics", "HOOKS"]
+__all__ = ["FitState", "Callback", "KLAnnealing", "EarlyStopping", "TensorBoard", "CollapseDiagnostics", "HOOKS",
+           "LearningRate", "LossMonitor", "Evaluation", "History", "Checkpoint", "ProgressBar", "NonFiniteLoss",
+           "lr_factor", "SCHEDULES"]
 
-HOOKS = ("on_fit_start", "on_step_start", "on_step_end", "on_epoch_end", "on_fit_end")
+HOOKS = ("on_fit_start", "on_epoch_start", "on_step_start", "on_step_end", "on_epoch_end", "on_fit_end")
+SCHEDULES = ("constant", "cosine", "burda")
+
+
+class NonFiniteLoss(PPModelsError, FloatingPointError):
+    """The loss became NaN or inf during training."""
 
 
 @dataclass
 class FitState:
     """What a callback sees. ``step`` counts optimizer steps taken (0-based in
-    ``on_step_start``: the step about to be taken); ``epoch`` is 0-based; ``loss`` is the last
-    step's loss on the device (reading it as a float costs a host sync); ``row`` is the epoch's
-    history row (in ``on_epoch_end``)."""
+    ``on_step_start``: the step about to be taken); ``epoch`` is 0-based; ``batch`` is the
+    step's batch; ``loss`` is the last step's loss on the device (reading it as a float costs a
+    host sync); ``row`` is the epoch's history row (filled in ``on_epoch_end``); ``checkpoint``
+    is the last good checkpoint written (or found on resume); ``seconds`` the training wall time
+    before this call of fit (a resumed run's earlier time)."""
 
     model: Any
     objective: Any
@@ -59,12 +77,19 @@ class FitState:
     row: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     stop: bool = False
+    batch: tuple | None = None
+    checkpoint: Path | None = None
+    seconds: float = 0.0
+    error: BaseException | None = None
+    name: str = "model"
 
 
 class Callback:
     """A base with every hook doing nothing (subclassing it is optional)."""
 
     def on_fit_start(self, state: FitState) -> None: ...
+
+    def on_epoch_start(self, state: FitState) -> None: ...
 
     def on_step_start(self, state: FitState) -> None: ...
 
@@ -255,3 +280,172 @@ class CollapseDiagnostics(Callback):
         fig.tight_layout()
         fig.savefig(state.out_dir / "kl_units.png", dpi=120)
         plt.close(fig)
+
+
+# -- built in: what fit runs around the user's callbacks ---------------------------------------
+
+
+def lr_factor(schedule: str | Callable[[int], float] | None, step: int, total_steps: int, steps_per_epoch: int) -> float:
+    r"""Multiplier of the base learning rate at ``step`` (0-based).
+
+    ``"cosine"``: :math:`\frac12(1 + \cos(\pi t / T))`; ``"burda"``: :math:`10^{-i/7}` during
+    epochs :math:`[\sum_{j<i} 3^j, \sum_{j\le i} 3^j)` (Burda et al. 2016); a callable gets the step.
+    """
+    if schedule is None or schedule == "constant":
+        return 1.0
+    if callable(schedule):
+        return float(schedule(step))
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+    if schedule == "burda":
+        epoch, i, edge = step // max(steps_per_epoch, 1), 0, 1
+        while epoch >= edge and i < 7:
+            i += 1
+            edge += 3**i
+        return 10 ** (-i / 7)
+    raise PPModelsError(f"fit: lr_schedule must be one of {SCHEDULES} or a callable, got {schedule!r}")
+
+
+class LearningRate(Callback):
+    """Set every parameter group's learning rate to ``lr · lr_factor(schedule, step)`` before each step."""
+
+    def __init__(self, lr: float, schedule: str | Callable[[int], float] | None = None) -> None:
+        self.lr, self.schedule = lr, schedule
+
+    def on_step_start(self, state: FitState) -> None:
+        value = self.lr * lr_factor(self.schedule, state.step, state.total_steps, state.steps_per_epoch)
+        for group in state.optimizer.param_groups:
+            group["lr"] = value
+
+
+class LossMonitor(Callback):
+    """The NaN guard and the epoch's mean training loss. Losses are summed on the device (no host
+    sync per step); every ``log_every`` steps and at the epoch's end the sum is read, and a
+    non-finite loss raises :class:`NonFiniteLoss` naming its step and the last good checkpoint.
+    Fills the row's ``train_loss`` (minus the objective per datapoint) and ``lr``;
+    ``running_loss`` is the epoch's mean so far, as of the last read."""
+
+    def __init__(self, log_every: int = 50) -> None:
+        self.log_every = log_every
+        self.running_loss = float("nan")
+
+    def on_epoch_start(self, state: FitState) -> None:
+        device = state.params[next(iter(state.params))].device
+        self.total = torch.zeros((), device=device)
+        self.first_bad = torch.full((), -1, device=device, dtype=torch.long)
+        self.seen = 0
+
+    def on_step_end(self, state: FitState) -> None:
+        bad = ~torch.isfinite(state.loss)
+        self.first_bad = torch.where(bad & (self.first_bad < 0), state.step - 1, self.first_bad)
+        self.total = self.total + torch.where(bad, 0.0, state.loss)
+        self.seen += state.batch[0].shape[0]
+        if state.step % self.log_every == 0 or state.step == state.total_steps:
+            self._read(state)
+
+    def _read(self, state: FitState) -> None:
+        bad_step = int(self.first_bad)
+        if bad_step >= 0:
+            where = f"the last good checkpoint is {state.checkpoint}" if state.checkpoint else "no checkpoint was written yet"
+            raise NonFiniteLoss(
+                f"{state.name}: the loss became NaN/inf at step {bad_step + 1}; {where}. "
+                "Try a lower lr, clip_norm=..., or check the data"
+            )
+        self.running_loss = float(self.total) / max(self.seen, 1)
+
+    def on_epoch_end(self, state: FitState) -> None:
+        self._read(state)
+        state.row["train_loss"] = self.running_loss
+        state.row["lr"] = state.optimizer.param_groups[0]["lr"]
+
+
+class Evaluation(Callback):
+    """``val_elbo`` and ``test_elbo`` per epoch: the ELBO per datapoint on each given set, with
+    ``particles`` particles (:func:`ppmodels.evaluate.elbo`)."""
+
+    def __init__(self, validation: Any = None, test: Any = None, particles: int = 1) -> None:
+        self.sets = {k: v for k, v in (("val_elbo", validation), ("test_elbo", test)) if v is not None}
+        self.particles = particles
+
+    def on_epoch_end(self, state: FitState) -> None:
+        from . import evaluate
+
+        for column, data in self.sets.items():
+            state.row[column] = float(evaluate.elbo(state.model, data, self.particles).mean())
+
+
+class History(Callback):
+    """Close the epoch's row (``seconds``: cumulative training wall time, a resumed run's earlier
+    time included) and append it to ``state.history``."""
+
+    def on_fit_start(self, state: FitState) -> None:
+        self.t0 = time.perf_counter() - state.seconds
+
+    def on_epoch_end(self, state: FitState) -> None:
+        state.row["seconds"] = time.perf_counter() - self.t0
+        state.history.append(state.row)
+
+
+class Checkpoint(Callback):
+    """Write the run directory each epoch: ``checkpoint.pt`` (parameters, optimizer, RNG state,
+    history, ``record``: the run's settings and meta; verified finite, see
+    :func:`ppmodels.rundir.save_checkpoint`) and ``history.csv``. A non-finite parameter
+    raises :class:`NonFiniteLoss` and the last good checkpoint stays."""
+
+    def __init__(self, out_dir: Path, record: dict[str, Any], resumed: bool = False) -> None:
+        self.out_dir, self.record, self.resumed = Path(out_dir), record, resumed
+
+    def on_fit_start(self, state: FitState) -> None:
+        if self.resumed and (self.out_dir / CHECKPOINT).exists():
+            state.checkpoint = self.out_dir / CHECKPOINT
+
+    def on_epoch_end(self, state: FitState) -> None:
+        try:
+            save_checkpoint(self.out_dir, {
+                "params": {k: p.detach().cpu() for k, p in state.params.items()},
+                "optimizer": state.optimizer.state_dict(),
+                "rng": rng_state(),
+                "epoch": state.epoch + 1,
+                "step": state.step,
+                "seconds": state.row["seconds"],
+                "history": pd.DataFrame(state.history).to_dict("list"),
+                "objective": {"name": state.objective.name, **state.objective.options()},
+                **self.record,
+            })
+        except NonFiniteState as e:
+            where = f"the last good checkpoint is {state.checkpoint}" if state.checkpoint else "no checkpoint was written yet"
+            raise NonFiniteLoss(
+                f"{state.name}: parameters became NaN/inf by step {state.step} (a NaN gradient); {where}. "
+                "Try a lower lr or clip_norm=..."
+            ) from e
+        state.checkpoint = self.out_dir / CHECKPOINT
+        pd.DataFrame(state.history).to_csv(self.out_dir / "history.csv", index=False)
+
+
+class ProgressBar(Callback):
+    """A tqdm bar over the steps, its loss read from ``monitor`` every ``log_every`` steps, and
+    each epoch's row written under it. Disabled: nothing is drawn."""
+
+    def __init__(self, monitor: LossMonitor, enabled: bool = True, log_every: int = 50) -> None:
+        self.monitor, self.enabled, self.log_every = monitor, enabled, log_every
+        self.bar = None
+
+    def on_fit_start(self, state: FitState) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=state.total_steps, initial=state.step, disable=not self.enabled,
+                        desc=f"fit {state.name}", unit="step")
+
+    def on_step_end(self, state: FitState) -> None:
+        if self.enabled and (state.step % self.log_every == 0 or state.step == state.total_steps):
+            self.bar.set_postfix(loss=f"{self.monitor.running_loss:.2f}", refresh=False)
+        self.bar.update(1)
+
+    def on_epoch_end(self, state: FitState) -> None:
+        if self.enabled:
+            self.bar.write("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                     for k, v in state.row.items()))
+
+    def on_fit_end(self, state: FitState) -> None:
+        if self.bar is not None:
+            self.bar.close()

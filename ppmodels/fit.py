@@ -2,9 +2,12 @@ r"""One SVI loop for every model: :func:`fit`.
 
 Each step draws a batch, computes ``objective.differentiable_loss(model.model, model.guide,
 *batch)`` and takes an Adam step over all parameters with one ``torch.optim`` optimizer.
-Losses are accumulated on the device and read once per ``log_every`` steps. Checkpoints
-(parameters, optimizer, RNG state, history) are written atomically at the end of each epoch,
-and never after a non-finite loss, so a run that fails keeps its last good checkpoint.
+The loop itself (:func:`train_loop`) is a few lines around the hooks of
+:mod:`ppmodels.callbacks`; everything else it does is a built-in callback there: the
+learning-rate schedule, the NaN guard and training loss (losses summed on the device, read once
+per ``log_every`` steps), evaluation, the history, checkpoints (written atomically at the end of
+each epoch, never after a non-finite loss, so a run that fails keeps its last good checkpoint)
+and the progress bar.
 """
 
 from __future__ import annotations
@@ -12,58 +15,29 @@ from __future__ import annotations
 import math
 import os
 import sys
-import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import pandas as pd
 import pyro
 import torch
-from pyro import poutine
 from pyro.distributions import constraints
 from pyro.poutine.messenger import Messenger
 from torch.distributions import transform_to
 from torch import Tensor
 
-from . import evaluate
-from .callbacks import HOOKS, FitState, check_callbacks
+from .callbacks import (HOOKS, SCHEDULES, Checkpoint, Evaluation, FitState, History, LearningRate, LossMonitor,
+                        NonFiniteLoss, ProgressBar, check_callbacks, lr_factor)
 from .data import TensorData, as_data
 from .objectives import Objective, PyroElbo, make
 from .protocol import ModelGuide, as_pair, check_batch, check_data, read_parameters
-from .rundir import CHECKPOINT, NonFiniteState, load_checkpoint, open_run, save_checkpoint
+from .rundir import CHECKPOINT, load_checkpoint, open_run
 from .tracing import trace_if_equal
 from .utils import PPModelsError, model_name, resolve_device, rng_state, set_rng_state, set_seed
 
-__all__ = ["fit", "svi_step", "compile_loss", "prepare", "make_optimizer", "NonFiniteLoss", "load_checkpoint", "load_run",
+__all__ = ["fit", "train_loop", "Run", "svi_step", "compile_loss", "prepare", "make_optimizer", "NonFiniteLoss", "load_checkpoint", "load_run",
            "lr_factor", "check_options", "CHECKPOINT"]
-
-SCHEDULES = ("constant", "cosine", "burda")
-
-
-class NonFiniteLoss(PPModelsError, FloatingPointError):
-    """The loss became NaN or inf during training."""
-
-
-def lr_factor(schedule: str | Callable[[int], float] | None, step: int, total_steps: int, steps_per_epoch: int) -> float:
-    r"""Multiplier of the base learning rate at ``step`` (0-based).
-
-    ``"cosine"``: :math:`\frac12(1 + \cos(\pi t / T))`; ``"burda"``: :math:`10^{-i/7}` during
-    epochs :math:`[\sum_{j<i} 3^j, \sum_{j\le i} 3^j)` (Burda et al. 2016); a callable gets the step.
-    """
-    if schedule is None or schedule == "constant":
-        return 1.0
-    if callable(schedule):
-        return float(schedule(step))
-    if schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
-    if schedule == "burda":
-        epoch, i, edge = step // max(steps_per_epoch, 1), 0, 1
-        while epoch >= edge and i < 7:
-            i += 1
-            edge += 3**i
-        return 10 ** (-i / 7)
-    raise PPModelsError(f"fit: lr_schedule must be one of {SCHEDULES} or a callable, got {schedule!r}")
-
 
 class KnownParams(Messenger):
     """Answer ``pyro.param`` statements for already-registered parameters directly, without
@@ -220,7 +194,6 @@ def fit(
     ``on_step_start``, ``on_step_end``, ``on_epoch_end``, ``on_fit_end``), run in order.
     """
     obj = as_pair(obj)
-    name = model_name(obj)
     device = resolve_device(device)
     if objective is None:
         objective = getattr(obj, "default_objective", "elbo")
@@ -239,7 +212,6 @@ def fit(
     batch_size = min(batch_size, len(train))
     steps_per_epoch = train.num_batches(batch_size, drop_last)
     total_steps = steps if steps is not None else epochs * steps_per_epoch
-    num_epochs = math.ceil(total_steps / steps_per_epoch)
     out_dir = Path(out) if out is not None else None
     if resume and out_dir is None and isinstance(resume, bool):
         raise PPModelsError("fit: resume=True needs out=RUN_DIR (or resume=PATH)")
@@ -247,24 +219,51 @@ def fit(
 
     if isinstance(obj, torch.nn.Module):
         obj.to(device)
+    run = Run(lr=lr, lr_schedule=lr_schedule, betas=tuple(betas), eps=eps, batch_size=batch_size, clip_norm=clip_norm,
+              seed=seed, drop_last=drop_last, log_every=log_every, eval_particles=eval_particles,
+              steps_per_epoch=steps_per_epoch, total_steps=total_steps)
     caller_rng = rng_state()
     try:
-        return _fit(obj, name, train, objective, device, seed, batch_size, steps_per_epoch, total_steps,
-                    num_epochs, out_dir, validation, test, lr, lr_schedule, betas, eps, clip_norm,
-                    eval_particles, resume, meta, progress, log_every, drop_last, jit, callbacks)
+        return _fit(obj, train, objective, device, run, out_dir, resume, validation, test, meta, progress, jit,
+                    callbacks)
     finally:
         set_rng_state(caller_rng)
         if lock is not None:
             lock.release()
 
 
-def _fit(obj, name, train, objective, device, seed, batch_size, steps_per_epoch, total_steps, num_epochs,
-         out_dir, validation, test, lr, lr_schedule, betas, eps, clip_norm, eval_particles, resume, meta,
-         progress, log_every, drop_last, jit, callbacks) -> pd.DataFrame:
-    """fit's loop, run between saving and restoring the caller's random state."""
+@dataclass(frozen=True)
+class Run:
+    """fit's checked settings for one run."""
+
+    lr: float
+    lr_schedule: str | Callable[[int], float] | None
+    betas: tuple[float, float]
+    eps: float
+    batch_size: int
+    clip_norm: float | None
+    seed: int
+    drop_last: bool
+    log_every: int
+    eval_particles: int
+    steps_per_epoch: int
+    total_steps: int
+
+    def trajectory(self, objective: Objective) -> dict[str, Any]:
+        """The settings a resumed run must share with its checkpoint (as saved there)."""
+        return {"objective": repr(objective), "lr": self.lr, "lr_schedule": str(self.lr_schedule),
+                "betas": list(self.betas), "eps": self.eps, "batch_size": self.batch_size,
+                "clip_norm": self.clip_norm, "seed": self.seed, "drop_last": self.drop_last}
+
+
+def _fit(obj, train, objective, device, run: Run, out_dir, resume, validation, test, meta, progress, jit,
+         callbacks) -> pd.DataFrame:
+    """Set up (parameters, the loss, the optimizer, a resumed state, the callbacks) and run the loop;
+    between saving and restoring the caller's random state."""
+    name = model_name(obj)
     pyro.clear_param_store()
-    set_seed(seed)
-    probe = next(train.batches(batch_size, shuffle=False))
+    set_seed(run.seed)
+    probe = next(train.batches(run.batch_size, shuffle=False))
     check_batch(obj, probe, device)
     if isinstance(objective, PyroElbo):  # Pyro's code reads the param store itself: no shortcuts
         params, _ = _collect_params(obj, objective, probe)
@@ -276,131 +275,103 @@ def _fit(obj, name, train, objective, device, seed, batch_size, steps_per_epoch,
     if any(getattr(cb, "schedules_kl_weight", False) for cb in callbacks):
         objective.kl_scheduled = True  # β stays a tensor the traced loss reads
     compiled = compile_loss(fast, objective, params, probe) if jit else None
-    if compiled is not None and not drop_last and len(train) % batch_size:
+    if compiled is not None and not run.drop_last and len(train) % run.batch_size:
         compiled = None  # the trace is specialised to full batches
     loss_fn = compiled or (lambda b: objective.differentiable_loss(fast.model, fast.guide, *b))
-    optimizer = make_optimizer(list(params.values()), lr=lr, betas=betas, eps=eps)
-
-    settings = {"objective": repr(objective), "lr": lr, "lr_schedule": str(lr_schedule), "betas": list(betas),
-                "eps": eps, "batch_size": batch_size, "clip_norm": clip_norm, "seed": seed, "drop_last": drop_last}
-    history: list[dict[str, Any]] = []
-    step, start_epoch, elapsed = 0, 0, 0.0
+    optimizer = make_optimizer(list(params.values()), lr=run.lr, betas=run.betas, eps=run.eps)
+    state = FitState(model=obj, objective=objective, optimizer=optimizer, params=params, total_steps=run.total_steps,
+                     steps_per_epoch=run.steps_per_epoch, out_dir=out_dir, name=name)
+    settings = run.trajectory(objective)
     if resume:
-        ckpt_path = Path(resume) if not isinstance(resume, bool) else out_dir
-        if ckpt_path is None:
-            raise PPModelsError("fit: resume=True needs out=RUN_DIR (or resume=PATH)")
-        ckpt = load_checkpoint(ckpt_path, map_location=device)
-        missing = set(params) ^ set(ckpt["params"])
-        if missing:
-            raise PPModelsError(f"{name}: checkpoint parameters do not match the model: {sorted(missing)[:4]}")
-        differ = _differences(ckpt.get("settings", {}), settings)
-        differ += [f"{k} {tuple(ckpt['params'][k].shape)} vs {tuple(p.shape)}" for k, p in params.items()
-                   if tuple(ckpt["params"][k].shape) != tuple(p.shape)]
-        if differ:
-            raise PPModelsError(
-                f"{name}: cannot resume {ckpt_path}: settings differ from the checkpoint's ({'; '.join(differ[:4])}); "
-                "resume with the same settings, or start a new run"
-            )
-        with torch.no_grad():
-            for key, p in params.items():
-                p.copy_(ckpt["params"][key])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        set_rng_state(ckpt["rng"])
-        step, start_epoch, elapsed = ckpt["step"], ckpt["epoch"], ckpt["seconds"]
-        history = pd.DataFrame(ckpt["history"]).to_dict("records")
+        _restore(state, Path(resume) if not isinstance(resume, bool) else out_dir, settings, device)
 
-    if progress is None:
-        progress = sys.stderr.isatty()
-    from tqdm.auto import tqdm
+    monitor = LossMonitor(run.log_every)
+    record = {"settings": settings, "meta": meta or {}, "seed": run.seed}
+    builtin_before = [LearningRate(run.lr, run.lr_schedule), monitor, Evaluation(validation, test, run.eval_particles)]
+    builtin_after = [History(), *([Checkpoint(out_dir, record, resumed=resume is True)] if out_dir is not None else []),
+                     ProgressBar(monitor, sys.stderr.isatty() if progress is None else progress, run.log_every)]
 
-    bar = tqdm(total=total_steps, initial=step, disable=not progress, desc=f"fit {name}", unit="step")
-    state = FitState(model=obj, objective=objective, optimizer=optimizer, params=params, total_steps=total_steps,
-                     steps_per_epoch=steps_per_epoch, out_dir=out_dir, step=step, epoch=start_epoch, history=history)
-    hooks = {h: [getattr(cb, h) for cb in callbacks if callable(getattr(cb, h, None))] for h in HOOKS}
-    for hook in hooks["on_fit_start"]:
-        hook(state)
-    last_good = (out_dir / CHECKPOINT) if out_dir is not None and resume is True and (out_dir / CHECKPOINT).exists() else None
-    t0 = time.perf_counter() - elapsed
-    try:
-        with pyro.validation_enabled(False):
-            for epoch in range(start_epoch, num_epochs):
-                g = torch.Generator(device="cpu").manual_seed(seed * 100003 + epoch)
-                gd = g if device.type == "cpu" else torch.Generator(device=device).manual_seed(seed * 100003 + epoch)
-                running = torch.zeros((), device=device)
-                first_bad = torch.full((), -1, device=device, dtype=torch.long)
-                n_seen = 0
-                for batch in train.batches(batch_size, generator=g, drop_last=drop_last, binarize_generator=gd):
-                    if step >= total_steps:
-                        break
-                    if hooks["on_step_start"]:
-                        state.step, state.epoch = step, epoch
-                        for hook in hooks["on_step_start"]:
-                            hook(state)
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr * lr_factor(lr_schedule, step, total_steps, steps_per_epoch)
-                    loss = svi_step(loss_fn, optimizer, batch, clip_norm)
-                    bad = ~torch.isfinite(loss)
-                    first_bad = torch.where(bad & (first_bad < 0), step, first_bad)
-                    running = running + torch.where(bad, 0.0, loss)
-                    n_seen += batch[0].shape[0]
-                    step += 1
-                    if hooks["on_step_end"]:
-                        state.step, state.epoch, state.loss = step, epoch, loss
-                        for hook in hooks["on_step_end"]:
-                            hook(state)
-                    if step % log_every == 0 or step == total_steps:
-                        _raise_if_bad(first_bad, name, last_good)
-                        bar.set_postfix(loss=f"{float(running) / max(n_seen, 1):.2f}", refresh=False)
-                    bar.update(1)
-                _raise_if_bad(first_bad, name, last_good)
-                row: dict[str, Any] = {"epoch": epoch + 1, "step": step,
-                                       "train_loss": float(running) / max(n_seen, 1),
-                                       "lr": optimizer.param_groups[0]["lr"]}
-                if validation is not None:
-                    row["val_elbo"] = float(evaluate.elbo(obj, validation, eval_particles).mean())
-                if test is not None:
-                    row["test_elbo"] = float(evaluate.elbo(obj, test, eval_particles).mean())
-                state.step, state.epoch, state.row = step, epoch, row
-                for hook in hooks["on_epoch_end"]:
-                    hook(state)
-                row["seconds"] = time.perf_counter() - t0
-                history.append(row)
-                if out_dir is not None:
-                    try:
-                        save_checkpoint(out_dir, {
-                            "params": {k: p.detach().cpu() for k, p in params.items()},
-                            "optimizer": optimizer.state_dict(),
-                            "rng": rng_state(),
-                            "epoch": epoch + 1,
-                            "step": step,
-                            "seconds": row["seconds"],
-                            "history": pd.DataFrame(history).to_dict("list"),
-                            "objective": {"name": objective.name, **objective.options()},
-                            "settings": settings,
-                            "meta": meta or {},
-                            "seed": seed,
-                        })
-                    except NonFiniteState as e:
-                        where = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was written yet"
-                        raise NonFiniteLoss(
-                            f"{name}: parameters became NaN/inf by step {step} (a NaN gradient); {where}. "
-                            "Try a lower lr or clip_norm=..."
-                        ) from e
-                    last_good = out_dir / CHECKPOINT
-                    pd.DataFrame(history).to_csv(out_dir / "history.csv", index=False)
-                if progress:
-                    bar.write(_format_row(row))
-                if state.stop:
-                    break
-        for hook in hooks["on_fit_end"]:
-            hook(state)
-    finally:
-        bar.close()
-    df = pd.DataFrame(history)
-    df.attrs.update({"model": name, "objective": repr(objective), "device": str(device), "seed": seed,
-                     "jit": compiled is not None,
-                     "checkpoint": str(last_good) if last_good else None})
+    def batches(epoch: int):
+        g = torch.Generator(device="cpu").manual_seed(run.seed * 100003 + epoch)
+        gd = g if device.type == "cpu" else torch.Generator(device=device).manual_seed(run.seed * 100003 + epoch)
+        return train.batches(run.batch_size, generator=g, drop_last=run.drop_last, binarize_generator=gd)
+
+    with pyro.validation_enabled(False):
+        train_loop(state, batches, lambda b: svi_step(loss_fn, optimizer, b, run.clip_norm),
+                   [*builtin_before, *callbacks, *builtin_after])
+    df = pd.DataFrame(state.history)
+    df.attrs.update({"model": name, "objective": repr(objective), "device": str(device), "seed": run.seed,
+                     "jit": compiled is not None, "checkpoint": str(state.checkpoint) if state.checkpoint else None})
     return df
+
+
+def train_loop(state: FitState, batches: Callable[[int], Any], step: Callable[[tuple], Tensor],
+               callbacks: Sequence[Any]) -> None:
+    """The SVI loop: for each epoch from ``state.epoch``, for each batch of ``batches(epoch)``
+    until ``state.total_steps``, ``state.loss = step(batch)`` between the callbacks' hooks (see
+    :mod:`ppmodels.callbacks` for the order); stop after an epoch that set ``state.stop``."""
+    hooks = {h: [getattr(cb, h) for cb in callbacks if callable(getattr(cb, h, None))] for h in HOOKS}
+    step_start, step_end = hooks["on_step_start"], hooks["on_step_end"]
+    num_epochs = math.ceil(state.total_steps / state.steps_per_epoch)
+    try:
+        for hook in hooks["on_fit_start"]:
+            hook(state)
+        for epoch in range(state.epoch, num_epochs):
+            state.epoch, state.row = epoch, {"epoch": epoch + 1}
+            for hook in hooks["on_epoch_start"]:
+                hook(state)
+            for batch in batches(epoch):
+                if state.step >= state.total_steps:
+                    break
+                state.batch = batch
+                for hook in step_start:
+                    hook(state)
+                state.loss = step(batch)
+                state.step += 1
+                for hook in step_end:
+                    hook(state)
+            state.row["step"] = state.step
+            for hook in hooks["on_epoch_end"]:
+                hook(state)
+            if state.stop:
+                break
+    except BaseException as e:
+        state.error = e
+        raise
+    finally:
+        for hook in hooks["on_fit_end"]:
+            try:
+                hook(state)
+            except Exception:
+                if state.error is None:
+                    raise
+
+
+def _restore(state: FitState, path: Path | None, settings: dict[str, Any], device: torch.device) -> None:
+    """Continue from the checkpoint at ``path``: parameters, optimizer, RNG, step, epoch, time,
+    history; refused when its parameters or trajectory settings differ."""
+    if path is None:
+        raise PPModelsError("fit: resume=True needs out=RUN_DIR (or resume=PATH)")
+    ckpt = load_checkpoint(path, map_location=device)
+    params, name = state.params, state.name
+    missing = set(params) ^ set(ckpt["params"])
+    if missing:
+        raise PPModelsError(f"{name}: checkpoint parameters do not match the model: {sorted(missing)[:4]}")
+    differ = _differences(ckpt.get("settings", {}), settings)
+    differ += [f"{k} {tuple(ckpt['params'][k].shape)} vs {tuple(p.shape)}" for k, p in params.items()
+               if tuple(ckpt["params"][k].shape) != tuple(p.shape)]
+    if differ:
+        raise PPModelsError(
+            f"{name}: cannot resume {path}: settings differ from the checkpoint's ({'; '.join(differ[:4])}); "
+            "resume with the same settings, or start a new run"
+        )
+    with torch.no_grad():
+        for key, p in params.items():
+            p.copy_(ckpt["params"][key])
+    state.optimizer.load_state_dict(ckpt["optimizer"])
+    set_rng_state(ckpt["rng"])
+    state.step, state.epoch, state.seconds = ckpt["step"], ckpt["epoch"], ckpt["seconds"]
+    state.history = pd.DataFrame(ckpt["history"]).to_dict("records")
 
 
 def _is_int(x: Any) -> bool:
@@ -435,17 +406,3 @@ def check_options(**options: Any) -> None:
 
 def _differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     return [f"{k} {saved[k]!r} vs {now[k]!r}" for k in now if k in saved and saved[k] != now[k]]
-
-
-def _raise_if_bad(first_bad: Tensor, name: str, last_good: Path | None) -> None:
-    bad_step = int(first_bad)
-    if bad_step >= 0:
-        where = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was written yet"
-        raise NonFiniteLoss(
-            f"{name}: the loss became NaN/inf at step {bad_step + 1}; {where}. "
-            "Try a lower lr, clip_norm=..., or check the data"
-        )
-
-
-def _format_row(row: dict[str, Any]) -> str:
-    return "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())

@@ -73,6 +73,9 @@ class Recorder:
     def on_fit_start(self, state):
         self.calls.append(("fit_start", state.step))
 
+    def on_epoch_start(self, state):
+        self.calls.append(("epoch_start", state.epoch))
+
     def on_step_start(self, state):
         self.calls.append(("step_start", state.step))
 
@@ -91,11 +94,38 @@ def test_callbacks_run_in_order_and_add_history_columns():
     m = LinearGaussian(5, 2, seed=0)
     rec = Recorder()
     history = fit(m, m.sample_data(20, seed=1), epochs=2, batch_size=10, device="cpu", callbacks=[rec])
-    assert rec.calls == [("fit_start", 0),
+    assert rec.calls == [("fit_start", 0), ("epoch_start", 0),
                          ("step_start", 0), ("step_end", 1), ("step_start", 1), ("step_end", 2), ("epoch_end", 0),
+                         ("epoch_start", 1),
                          ("step_start", 2), ("step_end", 3), ("step_start", 3), ("step_end", 4), ("epoch_end", 1),
                          ("fit_end", 4)]
     assert list(history["custom"]) == [1.0, 1.0]
+    # the built-ins filled the row before the user's hook, and closed it after
+    assert list(history.columns) == ["epoch", "step", "train_loss", "lr", "custom", "seconds"]
+
+
+def test_on_fit_end_runs_when_training_fails_and_the_first_error_wins(tmp_path):
+    from ppmodels.fit import NonFiniteLoss
+
+    class Blow:
+        def on_step_end(self, state):
+            if state.step == 3:
+                with torch.no_grad():
+                    next(iter(state.params.values())).fill_(float("nan"))
+
+    class Seen:
+        error = None
+
+        def on_fit_end(self, state):
+            Seen.error = state.error
+            raise RuntimeError("a broken on_fit_end")
+
+    m = LinearGaussian(5, 2, seed=0)
+    with pytest.raises(NonFiniteLoss, match="at step 4"):
+        fit(m, m.sample_data(20, seed=1), epochs=3, batch_size=10, device="cpu", callbacks=[Blow(), Seen()],
+            out=tmp_path / "run", log_every=1)
+    assert isinstance(Seen.error, NonFiniteLoss)
+    assert (tmp_path / "run" / "checkpoint.pt").exists()  # epoch 1's checkpoint, the last good one
 
 
 def test_kl_annealing_in_fit_records_the_weight_and_resumes(tmp_path):
