@@ -237,3 +237,47 @@ def test_cli_trains_and_reports_an_iaf_guide(fake_mnist, tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["active_units"] >= 0 and report["test_nll"] > 0
     assert main(["evaluate", str(out), "--num-samples", "4", "--subset", "10"]) == 0
+
+
+def _grads(objective, m, x, seed=3):
+    pyro.clear_param_store()
+    torch.manual_seed(seed)
+    params = m.model_parameters() + m.guide_parameters()
+    loss = objective.differentiable_loss(m.model, m.guide, x)
+    return loss, [g.reshape(-1) for g in torch.autograd.grad(loss, params)]
+
+
+@pytest.mark.parametrize("name", ["elbo", "stl"])
+def test_free_bits_is_the_clamped_kl_per_dimension(name):
+    """Free bits, on the same draws: λ = 0 is the ELBO; a dimension whose batch KL is above λ gets
+    the ELBO's guide gradient, one below λ gets the reconstruction's only (β = 0)."""
+    m = LinearGaussian(5, 2, seed=0)
+    with torch.no_grad():
+        m.c.copy_(torch.tensor([3.0, 0.0]))  # dimension 0: KL about 4.5 nats; dimension 1: small
+        m.A[1].zero_()
+        m.log_s[1] = -0.3  # KL about 0.07 nats, below λ = 1, and not q = p (where STL has no KL gradient)
+    x = m.sample_data(16, seed=1)
+    plain, plain_g = _grads(make(name), m, x)
+    zero, zero_g = _grads(make(name, free_bits=0.0), m, x)
+    assert torch.equal(plain, zero) and all(torch.equal(a, b) for a, b in zip(plain_g, zero_g))
+    _, fb_g = _grads(make(name, free_bits=1.0), m, x)
+    _, recon_g = _grads(make(name, kl_weight=0.0), m, x)
+    # guide parameters: A (2x5), c (2), log_s (2); dimension 0 is row 0 / entry 0
+    A, c, log_s = fb_g[3:]
+    A_full, c_full, s_full = plain_g[3:]
+    A_rec, c_rec, s_rec = recon_g[3:]
+    assert torch.allclose(A[:5], A_full[:5], atol=1e-4) and torch.allclose(c[0], c_full[0], atol=1e-4)
+    assert torch.allclose(A[5:], A_rec[5:], atol=1e-4) and torch.allclose(log_s[1], s_rec[1], atol=1e-4)
+    assert not torch.allclose(log_s[1], s_full[1], atol=1e-3)  # the check can tell the two apart
+    _, all_clamped = _grads(make(name, free_bits=1e6), m, x)
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(all_clamped, recon_g))
+
+
+def test_free_bits_refused_where_it_does_not_apply():
+    from ppmodels.utils import PPModelsError
+
+    with pytest.raises(PPModelsError, match="free_bits is for elbo and stl"):
+        make("reinforce", free_bits=0.5)
+    with pytest.raises(PPModelsError, match="free_bits must be"):
+        make("elbo", free_bits=-1)
+    assert make("elbo", free_bits=0.5).options()["free_bits"] == 0.5

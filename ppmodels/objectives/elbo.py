@@ -20,7 +20,8 @@ import torch
 from torch import Tensor
 
 from ..utils import PPModelsError
-from .base import LogWeights, Objective
+from .base import LogWeights, Objective, require_reparameterized
+from .free_bits import free_bits_correction
 
 __all__ = ["Elbo", "elbo_surrogate"]
 
@@ -50,15 +51,27 @@ class Elbo(Objective):
     :math:`\mathbb E_q[\log p(x \mid z)] - \beta\,\mathrm{KL}(q(z|x) \| p(z))`, the latent sites'
     terms weighted by β (1: the ELBO). It is held as a 0-d tensor that
     :class:`ppmodels.callbacks.KLAnnealing` changes in place, so a schedule also reaches a traced loss.
+    ``free_bits`` λ > 0 (Kingma et al. 2016): train on :math:`\sum_j \max(\lambda, \mathrm{KL}_j)`
+    per latent dimension instead of the KL (:mod:`ppmodels.objectives.free_bits`; ``elbo`` and
+    ``stl``, reparameterized latents).
     """
+
+    free_bits_supported = True
 
     name = "elbo"
     jit_safe = True
     analytic_kl = False
     detach_guide = False
 
-    def __init__(self, num_particles: int = 1, *, kl_weight: float = 1.0, **kwargs: Any) -> None:
+    def __init__(self, num_particles: int = 1, *, kl_weight: float = 1.0, free_bits: float = 0.0,
+                 **kwargs: Any) -> None:
         super().__init__(num_particles, **kwargs)
+        if isinstance(free_bits, bool) or not isinstance(free_bits, (int, float)) or not math.isfinite(free_bits) \
+                or free_bits < 0:
+            raise PPModelsError(f"objective {self.name!r}: free_bits must be a finite number >= 0, got {free_bits!r}")
+        if free_bits and not self.free_bits_supported:
+            raise PPModelsError(f"objective {self.name!r}: free_bits is for elbo and stl; use one of those")
+        self.free_bits = float(free_bits)
         if isinstance(kl_weight, bool) or not isinstance(kl_weight, (int, float)) or not math.isfinite(kl_weight) \
                 or kl_weight < 0:
             raise PPModelsError(f"objective {self.name!r}: kl_weight must be a finite number >= 0, got {kl_weight!r}")
@@ -75,6 +88,8 @@ class Elbo(Objective):
         out = super().options()
         if self._beta != 1.0:
             out["kl_weight"] = self._beta
+        if self.free_bits:
+            out["free_bits"] = self.free_bits
         return out
 
     def _kl_weight(self, device: torch.device) -> Tensor | float:
@@ -87,9 +102,20 @@ class Elbo(Objective):
         return self.kl_weight
 
     def surrogate_units(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
-        lw, _ = self.draw(model, guide, args, kwargs, detach_guide=self.detach_guide, analytic_kl=self.analytic_kl,
-                          kl_weight=self._kl_weight(_device(args)))
-        return elbo_surrogate(lw)
+        beta = self._kl_weight(_device(args))
+        lw, pairs = self.draw(model, guide, args, kwargs, detach_guide=self.detach_guide,
+                              analytic_kl=self.analytic_kl, kl_weight=beta)
+        return self._free_bits(lw, pairs, beta, *elbo_surrogate(lw))
+
+    def _free_bits(self, lw: LogWeights, pairs: list, beta: Tensor | float, bound: Tensor,
+                   surrogate: Tensor) -> tuple[Tensor, Tensor]:
+        """``(bound, surrogate)`` with the free-bits KL in the surrogate (spread evenly over the
+        units: the clamp couples the batch, so only the total is meaningful); unchanged at λ = 0."""
+        if not self.free_bits:
+            return bound, surrogate
+        require_reparameterized(lw, self.name, instead="free_bits=0")
+        delta = free_bits_correction(pairs, self.free_bits, self.num_particles, beta, self.detach_guide)
+        return bound, surrogate + delta / surrogate.shape[-1]
 
 
 def _device(args: tuple) -> torch.device:

@@ -31,6 +31,7 @@ __all__ = ["MeanFieldElbo"]
 class MeanFieldElbo(Elbo):
     """``"meanfield"``: ELBO with analytic KL where registered and the mean-field order holds."""
 
+    free_bits_supported = False
     name = "meanfield"
     analytic_kl = True
 

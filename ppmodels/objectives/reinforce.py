@@ -38,6 +38,7 @@ BASELINES = ("none", "decaying", "neural")
 class Reinforce(Elbo):
     """``"reinforce"``: score-function ELBO gradients with a baseline."""
 
+    free_bits_supported = False
     name = "reinforce"
     jit_safe = False
 

@@ -31,6 +31,7 @@ class Stl(Elbo):
     detach_guide = True
 
     def surrogate_units(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
-        lw, _ = self.draw(model, guide, args, kwargs, detach_guide=True, kl_weight=self._kl_weight(_device(args)))
+        beta = self._kl_weight(_device(args))
+        lw, pairs = self.draw(model, guide, args, kwargs, detach_guide=True, kl_weight=beta)
         require_reparameterized(lw, self.name, instead="elbo or reinforce")
-        return elbo_surrogate(lw)
+        return self._free_bits(lw, pairs, beta, *elbo_surrogate(lw))
