@@ -45,10 +45,11 @@ from .utils import PPModelsError, rng_state
 
 __all__ = ["FitState", "Callback", "KLAnnealing", "EarlyStopping", "TensorBoard", "CollapseDiagnostics", "HOOKS",
            "LearningRate", "LossMonitor", "Evaluation", "History", "Checkpoint", "ProgressBar", "NonFiniteLoss",
-           "lr_factor", "SCHEDULES"]
+           "lr_factor", "SCHEDULES", "ImportanceNLL"]
 
 HOOKS = ("on_fit_start", "on_epoch_start", "on_step_start", "on_step_end", "on_epoch_end", "on_fit_end")
-SCHEDULES = ("constant", "cosine", "burda")
+SCHEDULES = ("constant", "cosine", "burda", "burda-compressed")
+BURDA_STAGES = 8  # Burda et al.: 3^i passes at 10^(-i/7), i = 0..7 (3280 passes)
 
 
 class NonFiniteLoss(PPModelsError, FloatingPointError):
@@ -289,7 +290,10 @@ def lr_factor(schedule: str | Callable[[int], float] | None, step: int, total_st
     r"""Multiplier of the base learning rate at ``step`` (0-based).
 
     ``"cosine"``: :math:`\frac12(1 + \cos(\pi t / T))`; ``"burda"``: :math:`10^{-i/7}` during
-    epochs :math:`[\sum_{j<i} 3^j, \sum_{j\le i} 3^j)` (Burda et al. 2016); a callable gets the step.
+    epochs :math:`[\sum_{j<i} 3^j, \sum_{j\le i} 3^j)` (Burda et al. 2016); ``"burda-compressed"``:
+    the same eight stages shrunk in proportion to the run, stage i covering the fraction
+    :math:`3^i / 3280` of the T steps (a run of P passes spends :math:`3^i P/3280` passes in stage
+    i; P = 3280 is Burda's schedule); a callable gets the step.
     """
     if schedule is None or schedule == "constant":
         return 1.0
@@ -300,6 +304,12 @@ def lr_factor(schedule: str | Callable[[int], float] | None, step: int, total_st
     if schedule == "burda":
         epoch, i, edge = step // max(steps_per_epoch, 1), 0, 1
         while epoch >= edge and i < 7:
+            i += 1
+            edge += 3**i
+        return 10 ** (-i / 7)
+    if schedule == "burda-compressed":
+        i, edge = 0, 1  # in units of T/3280 steps, exact integers
+        while step * 3280 >= edge * max(total_steps, 1) and i < BURDA_STAGES - 1:
             i += 1
             edge += 3**i
         return 10 ** (-i / 7)
@@ -449,3 +459,27 @@ class ProgressBar(Callback):
     def on_fit_end(self, state: FitState) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+class ImportanceNLL(Callback):
+    """``test_nll``: the importance-sampled negative log-likelihood (nats per datapoint,
+    :func:`ppmodels.evaluate.log_likelihood` with ``num_samples`` samples) on ``data`` after
+    the epochs in ``at_epochs`` (1-based; other epochs get no value). Its own random stream:
+    training's is not shifted. Also ``active_units`` (Burda et al.'s criterion) at those epochs."""
+
+    def __init__(self, data: Any, at_epochs: Any, num_samples: int = 5000, seed: int = 0) -> None:
+        self.data, self.at, self.num_samples, self.seed = data, {int(e) for e in at_epochs}, num_samples, seed
+
+    def on_epoch_end(self, state: FitState) -> None:
+        if state.epoch + 1 not in self.at:
+            return
+        from . import evaluate
+        from .tracing import forked_rng
+
+        with forked_rng():
+            g = torch.Generator(device=self.data.device).manual_seed(self.seed)
+            t0 = time.perf_counter()
+            state.row["test_nll"] = -float(evaluate.log_likelihood(state.model, self.data, self.num_samples,
+                                                                   generator=g).mean())
+            state.row["nll_seconds"] = time.perf_counter() - t0
+            state.row["active_units"] = sum(evaluate.active_units(state.model, self.data, generator=g).values())
