@@ -1,0 +1,73 @@
+"""Burda et al. (2016)'s protocol: schedule, initialisation, the two-layer model, the recipe."""
+
+import math
+
+import pytest
+import torch
+
+from ppmodels import evaluate
+from ppmodels.callbacks import lr_factor
+from ppmodels.data import TensorData, synthetic_images
+from ppmodels.models import VAE
+from ppmodels.recipes import burda2016
+
+
+def test_compressed_schedule_is_burdas_at_3280_passes_and_shrinks_in_proportion():
+    spe = 7  # steps per pass
+    full = 3280 * spe
+    assert all(lr_factor("burda", s, full, spe) == lr_factor("burda-compressed", s, full, spe)
+               for s in range(0, full, 13))
+    # at 328 passes stage i spans 3^i * 0.1 passes: the last stage starts after 109.3 passes
+    spe = 100
+    T = 328 * spe
+    assert lr_factor("burda-compressed", int(109.2 * spe), T, spe) == pytest.approx(10 ** (-6 / 7))
+    assert lr_factor("burda-compressed", int(109.4 * spe), T, spe) == pytest.approx(0.1)
+    assert lr_factor("burda-compressed", 0, T, spe) == 1.0
+
+
+def test_burda_init_glorot_weights_zero_biases_and_output_bias_at_the_mean_pixel():
+    torch.manual_seed(0)
+    m = VAE.preset("burda")
+    mean = torch.rand(784) * 0.9 + 0.05
+    m.burda_init(mean)
+    first = m.encoder.net[0]
+    bound = math.sqrt(6 / (784 + 200))
+    assert first.weight.abs().max() <= bound and first.weight.abs().max() > 0.9 * bound
+    assert torch.all(first.bias == 0)
+    assert torch.allclose(torch.sigmoid(m.decoder[-1].bias), mean, atol=1e-6)
+
+
+def test_two_layer_vae_sites_sampling_and_its_likelihood_against_ancestral_sampling():
+    """The guide's IS estimate of log p(x) agrees with a plain Monte-Carlo average of p(x | z1)
+    over ancestral draws of (z2, z1) from the prior (no guide involved)."""
+    torch.manual_seed(0)
+    m = VAE.preset("burda2", x_dim=16, z_dim=(6, 3), hidden=((12,), (8,)))
+    x = torch.bernoulli(torch.full((5, 16), 0.3))
+    assert m.sites == ("z1", "z2")
+    assert m.sample(4).shape == (4, 16)
+    torch.manual_seed(1)
+    a = evaluate.log_likelihood(m, TensorData(x), 20000)
+    with torch.no_grad():
+        n = 1_000_000
+        loc, scale = m.down[0](torch.randn(n, 3))
+        log_px = m.likelihood_dist((loc + scale * torch.randn_like(loc))[:, None]).log_prob(x)
+        brute = torch.logsumexp(log_px, 0) - math.log(n)
+    assert torch.allclose(a, brute, atol=0.4), (a, brute)
+    assert a.mean() < brute.mean() + 0.05  # IS is a lower bound in expectation
+    assert sorted(evaluate.active_units(m, TensorData(x))) == ["z1", "z2"]
+    with pytest.raises(Exception, match="iaf guide is for one stochastic layer"):
+        VAE.preset("burda2", guide="iaf")
+
+
+def test_recipe_trains_with_the_protocol_and_measures_the_curve(tmp_path):
+    images, _ = synthetic_images(240, seed=0)
+    train, test = TensorData(images[:200], binarize="dynamic"), TensorData(images[200:], binarize="dynamic")
+    model, history, report = burda2016("burda", "iwae", 2, passes=3, train=train, test=test, nll_at=[1, 2],
+                                       num_samples=20, device="cpu", out=tmp_path / "run", progress=False)
+    assert list(history["step"]) == [10, 20, 30]  # batch 20
+    assert history["test_nll"].notna().tolist() == [True, True, False]
+    assert history["lr"].iloc[0] < 1e-3  # the compressed schedule: stage 0 is a tiny part of pass 1
+    assert report["passes"] == 3 and math.isfinite(report["test_nll"]) and report["nll_images"] == 40
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert ckpt["settings"]["eps"] == 1e-4 and ckpt["settings"]["batch_size"] == 20
+    assert ckpt["settings"]["lr_schedule"] == "burda-compressed"
