@@ -333,10 +333,12 @@ class LossMonitor(Callback):
     sync per step); every ``log_every`` steps and at the epoch's end the sum is read, and a
     non-finite loss raises :class:`NonFiniteLoss` naming its step and the last good checkpoint.
     Fills the row's ``train_loss`` (minus the objective per datapoint) and ``lr``;
-    ``running_loss`` is the epoch's mean so far, as of the last read."""
+    ``running_loss`` is the epoch's mean so far, as of the last read. With a data-parallel
+    ``group``, each read sums the loss, the rows and the NaN flag over ranks (every rank stops
+    together)."""
 
-    def __init__(self, log_every: int = 50) -> None:
-        self.log_every = log_every
+    def __init__(self, log_every: int = 50, group: Any = None) -> None:
+        self.log_every, self.group = log_every, group
         self.running_loss = float("nan")
 
     def on_epoch_start(self, state: FitState) -> None:
@@ -354,14 +356,18 @@ class LossMonitor(Callback):
             self._read(state)
 
     def _read(self, state: FitState) -> None:
-        bad_step = int(self.first_bad)
-        if bad_step >= 0:
+        bad_step, total, seen = int(self.first_bad), float(self.total), self.seen
+        bad_ranks = 0
+        if self.group is not None:
+            total, seen, bad_ranks = self.group.sum([total, seen, bad_step >= 0], self.total.device)
+        if bad_step >= 0 or bad_ranks:
             where = f"the last good checkpoint is {state.checkpoint}" if state.checkpoint else "no checkpoint was written yet"
+            at = f"at step {bad_step + 1}" if bad_step >= 0 else "on another process"
             raise NonFiniteLoss(
-                f"{state.name}: the loss became NaN/inf at step {bad_step + 1}; {where}. "
+                f"{state.name}: the loss became NaN/inf {at}; {where}. "
                 "Try a lower lr, clip_norm=..., or check the data"
             )
-        self.running_loss = float(self.total) / max(self.seen, 1)
+        self.running_loss = total / max(seen, 1)
 
     def on_epoch_end(self, state: FitState) -> None:
         self._read(state)
@@ -371,17 +377,22 @@ class LossMonitor(Callback):
 
 class Evaluation(Callback):
     """``val_elbo`` and ``test_elbo`` per epoch: the ELBO per datapoint on each given set, with
-    ``particles`` particles (:func:`ppmodels.evaluate.elbo`)."""
+    ``particles`` particles (:func:`ppmodels.evaluate.elbo`); data-parallel (``group``), the
+    rows are split across ranks and the mean gathered."""
 
-    def __init__(self, validation: Any = None, test: Any = None, particles: int = 1) -> None:
+    def __init__(self, validation: Any = None, test: Any = None, particles: int = 1, group: Any = None) -> None:
         self.sets = {k: v for k, v in (("val_elbo", validation), ("test_elbo", test)) if v is not None}
-        self.particles = particles
+        self.particles, self.group = particles, group
 
     def on_epoch_end(self, state: FitState) -> None:
         from . import evaluate
 
         for column, data in self.sets.items():
-            state.row[column] = float(evaluate.elbo(state.model, data, self.particles).mean())
+            if self.group is None:
+                state.row[column] = float(evaluate.elbo(state.model, data, self.particles).mean())
+            else:  # each rank its block of rows, the mean gathered
+                state.row[column] = self.group.mean_over_rows(
+                    lambda part: evaluate.elbo(state.model, part, self.particles), data, data.device)
 
 
 class History(Callback):

@@ -27,6 +27,7 @@ from pyro.poutine.messenger import Messenger
 from torch.distributions import transform_to
 from torch import Tensor
 
+from . import distributed
 from .callbacks import (HOOKS, SCHEDULES, Checkpoint, Evaluation, FitState, History, LearningRate, LossMonitor,
                         NonFiniteLoss, ProgressBar, check_callbacks, lr_factor)
 from .data import TensorData, as_data
@@ -66,13 +67,17 @@ def _collect_params(obj: Any, objective: Objective, batch: tuple) -> tuple[dict[
 
 
 def svi_step(
-    loss_fn: Callable[[tuple], Tensor], optimizer: torch.optim.Optimizer, batch: tuple, clip_norm: float | None = None
+    loss_fn: Callable[[tuple], Tensor], optimizer: torch.optim.Optimizer, batch: tuple, clip_norm: float | None = None,
+    after_backward: Callable[[], None] | None = None,
 ) -> Tensor:
-    """One SVI step: ``loss_fn(batch)`` (the objective's differentiable loss), backward, an
-    optimizer step. Returns the detached loss (on the device: no host synchronisation)."""
+    """One SVI step: ``loss_fn(batch)`` (the objective's differentiable loss), backward,
+    ``after_backward()`` (data-parallel: the gradients' all-reduce), an optimizer step. Returns
+    the detached loss (on the device: no host synchronisation)."""
     optimizer.zero_grad(set_to_none=True)
     loss = loss_fn(batch)
     loss.backward()
+    if after_backward is not None:
+        after_backward()
     if clip_norm is not None:
         torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], clip_norm)
     optimizer.step()
@@ -194,7 +199,7 @@ def fit(
     ``on_step_start``, ``on_step_end``, ``on_epoch_end``, ``on_fit_end``), run in order.
     """
     obj = as_pair(obj)
-    device = resolve_device(device)
+    group, device = distributed.setup(resolve_device(device))
     if objective is None:
         objective = getattr(obj, "default_objective", "elbo")
     objective = make(objective, **objective_options)
@@ -210,12 +215,16 @@ def fit(
         if data is not None:
             check_data(obj, data, what, device)
     batch_size = min(batch_size, len(train))
+    if group is not None and batch_size % group.world_size:
+        raise PPModelsError(f"fit: batch_size {batch_size} (the global batch) must be a multiple of the "
+                            f"{group.world_size} processes; each takes an equal shard")
     steps_per_epoch = train.num_batches(batch_size, drop_last)
     total_steps = steps if steps is not None else epochs * steps_per_epoch
     out_dir = Path(out) if out is not None else None
     if resume and out_dir is None and isinstance(resume, bool):
         raise PPModelsError("fit: resume=True needs out=RUN_DIR (or resume=PATH)")
-    lock = open_run(out_dir, resume=resume is True, overwrite=overwrite) if out_dir is not None else None
+    main = group is None or group.main  # rank 0 alone writes the run directory
+    lock = open_run(out_dir, resume=resume is True, overwrite=overwrite) if out_dir is not None and main else None
 
     if isinstance(obj, torch.nn.Module):
         obj.to(device)
@@ -225,7 +234,7 @@ def fit(
     caller_rng = rng_state()
     try:
         return _fit(obj, train, objective, device, run, out_dir, resume, validation, test, meta, progress, jit,
-                    callbacks)
+                    callbacks, group)
     finally:
         set_rng_state(caller_rng)
         if lock is not None:
@@ -257,19 +266,27 @@ class Run:
 
 
 def _fit(obj, train, objective, device, run: Run, out_dir, resume, validation, test, meta, progress, jit,
-         callbacks) -> pd.DataFrame:
+         callbacks, group: distributed.Group | None = None) -> pd.DataFrame:
     """Set up (parameters, the loss, the optimizer, a resumed state, the callbacks) and run the loop;
-    between saving and restoring the caller's random state."""
+    between saving and restoring the caller's random state. ``group``: data-parallel ranks."""
     name = model_name(obj)
     pyro.clear_param_store()
-    set_seed(run.seed)
+    set_seed(run.seed if group is None else distributed.rank_seed(run.seed, group.rank))
     probe = next(train.batches(run.batch_size, shuffle=False))
+    if group is not None:
+        probe = group.shard(probe)
     check_batch(obj, probe, device)
     if isinstance(objective, PyroElbo):  # Pyro's code reads the param store itself: no shortcuts
         params, _ = _collect_params(obj, objective, probe)
         fast = ModelGuide(obj.model, obj.guide, name)
     else:
         params, fast = prepare(obj, objective, probe)
+    if group is not None:
+        group.average, plate = distributed.plan(fast.model, fast.guide, probe, group.world_size,
+                                                getattr(objective, "data_plate", None))
+        if plate is not None and group.world_size > 1:  # global sites counted once over the ranks
+            outside = distributed.ScaleOutside(plate, 1.0 / group.world_size)
+            fast = ModelGuide(outside(fast.model), outside(fast.guide), name)
     if jit is None:
         jit = bool(getattr(obj, "static_structure", False))
     if any(getattr(cb, "schedules_kl_weight", False) for cb in callbacks):
@@ -279,25 +296,39 @@ def _fit(obj, train, objective, device, run: Run, out_dir, resume, validation, t
         compiled = None  # the trace is specialised to full batches
     loss_fn = compiled or (lambda b: objective.differentiable_loss(fast.model, fast.guide, *b))
     optimizer = make_optimizer(list(params.values()), lr=run.lr, betas=run.betas, eps=run.eps)
+    after_backward = None
+    if group is not None:
+        group.broadcast_(list(params.values()))  # every rank starts from rank 0's parameters
+        plist = list(params.values())
+        state_tensors = [params[f"param.{n}"] for n in getattr(objective, "state_params", ()) if f"param.{n}" in params]
+
+        def after_backward() -> None:
+            group.reduce_gradients(plist)
+            group.average_(state_tensors)
     state = FitState(model=obj, objective=objective, optimizer=optimizer, params=params, total_steps=run.total_steps,
                      steps_per_epoch=run.steps_per_epoch, out_dir=out_dir, name=name)
     settings = run.trajectory(objective)
     if resume:
         _restore(state, Path(resume) if not isinstance(resume, bool) else out_dir, settings, device)
+        if group is not None and group.rank > 0:  # rank 0 continues the checkpoint's stream, others their own
+            set_seed(distributed.rank_seed(run.seed, group.rank) ^ state.step)
 
-    monitor = LossMonitor(run.log_every)
+    main = group is None or group.main
+    monitor = LossMonitor(run.log_every, group)
     record = {"settings": settings, "meta": meta or {}, "seed": run.seed}
-    builtin_before = [LearningRate(run.lr, run.lr_schedule), monitor, Evaluation(validation, test, run.eval_particles)]
-    builtin_after = [History(), *([Checkpoint(out_dir, record, resumed=resume is True)] if out_dir is not None else []),
-                     ProgressBar(monitor, sys.stderr.isatty() if progress is None else progress, run.log_every)]
+    builtin_before = [LearningRate(run.lr, run.lr_schedule), monitor,
+                      Evaluation(validation, test, run.eval_particles, group)]
+    builtin_after = [History(), *([Checkpoint(out_dir, record, resumed=resume is True)] if out_dir is not None and main else []),
+                     ProgressBar(monitor, main and (sys.stderr.isatty() if progress is None else progress), run.log_every)]
 
     def batches(epoch: int):
         g = torch.Generator(device="cpu").manual_seed(run.seed * 100003 + epoch)
         gd = g if device.type == "cpu" else torch.Generator(device=device).manual_seed(run.seed * 100003 + epoch)
-        return train.batches(run.batch_size, generator=g, drop_last=run.drop_last, binarize_generator=gd)
+        served = train.batches(run.batch_size, generator=g, drop_last=run.drop_last, binarize_generator=gd)
+        return served if group is None else group.shards(served)
 
     with pyro.validation_enabled(False):
-        train_loop(state, batches, lambda b: svi_step(loss_fn, optimizer, b, run.clip_norm),
+        train_loop(state, batches, lambda b: svi_step(loss_fn, optimizer, b, run.clip_norm, after_backward),
                    [*builtin_before, *callbacks, *builtin_after])
     df = pd.DataFrame(state.history)
     df.attrs.update({"model": name, "objective": repr(objective), "device": str(device), "seed": run.seed,

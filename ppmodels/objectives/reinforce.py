@@ -40,6 +40,7 @@ class Reinforce(Elbo):
 
     free_bits_supported = False
     name = "reinforce"
+    state_params = ("reinforce_baseline_avg", "reinforce_baseline_seen")  # averaged across data-parallel ranks
     jit_safe = False
 
     def __init__(

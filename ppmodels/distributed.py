@@ -1,0 +1,185 @@
+r"""Data-parallel SVI under ``torchrun``: what :func:`ppmodels.fit.fit` does when launched with
+``WORLD_SIZE`` > 1.
+
+Every rank draws the same global batch (the batch order and the dynamic binarization come from
+generators seeded by the run's seed and the epoch) and keeps its contiguous shard of
+``batch_size / world_size`` rows. The loss of a rank is its shard's sum over datapoints (the
+objectives' convention), so the gradients are **summed** across ranks with one all-reduce:
+the update is the single-process update on the global batch. When a plate is subsampled, each
+rank's loss already carries that plate's N/B scale for its own shard, i.e. each rank estimates
+the whole-data loss, and the gradients are **averaged** instead. The objective's running state
+(REINFORCE's baseline average) is averaged after each step, which for its linear update equals
+the update with the global batch's mean.
+
+Why not ``torch.nn.parallel.DistributedDataParallel`` itself: it hooks a module's ``forward``,
+and an SVI loss is a Pyro program (model and guide) that reads the module's parameters, not one
+``forward`` call; one flat all-reduce per step is what DDP does for models of this size
+(a single bucket), with the sum/mean choice above made explicit.
+
+Sites outside the batch plate (global latents and their observations, e.g. a mixture's
+weights and locations) are in every rank's loss; so that the sum over ranks counts them once,
+each rank scales them by 1 / world_size (:class:`ScaleOutside`, a Pyro messenger, so the
+objectives see ordinary scaled sites).
+
+The process group comes from the environment (``torchrun``): gloo on the CPU, NCCL on CUDA
+(each rank on ``cuda:LOCAL_RANK``). Rank r > 0 draws its own particles from the seed
+``seed + r · 1_000_003`` (rank 0 keeps ``seed``, so a one-process run is the ordinary run).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from pyro import poutine
+from pyro.poutine.messenger import Messenger
+from torch import Tensor
+
+from .utils import PPModelsError
+
+__all__ = ["Group", "setup", "rank_seed", "ScaleOutside", "plan"]
+
+RANK_SEED_STRIDE = 1_000_003
+
+
+def world_size_from_env() -> int:
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        raise PPModelsError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not an integer; launch with torchrun") from None
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of rank ``rank``'s own draws (particles)."""
+    return seed if rank == 0 else (seed + rank * RANK_SEED_STRIDE) % 2**63
+
+
+@dataclass
+class Group:
+    """The data-parallel group this process belongs to."""
+
+    rank: int
+    world_size: int
+    average: bool = False  # average gradients (a subsampled plate) instead of summing them
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, batch: tuple) -> tuple:
+        """This rank's contiguous block of a global batch's rows (the tensors with as many rows as
+        the first; blocks of a ragged last batch may differ by one row: the summed loss is still
+        the global batch's)."""
+        rows = batch[0].shape[0]
+        lo, hi = rows * self.rank // self.world_size, rows * (self.rank + 1) // self.world_size
+        return tuple(t[lo:hi] if torch.is_tensor(t) and t.dim() and t.shape[0] == rows else t for t in batch)
+
+    def shards(self, batches: Iterator[tuple]) -> Iterator[tuple]:
+        for batch in batches:
+            yield self.shard(batch)
+
+    def reduce_gradients(self, params: Sequence[Tensor]) -> None:
+        """Sum (or average) the gradients over ranks: one flat all-reduce."""
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        torch.distributed.all_reduce(flat)
+        if self.average:
+            flat /= self.world_size
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def average_(self, tensors: Sequence[Tensor]) -> None:
+        """Replace each tensor by its mean over ranks (in place)."""
+        if not tensors:
+            return
+        flat = torch.cat([t.detach().reshape(-1).float() for t in tensors])
+        torch.distributed.all_reduce(flat)
+        flat /= self.world_size
+        offset = 0
+        with torch.no_grad():
+            for t in tensors:
+                t.copy_(flat[offset:offset + t.numel()].view_as(t))
+                offset += t.numel()
+
+    def sum(self, values: Sequence[float | Tensor], device: torch.device) -> list[float]:
+        """The sums over ranks of a few numbers (one all-reduce)."""
+        flat = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(flat)
+        return flat.tolist()
+
+    def mean_over_rows(self, per_row: Callable[[Any], Tensor], data: Any, device: torch.device) -> float:
+        """The mean over all of ``data``'s rows of ``per_row(shard)``, each rank taking every
+        ``world_size``-th contiguous block of rows."""
+        n = len(data)
+        lo, hi = n * self.rank // self.world_size, n * (self.rank + 1) // self.world_size
+        local = per_row(data.subset(slice(lo, hi))) if hi > lo else torch.zeros(0)
+        total, count = self.sum([local.sum(), local.numel()], device)
+        return total / max(count, 1)
+
+    def broadcast_(self, tensors: Sequence[Tensor]) -> None:
+        """Rank 0's values of ``tensors`` on every rank (the initial parameters)."""
+        for t in tensors:
+            with torch.no_grad():
+                torch.distributed.broadcast(t.data, src=0)
+
+
+def setup(device: torch.device) -> tuple[Group | None, torch.device]:
+    """The process group from the environment when ``WORLD_SIZE`` > 1 (initialized here if it is
+    not yet), and the device this rank uses; ``(None, device)`` for a single process."""
+    world = world_size_from_env()
+    if world <= 1:
+        return None, device
+    if not torch.distributed.is_available():
+        raise PPModelsError("WORLD_SIZE > 1 but this torch has no torch.distributed; run one process")
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not torch.distributed.is_initialized():
+        missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+        if missing:
+            raise PPModelsError(f"WORLD_SIZE={world} but {', '.join(missing)} unset; launch with torchrun")
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Group(torch.distributed.get_rank(), torch.distributed.get_world_size()), device
+
+
+class ScaleOutside(Messenger):
+    """Multiply the scale of every sample site outside the plate ``plate`` by ``factor``."""
+
+    def __init__(self, plate: str, factor: float) -> None:
+        super().__init__()
+        self.plate, self.factor = plate, factor
+
+    def _pyro_sample(self, msg: dict) -> None:
+        if all(frame.name != self.plate for frame in msg["cond_indep_stack"]):
+            msg["scale"] = msg["scale"] * self.factor
+
+
+def plan(model: Callable, guide: Callable, batch: tuple, world_size: int, data_plate: str | None = None
+         ) -> tuple[bool, str | None]:
+    """How ranks combine for a program, from one trace of it on a shard: ``(average, plate)``.
+    A subsampled plate, or no batch plate: gradients averaged (each rank's loss estimates the
+    whole). Otherwise summed, and ``plate`` names the batch plate whose outside sites each rank
+    scales by 1 / world_size."""
+    from .objectives.base import AmbiguousPlate, find_data_plate
+    from .tracing import forked_rng
+
+    with forked_rng(), torch.no_grad():
+        guide_trace = poutine.trace(guide).get_trace(*batch)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*batch)
+    scaled = any(not (isinstance(site["scale"], (int, float)) and site["scale"] == 1.0)
+                 for tr in (model_trace, guide_trace) for site in tr.nodes.values() if site["type"] == "sample")
+    if scaled:
+        return True, None
+    try:
+        frame = find_data_plate(model_trace, guide_trace, data_plate)
+    except AmbiguousPlate:
+        frame = None
+    if frame is None:
+        return True, None
+    return False, frame.name

@@ -1,0 +1,83 @@
+"""Data-parallel fit under torchrun (gloo, CPU): the same update as one process on the same
+global batches; rank 0 writes the run; a checkpoint resumes with another world size."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).with_name("ddp_train.py")
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(args, procs: int, tmp_path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    if procs == 1:
+        cmd = [sys.executable, str(SCRIPT), *args]
+    else:
+        cmd = [str(TORCHRUN), "--nproc_per_node", str(procs), "--master_addr", "127.0.0.1", "--master_port",
+               str(_port()), str(SCRIPT), *args]
+    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def _params(path):
+    return torch.load(path, weights_only=True)
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed")
+def test_two_processes_give_the_one_process_update_and_the_power_check_fails_without_scaling(tmp_path):
+    _run(["gmm", str(tmp_path / "one.pt")], 1, tmp_path)
+    _run(["gmm", str(tmp_path / "two.pt")], 2, tmp_path)
+    _run(["gmm-unscaled", str(tmp_path / "naive.pt")], 2, tmp_path)
+    one, two, naive = (_params(tmp_path / f) for f in ("one.pt", "two.pt", "naive.pt"))
+    for key in one:  # 12 Adam steps on batches of 20 of 80 points, exact (enumerated, MAP) gradients
+        assert torch.allclose(one[key], two[key], atol=1e-5, rtol=1e-5), key
+    # counting the global sites' prior once per rank is a different update, and the check sees it
+    assert max((one[k] - naive[k]).abs().max().item() for k in one) > 1e-3
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed")
+def test_two_process_vae_is_within_seed_noise_and_resumes_with_one_process(tmp_path):
+    _run(["vae", str(tmp_path / "one.pt"), "elbo", "0"], 1, tmp_path)
+    _run(["vae", str(tmp_path / "seed1.pt"), "elbo", "1"], 1, tmp_path)
+    _run(["vae", str(tmp_path / "two.pt"), "elbo", "0"], 2, tmp_path)
+    final = {k: json.loads((tmp_path / f"{k}.pt.json").read_text())["test_elbo"][-1] for k in ("one", "seed1", "two")}
+    noise = max(abs(final["one"] - final["seed1"]), 0.5)
+    assert abs(final["two"] - final["one"]) < 3 * noise, final
+    run = tmp_path / "two.pt.run"  # rank 0 wrote the run directory, and only one history
+    assert (run / "checkpoint.pt").exists() and len((run / "history.csv").read_text().splitlines()) == 5
+    from ppmodels.data import TensorData, synthetic_images
+    from ppmodels.fit import fit
+    from ppmodels.models import VAE
+
+    images, _ = synthetic_images(600, seed=0)
+    torch.manual_seed(0)
+    history = fit(VAE(x_dim=784, z_dim=4, hidden=(32,)), TensorData(images[:400], binarize="dynamic"), epochs=6,
+                  batch_size=40, lr=3e-3, seed=0, test=TensorData(images[400:], binarize="dynamic"), device="cpu",
+                  out=run, resume=True, progress=False)
+    assert list(history["epoch"]) == [1, 2, 3, 4, 5, 6]  # four from two processes, two from one
+
+
+def test_a_global_batch_not_divisible_by_the_processes_is_refused(monkeypatch):
+    from ppmodels import distributed
+    from ppmodels.fit import fit
+    from ppmodels.models import LinearGaussian
+    from ppmodels.utils import PPModelsError
+
+    monkeypatch.setattr(distributed, "setup", lambda device: (distributed.Group(0, 3), device))
+    m = LinearGaussian(5, 2, seed=0)
+    with pytest.raises(PPModelsError, match="multiple of the 3 processes"):
+        fit(m, m.sample_data(20, seed=1), epochs=1, batch_size=10, device="cpu")
