@@ -1,0 +1,178 @@
+r"""Sweeps: one command, comma-separated values expanded into the Cartesian product of runs.
+
+``ppmodels sweep train vae --objective elbo,iwae -K 1,5,50 --seed 0,1,2 --out runs/table1``
+is 18 runs of ``ppmodels train``, each in its own process writing ``runs/table1/<name>/``
+(``name`` from the swept values, e.g. ``objective=iwae,K=5,seed=1``), then
+``runs/table1/summary.csv``: one row per run, its swept settings and its final metrics
+(``report.json`` for ``train``; the rows of ``study.csv`` for ``variance``).
+
+Runs are tasks on Ray (``ray.init()`` locally, or ``address=`` an existing cluster; one CPU, or
+``gpus_per_run`` GPUs, per run; ``max_concurrent`` in flight) when Ray is installed and
+``workers`` is not given, else ``workers`` local processes. A run that exits with an error is
+retried (``retries``) and continues from its checkpoint; a run already complete is skipped, so
+re-running a sweep resumes it. Each run gets ``threads`` torch threads (``OMP_NUM_THREADS``),
+and with the same thread count its numbers are those of the same command run alone.
+
+Options that hold a list in a single run (``--hidden 200,200``; variance's ``--objectives``
+and ``--num-particles``) are not expanded. Ray is imported only when a sweep runs on it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+
+from .utils import PPModelsError
+
+__all__ = ["expand", "sweep", "LIST_VALUED"]
+
+LIST_VALUED = {"train": {"--hidden"}, "variance": {"--objectives", "--num-particles"}}
+DONE = {"train": "report.json", "variance": "study.csv"}
+
+
+def expand(command: Sequence[str]) -> list[tuple[dict[str, str], list[str]]]:
+    """The runs of ``command`` (without ``--out``): ``(swept values by option, argv)`` for each
+    element of the Cartesian product of its comma-separated option values."""
+    command = list(command)
+    if not command or command[0] not in DONE:
+        raise PPModelsError(f"sweep: expected a command, train or variance, got {command[:1] or 'nothing'}")
+    keep = LIST_VALUED[command[0]]
+    slots: list[tuple[int, str, list[str]]] = []
+    for i, token in enumerate(command):
+        if i and command[i - 1].startswith("-") and command[i - 1] not in keep and not token.startswith("-") \
+                and "," in token:
+            values = [v for v in token.split(",") if v != ""]
+            if len(values) != len(set(values)):
+                raise PPModelsError(f"sweep: {command[i - 1]} {token} repeats a value")
+            slots.append((i, command[i - 1].lstrip("-"), values))
+    runs = []
+    for combo in itertools.product(*(values for _, _, values in slots)):
+        argv = list(command)
+        for (i, _, _), value in zip(slots, combo):
+            argv[i] = value
+        runs.append(({key: value for (_, key, _), value in zip(slots, combo)}, argv))
+    return runs
+
+
+def run_name(settings: dict[str, str]) -> str:
+    """A directory name from the swept values (``run`` when nothing is swept)."""
+    name = ",".join(f"{k}={v}" for k, v in settings.items()) or "run"
+    return re.sub(r"[^A-Za-z0-9=,._-]", "_", name)
+
+
+def run_one(argv: list[str], out: str, done: str, threads: int, retries: int) -> dict[str, Any]:
+    """One run as ``python -m ppmodels ARGV --out OUT``: skipped when ``OUT/done`` exists,
+    continued (``--resume``) when a checkpoint is there, retried ``retries`` times on failure."""
+    path = Path(out)
+    if (path / done).exists():
+        return {"status": "skipped", "attempts": 0, "seconds": 0.0}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)  # a run is one process, whatever launched the sweep
+    t0, error = time.perf_counter(), ""
+    for attempt in range(1, retries + 2):
+        resume = ["--resume"] if (path / "checkpoint.pt").exists() and argv[0] == "train" else []
+        cmd = [sys.executable, "-m", "ppmodels", *argv, "--out", str(path), *resume]
+        result = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if result.returncode == 0 and (path / done).exists():
+            return {"status": "done", "attempts": attempt, "seconds": time.perf_counter() - t0}
+        error = (result.stderr.strip().splitlines() or ["exit code %d" % result.returncode])[-1]
+        if result.returncode == 2:  # the command's own one-line error: retrying will not help
+            break
+    return {"status": "failed", "attempts": attempt, "seconds": time.perf_counter() - t0, "error": error}
+
+
+def sweep(
+    command: Sequence[str],
+    out: str | os.PathLike,
+    *,
+    workers: int | None = None,
+    address: str | None = None,
+    max_concurrent: int | None = None,
+    gpus_per_run: float = 0,
+    threads: int = 1,
+    retries: int = 2,
+) -> pd.DataFrame:
+    """Run the sweep of ``command`` (a ``ppmodels`` command line without ``--out``, e.g.
+    ``["train", "vae", "--objective", "elbo,iwae", "--seed", "0,1"]``) into ``out``; return the
+    summary (also written to ``out/summary.csv``). See the module docstring."""
+    runs = expand(command)
+    _check(runs)
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    done = DONE[runs[0][1][0]]
+    jobs = [(settings, argv, str(root / run_name(settings))) for settings, argv in runs]
+    use_ray = workers is None and _has_ray()
+    if use_ray:
+        results = _on_ray(jobs, done, threads, retries, address, max_concurrent, gpus_per_run)
+    else:
+        with ThreadPoolExecutor(max_workers=workers or 1) as pool:  # each thread waits on its run's process
+            results = list(pool.map(lambda job: run_one(job[1], job[2], done, threads, retries), jobs))
+    table = summarize(jobs, results, done)
+    table.attrs["engine"] = "ray" if use_ray else f"{workers or 1} local processes"
+    table.to_csv(root / "summary.csv", index=False)
+    return table
+
+
+def _check(runs: list[tuple[dict[str, str], list[str]]]) -> None:
+    """Every run's command line parsed before any runs: a bad value is one error now."""
+    from .cli import build_parser
+
+    parser = build_parser()
+    for _, argv in runs:
+        try:
+            parser.parse_args([*argv, "--out", "_sweep_check"])
+        except SystemExit:
+            raise PPModelsError(f"sweep: the run `ppmodels {' '.join(argv)}` is not a valid command (see above)") from None
+
+
+def _has_ray() -> bool:
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _on_ray(jobs, done, threads, retries, address, max_concurrent, gpus_per_run) -> list[dict[str, Any]]:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    task = ray.remote(num_cpus=1, num_gpus=gpus_per_run, max_retries=retries)(run_one)
+    pending: dict[Any, int] = {}
+    results: list[dict[str, Any] | None] = [None] * len(jobs)
+    queue = list(enumerate(jobs))
+    while queue or pending:
+        while queue and (max_concurrent is None or len(pending) < max_concurrent):
+            i, (_, argv, path) = queue.pop(0)
+            pending[task.remote(argv, path, done, threads, retries)] = i
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        for ref in ready:
+            results[pending.pop(ref)] = ray.get(ref)
+    return results  # type: ignore[return-value]
+
+
+def summarize(jobs, results, done: str) -> pd.DataFrame:
+    """One row per run (per study row for ``variance``): swept settings, status, final metrics."""
+    rows = []
+    for (settings, argv, path), result in zip(jobs, results):
+        base = {"run": Path(path).name, **settings, **result}
+        target = Path(path) / done
+        if done == "report.json" and target.exists():
+            rows.append({**base, **json.loads(target.read_text())})
+        elif done == "study.csv" and target.exists():
+            rows.extend({**base, **row} for row in pd.read_csv(target).to_dict("records"))
+        else:
+            rows.append(base)
+    return pd.DataFrame(rows)

@@ -1,0 +1,64 @@
+"""Sweeps: expansion, local processes and Ray give the numbers of the runs made one by one,
+and a sweep resumes after a run is deleted."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from ppmodels.sweep import expand, run_name, sweep
+from ppmodels.utils import PPModelsError
+
+COMMAND = ["train", "gmm", "--guide", "bayes", "--steps", "40", "--seed", "0,1", "--lr", "0.05,0.1"]
+
+
+def test_expand_is_the_cartesian_product_and_keeps_list_valued_options():
+    runs = expand(["train", "vae", "--objective", "elbo,iwae", "-K", "1,5,50", "--hidden", "200,200"])
+    assert len(runs) == 6
+    assert runs[0] == ({"objective": "elbo", "K": "1"}, ["train", "vae", "--objective", "elbo", "-K", "1",
+                                                         "--hidden", "200,200"])
+    assert run_name(runs[-1][0]) == "objective=iwae,K=50"
+    variance = expand(["variance", "--model", "vae", "--objectives", "elbo,iwae", "--num-particles", "1,5",
+                       "--seed", "0,1"])
+    assert [s for s, _ in variance] == [{"seed": "0"}, {"seed": "1"}]
+    with pytest.raises(PPModelsError, match="repeats a value"):
+        expand(["train", "vae", "--seed", "1,1"])
+    with pytest.raises(PPModelsError, match="expected a command"):
+        expand(["fit", "vae"])
+
+
+def test_a_bad_value_in_any_run_is_refused_before_any_run(tmp_path):
+    with pytest.raises(PPModelsError, match="not a valid command"):
+        sweep(["train", "gmm", "--steps", "10,-1"], tmp_path / "s", workers=1)
+    assert not any((tmp_path / "s").glob("*/report.json"))
+
+
+def _alone(tmp_path):
+    """The four runs made one by one with plain `ppmodels train` (one thread, as in the sweep)."""
+    numbers = {}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    for settings, argv in expand(COMMAND):
+        out = tmp_path / "alone" / run_name(settings)
+        subprocess.run([sys.executable, "-m", "ppmodels", *argv, "--out", str(out)], env=env, check=True,
+                       capture_output=True)
+        numbers[run_name(settings)] = json.loads((out / "report.json").read_text())["log_likelihood"]
+    return numbers
+
+
+def test_local_processes_and_ray_give_the_numbers_of_single_runs_and_resume(tmp_path):
+    alone = _alone(tmp_path)
+    table = sweep(COMMAND, tmp_path / "local", workers=2)
+    assert list(table["status"]) == ["done"] * 4
+    assert dict(zip(table["run"], table["log_likelihood"])) == alone  # exactly
+    assert (tmp_path / "local" / "summary.csv").exists()
+    shutil.rmtree(tmp_path / "local" / "seed=1,lr=0.05")
+    again = sweep(COMMAND, tmp_path / "local", workers=2)
+    assert sorted(again["status"]) == ["done", "skipped", "skipped", "skipped"]
+    assert dict(zip(again["run"], again["log_likelihood"])) == alone
+    pytest.importorskip("ray")
+    on_ray = sweep(COMMAND, tmp_path / "ray")
+    assert on_ray.attrs["engine"] == "ray" and list(on_ray["status"]) == ["done"] * 4
+    assert dict(zip(on_ray["run"], on_ray["log_likelihood"])) == alone
