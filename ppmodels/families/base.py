@@ -1,0 +1,246 @@
+"""What a model family is to the ``ppmodels train`` command.
+
+:class:`Family` is the small contract: a name, its own options (:meth:`Family.add_options`) and
+:meth:`Family.train`. :class:`ImageFamily` is the pipeline that the MNIST families share (data
+splits, seed, run-directory lock, memory check, the SVI loop, test figures, image grids,
+``report.json`` and the printed lines), with hooks a family overrides. :func:`common_options`
+is the parent parser of the options every family takes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .common import (evaluation_report, fit_stage, ints, network_config, nonnegative, positive, save_grid,
+                     unlabelled, check_seed)
+
+__all__ = ["Family", "ImageFamily", "TrainingRun", "common_options", "add_network_options"]
+
+#: choices of --lr-schedule
+LR_SCHEDULES = ("constant", "cosine", "burda")
+
+
+class Family:
+    """A model family of ``ppmodels train NAME``: its options, its natural objective, its training
+    and report. A module of :mod:`ppmodels.families` makes one available by defining a
+    module-level ``FAMILY = SomeFamily()``."""
+
+    #: the sub-command, ``ppmodels train NAME``
+    name: str = ""
+    #: the :data:`ppmodels.models.REGISTRY` key of the family's model (default: :attr:`name`);
+    #: written into checkpoints so that ``evaluate`` and ``sample`` can rebuild it
+    model: str = ""
+    #: one line in ``ppmodels train --help``
+    help: str = ""
+    #: the top of ``ppmodels train NAME --help``
+    description: str = ""
+    #: default of --lr
+    default_lr: float = 1e-3
+    #: default of --batch-size (None: the family decides, see :attr:`batch_size_help`)
+    default_batch_size: int | None = 128
+    batch_size_help: str = "default 128"
+
+    @property
+    def model_key(self) -> str:
+        return self.model or self.name
+
+    @property
+    def model_class(self) -> type:
+        """The family's model class, from :data:`ppmodels.models.REGISTRY`."""
+        from ..models import REGISTRY
+
+        return REGISTRY[self.model_key]
+
+    @property
+    def default_objective(self) -> str:
+        """The objective when --objective is not given: the model class's ``default_objective``."""
+        return getattr(self.model_class, "default_objective", "elbo")
+
+    def add_options(self, parser: argparse.ArgumentParser) -> None:
+        """Add the family's own options to ``parser`` (its ``ppmodels train NAME`` parser, which
+        already holds :func:`common_options`)."""
+
+    def train(self, args: argparse.Namespace) -> None:
+        """Run ``ppmodels train NAME`` with the parsed ``args``: train, write the run directory,
+        print the figures. Errors about the user's input raise :class:`ppmodels.utils.PPModelsError`."""
+        raise NotImplementedError(f"family {self.name!r} does not define train()")
+
+
+def common_options(family: Family) -> argparse.ArgumentParser:
+    """The parent parser of the options every ``ppmodels train NAME`` takes, with ``family``'s
+    defaults (objective, learning rate, batch size)."""
+    from ..objectives import names
+
+    t = argparse.ArgumentParser(add_help=False)
+    t.add_argument("--objective", choices=names(), default=None,
+                   help=f"default: {family.default_objective} (the model's natural objective)")
+    t.add_argument("--num-particles", "-K", type=positive(int), default=None, help="particles K of the objective")
+    t.add_argument("--alpha", type=float, default=None, help="α of the renyi objective")
+    t.add_argument("--baseline", choices=["none", "decaying", "neural"], default=None, help="reinforce baseline")
+    t.add_argument("--kl-weight", type=nonnegative, default=None,
+                   help="β: weight of the KL term (elbo, meanfield, stl, reinforce; default 1)")
+    t.add_argument("--kl-warmup", type=positive(int), default=None,
+                   help="raise β linearly from 0 to --kl-weight (default 1) over this many steps")
+    t.add_argument("--kl-cycles", type=positive(int), default=1, help="cyclical annealing: cycles over --kl-warmup")
+    t.add_argument("--tensorboard", nargs="?", const="", default=None, metavar="DIR",
+                   help="write TensorBoard event files (default DIR: RUN_DIR/tensorboard); needs ppmodels[tensorboard]")
+    t.add_argument("--epochs", type=positive(int), default=None)
+    t.add_argument("--steps", type=positive(int), default=None)
+    t.add_argument("--batch-size", type=positive(int), default=family.default_batch_size, help=family.batch_size_help)
+    t.add_argument("--lr", type=positive(float), default=family.default_lr,
+                   help=f"learning rate (default {family.default_lr:g})")
+    t.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant")
+    t.add_argument("--binarize", choices=["dynamic", "fixed"], default="dynamic")
+    t.add_argument("--validation", type=int, default=0, help="hold out this many training images")
+    t.add_argument("--train-subset", type=positive(int), default=None, help="train on the first N images only")
+    t.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", required=True, help="run directory")
+    t.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
+    t.add_argument("--eval-subset", type=positive(int), default=1000,
+                   help="test images for the importance-sampled NLL (default 1000)")
+    t.add_argument("--num-samples", type=positive(int), default=1000, help="importance samples for the NLL")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--no-jit", action="store_true",
+                   help="never trace the loss (default: traced where the model's structure is static and the "
+                        "traced gradients are checked equal to the plain ones)")
+    return t
+
+
+def add_network_options(parser: argparse.ArgumentParser | Any, help: str | None = None) -> None:
+    """--z-dim, --hidden and --activation (``help=argparse.SUPPRESS`` hides them)."""
+    parser.add_argument("--z-dim", type=positive(int), help=help or "latent size (overrides the preset)")
+    parser.add_argument("--hidden", type=ints, help=help or "hidden sizes, e.g. 200,200 (overrides the preset)")
+    parser.add_argument("--activation", help=help or "activation (overrides the preset)")
+
+
+@dataclass
+class TrainingRun:
+    """The state of one ``ppmodels train`` command of an :class:`ImageFamily`, handed to its hooks."""
+
+    args: argparse.Namespace
+    out: Path
+    train: Any  #: training data (TensorData); :meth:`ImageFamily.prepare` may replace it
+    test: Any  #: the test split (TensorData)
+    config: dict[str, Any]  #: the model's configuration, stored in the checkpoint
+    report: dict[str, Any] = field(default_factory=dict)  #: what goes into report.json
+    state: dict[str, Any] = field(default_factory=dict)  #: anything a family keeps between its hooks
+
+
+class ImageFamily(Family):
+    """A family of MNIST models with networks. :meth:`train` runs the shared pipeline:
+
+    1. check --epochs/--steps and --seed; lock --out for the whole command (``rundir.open_run``);
+    2. seed torch; load the MNIST splits (with labels when :attr:`labels`), --train-subset;
+    3. :meth:`config` (the model's configuration from the options), :meth:`prepare` (e.g. a
+       semi-supervised subset, or an earlier training stage);
+    4. check the memory of one training step; :meth:`build` the model; train it by
+       :func:`~ppmodels.families.common.fit_stage` with the natural objective (the model
+       class's ``default_objective``) unless --objective; test data :meth:`fit_test`, collapse
+       diagnostics on :meth:`diagnostics`;
+    5. :meth:`report` (test figures and image grids, by default via :meth:`images`), plus
+       ``train_seconds`` and ``epochs``, into report.json; print :meth:`summary` and one closing line.
+    """
+
+    #: load MNIST with its labels (a tensor of class indices beside the images)
+    labels: bool = False
+    #: prior draws in samples.png, and images per row
+    sample_grid: tuple[int, int] = (64, 8)
+
+    def add_options(self, parser: argparse.ArgumentParser) -> None:
+        add_network_options(parser)
+
+    def config(self, args: argparse.Namespace) -> dict[str, Any]:
+        """The model's configuration (keyword arguments of its class) from the options."""
+        return network_config(args, {})
+
+    def prepare(self, run: TrainingRun) -> None:
+        """Before the model is built: change ``run.train``, ``run.config`` or ``run.report``."""
+
+    def build(self, run: TrainingRun) -> Any:
+        """The model to train (by default ``models.build(model_key, **run.config)``)."""
+        from ..models import build
+
+        return build(self.model_key, **run.config)
+
+    def fit_test(self, run: TrainingRun) -> Any:
+        """The test data the SVI loop evaluates each epoch."""
+        return run.test
+
+    def diagnostics(self, run: TrainingRun) -> Any:
+        """Held-out data for posterior-collapse diagnostics during training (None: none)."""
+        return None
+
+    def report(self, model: Any, run: TrainingRun, x: Any) -> dict[str, Any]:
+        """The test figures (ELBO, importance-sampled NLL, active units) and the image grids;
+        ``x``: the first 32 test images, binarized once."""
+        args = run.args
+        report = evaluation_report(model, unlabelled(run.test), args.num_samples, args.eval_subset, args.seed)
+        self.images(model, run, x)
+        return report
+
+    def images(self, model: Any, run: TrainingRun, x: Any) -> None:
+        """samples.png (prior draws) and reconstructions.png (``x`` above its reconstructions)."""
+        import torch
+
+        n, nrow = self.sample_grid
+        save_grid(model.sample(n), run.out / "samples.png", nrow=nrow)
+        save_grid(torch.cat([x.reshape(4, 8, -1), model.reconstruct(x).reshape(4, 8, -1)], 1),
+                  run.out / "reconstructions.png")
+
+    def summary(self, report: dict[str, Any], run: TrainingRun) -> list[str]:
+        """The lines printed after training (before the closing one)."""
+        return [f"test ELBO {report['test_elbo']:.2f} nats ({len(run.test)} images, K=1)",
+                f"test NLL  {report['test_nll']:.2f} nats ({report['nll_images']} images, K={run.args.num_samples} "
+                f"importance samples, {report['nll_seconds']:.0f}s)",
+                f"active units {report['active_units']}"]
+
+    def train(self, args: argparse.Namespace) -> None:
+        import torch
+
+        from .. import data
+        from ..rundir import open_run
+        from ..utils import PPModelsError, check_memory
+
+        if args.epochs is None and args.steps is None:
+            raise PPModelsError("train: give --epochs N or --steps N")
+        if args.epochs is not None and args.steps is not None:
+            raise PPModelsError("train: give --epochs N or --steps N, not both")
+        objective = args.objective or self.default_objective
+        check_seed(args.seed)
+        lock = open_run(args.out, resume=args.resume, overwrite=args.overwrite)  # before any work; held to the end
+        try:
+            torch.manual_seed(args.seed)  # the initial weights too: one seed, one run
+            splits = data.mnist(validation=args.validation, binarize=args.binarize, labels=self.labels,
+                                device=args.device)
+            train, test = splits["train"], splits["test"]
+            if args.train_subset:
+                train = train.subset(args.train_subset)
+            run = TrainingRun(args=args, out=Path(args.out), train=train, test=test, config=self.config(args))
+            self.prepare(run)
+            K, batch = args.num_particles or 1, min(args.batch_size, len(run.train))
+            widths = 3 * 784 + 4 * sum(run.config.get("hidden", (400,)))
+            check_memory(16.0 * K * batch * widths, f"one training step (K={K}, batch {batch})",
+                         "use a smaller -K or --batch-size", args.device if args.device != "auto" else "cpu")
+            model = self.build(run)
+            history, train_seconds = fit_stage(model, run.train, self.fit_test(run), args, run.out, self.model_key,
+                                               run.config, objective, args.epochs, diagnose=self.diagnostics(run))
+
+            torch.manual_seed(args.seed)
+            model.eval()
+            x = test.subset(32).full(torch.Generator(device=test.device).manual_seed(0))[0]
+            run.report.update(self.report(model, run, x))
+            run.report["train_seconds"] = train_seconds
+            run.report["epochs"] = int(history["epoch"].iloc[-1])
+            (run.out / "report.json").write_text(json.dumps(run.report, indent=2))
+            for line in self.summary(run.report, run):
+                print(line)
+            print(f"trained {run.report['epochs']} epochs in {train_seconds:.0f}s; wrote {run.out}/history.csv, "
+                  "checkpoint.pt, report.json and images")
+        finally:
+            lock.release()

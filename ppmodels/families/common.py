@@ -1,0 +1,156 @@
+"""Helpers shared by the families and by the other ``ppmodels`` commands: argument types, image
+grids, the test figures of a run, the callbacks and objective options the train flags ask for,
+and :func:`fit_stage`, the one call of the SVI loop with a command's settings.
+
+Nothing here imports torch at module level, so that building the parser stays cheap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+__all__ = ["ints", "positive", "nonnegative", "save_grid", "evaluation_report", "unlabelled", "network_config",
+           "check_seed", "callbacks", "objective_options", "fit_stage"]
+
+
+# -- argument types -------------------------------------------------------------------------------
+def ints(text: str) -> tuple[int, ...]:
+    """``"200,200"`` -> ``(200, 200)``: comma-separated positive integers."""
+    try:
+        values = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    return values
+
+
+def positive(kind: type) -> Callable[[str], Any]:
+    """An argument type: a positive, finite ``kind`` (int or float)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        if not value > 0 or value == float("inf"):  # NaN and inf too
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
+        return value
+
+    return parse
+
+
+def nonnegative(text: str) -> float:
+    """An argument type: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+# -- outputs --------------------------------------------------------------------------------------
+def save_grid(images, path: Path, nrow: int = 8) -> None:
+    """Rows of 784 pixels as one PNG grid of 28 x 28 images, ``nrow`` to a row."""
+    from torchvision.utils import save_image
+
+    save_image(images.reshape(-1, 1, 28, 28).float().cpu(), path, nrow=nrow)
+
+
+def evaluation_report(model, test, num_samples: int, subset: int | None, seed: int) -> dict[str, float]:
+    """Test ELBO (all of ``test``), importance-sampled NLL (its first ``subset`` rows), active units."""
+    import torch
+
+    from .. import evaluate
+    from ..utils import PPModelsError
+
+    if num_samples > 1_000_000:
+        raise PPModelsError(f"--num-samples {num_samples} importance samples would take days; use at most 1000000")
+    g = torch.Generator(device=test.device).manual_seed(seed)
+    sub = test.subset(subset) if subset else test
+    t0 = time.perf_counter()
+    nll = -evaluate.log_likelihood(model, sub, num_samples, generator=g).mean().item()
+    return {
+        "test_elbo": evaluate.elbo(model, test, generator=g).mean().item(),
+        "test_nll": nll,
+        "nll_images": len(sub),
+        "nll_samples": num_samples,
+        "nll_seconds": time.perf_counter() - t0,
+        "active_units": sum(evaluate.active_units(model, test, generator=g).values()),  # continuous sites
+    }
+
+
+def unlabelled(data):
+    """``data`` without its label tensor (what the test figures of a model of x alone use)."""
+    out = data.subset(slice(None))
+    out.tensors = out.tensors[:1]
+    return out
+
+
+# -- the train command's settings -----------------------------------------------------------------
+def network_config(args: argparse.Namespace, config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with ``--z-dim``, ``--hidden`` and ``--activation`` where given."""
+    for key in ("z_dim", "hidden", "activation"):
+        if getattr(args, key, None) is not None:
+            config[key] = getattr(args, key)
+    return config
+
+
+def check_seed(seed: int) -> None:
+    from ..utils import PPModelsError
+
+    if not 0 <= seed < 2**63:
+        raise PPModelsError(f"--seed must be in [0, 2**63), got {seed}")
+
+
+def callbacks(args: argparse.Namespace, out: Path, diagnose=None) -> list:
+    """The callbacks the train flags ask for: KL annealing, TensorBoard; and posterior-collapse
+    diagnostics on ``diagnose`` (held-out data) when given."""
+    from ..callbacks import CollapseDiagnostics, KLAnnealing, TensorBoard
+
+    found: list = [CollapseDiagnostics(diagnose)] if diagnose is not None else []
+    if args.kl_warmup:
+        end = 1.0 if args.kl_weight is None else args.kl_weight
+        found.append(KLAnnealing(args.kl_warmup, start=0.0, end=end, cycles=args.kl_cycles))
+    if args.tensorboard is not None:
+        found.append(TensorBoard(Path(args.tensorboard) if args.tensorboard else out / "tensorboard"))
+    return found
+
+
+def objective_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The objective's options given on the command line (-K, --alpha, --baseline, --kl-weight)."""
+    opts: dict[str, Any] = {}
+    if getattr(args, "kl_weight", None) is not None and not getattr(args, "kl_warmup", None):
+        opts["kl_weight"] = args.kl_weight
+    if args.num_particles is not None:
+        opts["num_particles"] = args.num_particles
+    if args.alpha is not None:
+        opts["alpha"] = args.alpha
+    if args.baseline is not None:
+        opts["baseline"] = args.baseline
+    return opts
+
+
+def fit_stage(model, train, test, args: argparse.Namespace, out: Path, family: str, config: dict[str, Any],
+              objective: str, epochs: int | None, diagnose=None):
+    """One call of the SVI loop with the command's settings; returns (history, seconds).
+    ``family`` and ``config`` go into the checkpoint (``meta``), so that ``evaluate`` and
+    ``sample`` can rebuild the model (``family`` is a :data:`ppmodels.models.REGISTRY` key)."""
+    from ..fit import fit
+
+    t0 = time.perf_counter()
+    history = fit(
+        model, train, objective=objective, epochs=epochs, steps=args.steps if epochs is None else None,
+        batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule, seed=args.seed,
+        device=args.device, test=test, out=out, resume=args.resume, overwrite=args.overwrite,
+        progress=False if args.quiet else None,
+        jit=False if args.no_jit else None, callbacks=callbacks(args, out, diagnose),
+        meta={"family": family, "config": config, "args": {k: str(v) for k, v in vars(args).items()}},
+        **objective_options(args),
+    )
+    return history, time.perf_counter() - t0
