@@ -90,6 +90,23 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("runs", nargs="+", help="run directories")
     c.add_argument("--out", default="compare.png", help="figure path (.png); the CSV is written beside it")
 
+    w = sub.add_parser("sweep", help="many runs: comma-separated values expanded into their product",
+                       description="Run a train or variance command for every combination of its comma-separated "
+                       "option values, e.g. `ppmodels sweep train vae --objective elbo,iwae -K 1,5 --seed 0,1 --out "
+                       "runs/grid`: one run directory per combination under --out, then summary.csv. Runs are Ray "
+                       "tasks when Ray is installed (pip install 'ppmodels[ray]'), else --workers local processes. "
+                       "The sweep options below may stand anywhere on the line.")
+    w.add_argument("--workers", type=positive(int), default=None,
+                   help="run on this many local processes (default: Ray if installed, else 1)")
+    w.add_argument("--address", default=None, help="join this Ray cluster (default: start Ray locally)")
+    w.add_argument("--max-concurrent", type=positive(int), default=None, help="Ray: runs in flight at most")
+    w.add_argument("--retries", type=int, default=2, help="retries of a failed run (default 2)")
+    w.add_argument("--threads", type=positive(int), default=1, help="torch threads per run (default 1)")
+    w.add_argument("--gpus-per-run", type=float, default=0, help="Ray: GPUs per run (default 0)")
+    w.add_argument("--out", default=None, help="the sweep's folder (one run directory per combination)")
+    w.add_argument("sweep_command", nargs=argparse.REMAINDER, metavar="COMMAND ...",
+                   help="train MODEL ... or variance ...")
+
     d = sub.add_parser("data", help="fetch MNIST into the cache",
                        description="Fetch MNIST into $PPMODELS_DATA (default ~/.cache/ppmodels) and report the sources.")
     d.add_argument("--root", default=None)
@@ -249,6 +266,44 @@ def _data(args: argparse.Namespace) -> None:
           f"in {data.data_root(args.root)}")
 
 
+SWEEP_OPTIONS = {"--workers": int, "--address": str, "--max-concurrent": int, "--retries": int, "--threads": int,
+                 "--gpus-per-run": float, "--out": str}
+
+
+def _sweep(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from .sweep import sweep
+    from .utils import PPModelsError
+
+    command, i = [], 0
+    tokens = list(args.sweep_command)
+    while i < len(tokens):  # the sweep's own options, wherever they stand
+        key, _, inline = tokens[i].partition("=")
+        if key in SWEEP_OPTIONS:
+            value = inline or (tokens[i + 1] if i + 1 < len(tokens) else None)
+            if value is None:
+                raise PPModelsError(f"sweep: {key} needs a value")
+            try:
+                setattr(args, key[2:].replace("-", "_"), SWEEP_OPTIONS[key](value))
+            except ValueError:
+                raise PPModelsError(f"sweep: {key} {value!r} is not a {SWEEP_OPTIONS[key].__name__}") from None
+            i += 1 if inline else 2
+            continue
+        command.append(tokens[i])
+        i += 1
+    if args.out is None:
+        raise PPModelsError("sweep: give --out DIR, the folder that holds the runs")
+    table = sweep(command, args.out, workers=args.workers, address=args.address, max_concurrent=args.max_concurrent,
+                  gpus_per_run=args.gpus_per_run, threads=args.threads, retries=args.retries)
+    with pd.option_context("display.width", 200, "display.max_columns", 30):
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    failed = int((table["status"] == "failed").sum()) if "status" in table else 0
+    print(f"{len(table)} rows on {table.attrs.get('engine')}; wrote {Path(args.out) / 'summary.csv'}")
+    if failed:
+        raise PPModelsError(f"sweep: {failed} run(s) failed; see the error column of {Path(args.out) / 'summary.csv'}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line. Every error about the user's input or the file system is one line
     ``ppmodels: error: ...`` and exit code 2 (the whole traceback with ``PPMODELS_DEBUG=1``);
@@ -261,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         commands = {"train": _train, "evaluate": _evaluate, "sample": _sample, "variance": _variance, "data": _data,
-                    "compare": _compare}
+                    "compare": _compare, "sweep": _sweep}
         commands[args.command](args)
         sys.stdout.flush()
     except BrokenPipeError:  # `ppmodels evaluate RUN | head -1`: the reader left; not an error

@@ -126,14 +126,21 @@ def sweep(
 
 def _check(runs: list[tuple[dict[str, str], list[str]]]) -> None:
     """Every run's command line parsed before any runs: a bad value is one error now."""
+    import contextlib
+    import io
+
     from .cli import build_parser
 
     parser = build_parser()
     for _, argv in runs:
+        said = io.StringIO()
         try:
-            parser.parse_args([*argv, "--out", "_sweep_check"])
+            with contextlib.redirect_stderr(said):
+                parser.parse_args([*argv, "--out", "_sweep_check"])
         except SystemExit:
-            raise PPModelsError(f"sweep: the run `ppmodels {' '.join(argv)}` is not a valid command (see above)") from None
+            why = said.getvalue().strip().splitlines()[-1:] or ["invalid"]
+            why = why[0].removeprefix("ppmodels: error: ").split(" (see `")[0]
+            raise PPModelsError(f"sweep: run `ppmodels {' '.join(argv)}`: {why}") from None
 
 
 def _has_ray() -> bool:

@@ -81,3 +81,20 @@ def test_a_global_batch_not_divisible_by_the_processes_is_refused(monkeypatch):
     m = LinearGaussian(5, 2, seed=0)
     with pytest.raises(PPModelsError, match="multiple of the 3 processes"):
         fit(m, m.sample_data(20, seed=1), epochs=1, batch_size=10, device="cpu")
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed")
+def test_torchrun_cli_trains_with_rank_zero_writing_the_run(fake_mnist, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [str(TORCHRUN), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_port()),
+           "-m", "ppmodels", "train", "vae", "--preset", "burda", "--z-dim", "4", "--hidden", "32",
+           "--epochs", "2", "--batch-size", "40", "--eval-subset", "20", "--num-samples", "10", "--device", "cpu",
+           "--out", str(out), "--quiet"]
+    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("test NLL") == 1  # printed by rank 0 only
+    report = json.loads((out / "report.json").read_text())
+    assert report["processes"] == 2 and report["nll_images"] == 20
+    history = (out / "history.csv").read_text().splitlines()
+    assert len(history) == 3 and history[0].startswith("epoch,step")

@@ -71,3 +71,22 @@ def test_recipe_trains_with_the_protocol_and_measures_the_curve(tmp_path):
     ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert ckpt["settings"]["eps"] == 1e-4 and ckpt["settings"]["batch_size"] == 20
     assert ckpt["settings"]["lr_schedule"] == "burda-compressed"
+
+
+def test_cli_recipe_trains_with_the_protocol_and_the_nll_along_the_way(fake_mnist, tmp_path):
+    import json
+
+    from ppmodels.cli import main
+
+    out = tmp_path / "burda"
+    assert main(["train", "vae", "--recipe", "burda2016", "--passes", "2", "--nll-at", "1", "--eval-subset", "20",
+                 "--num-samples", "10", "--out", str(out), "--quiet", "--device", "cpu"]) == 0
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    settings = ckpt["settings"]
+    assert (settings["batch_size"], settings["eps"], settings["lr_schedule"]) == (20, 1e-4, "burda-compressed")
+    assert ckpt["meta"]["config"]["hidden"] == (200, 200)  # the burda preset
+    assert len(ckpt["history"]["test_nll"]) == 2 and math.isfinite(ckpt["history"]["test_nll"][0])
+    report = json.loads((out / "report.json").read_text())
+    assert report["epochs"] == 2 and report["nll_images"] == 20
+    assert main(["train", "vae", "--recipe", "burda2016", "--epochs", "3", "--out", str(tmp_path / "x")]) == 2
+    assert main(["train", "vae", "--passes", "3", "--epochs", "1", "--out", str(tmp_path / "y")]) == 2

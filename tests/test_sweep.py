@@ -31,7 +31,7 @@ def test_expand_is_the_cartesian_product_and_keeps_list_valued_options():
 
 
 def test_a_bad_value_in_any_run_is_refused_before_any_run(tmp_path):
-    with pytest.raises(PPModelsError, match="not a valid command"):
+    with pytest.raises(PPModelsError, match="steps 10,-1|expected a positive int"):
         sweep(["train", "gmm", "--steps", "10,-1"], tmp_path / "s", workers=1)
     assert not any((tmp_path / "s").glob("*/report.json"))
 
@@ -62,3 +62,15 @@ def test_local_processes_and_ray_give_the_numbers_of_single_runs_and_resume(tmp_
     on_ray = sweep(COMMAND, tmp_path / "ray")
     assert on_ray.attrs["engine"] == "ray" and list(on_ray["status"]) == ["done"] * 4
     assert dict(zip(on_ray["run"], on_ray["log_likelihood"])) == alone
+
+
+def test_cli_sweep_prints_the_summary_and_refuses_a_bad_run_in_one_line(tmp_path):
+    base = [sys.executable, "-m", "ppmodels", "sweep"]
+    ok = subprocess.run([*base, "train", "gmm", "--guide", "bayes", "--steps", "20", "--seed", "0,1",
+                         "--out", str(tmp_path / "s"), "--workers", "2"], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert "2 rows on 2 local processes" in ok.stdout and (tmp_path / "s" / "summary.csv").exists()
+    bad = subprocess.run([*base, "train", "gmm", "--steps", "5,-1", "--out", str(tmp_path / "b"), "--workers", "1"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "b" / "steps=5").exists()

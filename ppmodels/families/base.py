@@ -21,7 +21,7 @@ from .common import (evaluation_report, fit_stage, ints, network_config, nonnega
 __all__ = ["Family", "ImageFamily", "TrainingRun", "common_options", "add_network_options"]
 
 #: choices of --lr-schedule
-LR_SCHEDULES = ("constant", "cosine", "burda")
+LR_SCHEDULES = ("constant", "cosine", "burda", "burda-compressed")
 
 
 class Family:
@@ -83,6 +83,8 @@ def common_options(family: Family) -> argparse.ArgumentParser:
     t.add_argument("--baseline", choices=["none", "decaying", "neural"], default=None, help="reinforce baseline")
     t.add_argument("--kl-weight", type=nonnegative, default=None,
                    help="β: weight of the KL term (elbo, meanfield, stl, reinforce; default 1)")
+    t.add_argument("--free-bits", type=nonnegative, default=None,
+                   help="λ: free bits per latent dimension (elbo, stl; Kingma et al. 2016)")
     t.add_argument("--kl-warmup", type=positive(int), default=None,
                    help="raise β linearly from 0 to --kl-weight (default 1) over this many steps")
     t.add_argument("--kl-cycles", type=positive(int), default=1, help="cyclical annealing: cycles over --kl-warmup")
@@ -176,12 +178,18 @@ class ImageFamily(Family):
         """Held-out data for posterior-collapse diagnostics during training (None: none)."""
         return None
 
+    def extra_callbacks(self, run: TrainingRun) -> list:
+        """More callbacks for the SVI loop (e.g. the NLL along the way)."""
+        return []
+
     def report(self, model: Any, run: TrainingRun, x: Any) -> dict[str, Any]:
         """The test figures (ELBO, importance-sampled NLL, active units) and the image grids;
         ``x``: the first 32 test images, binarized once."""
         args = run.args
-        report = evaluation_report(model, unlabelled(run.test), args.num_samples, args.eval_subset, args.seed)
-        self.images(model, run, x)
+        report = evaluation_report(model, unlabelled(run.test), args.num_samples, args.eval_subset, args.seed,
+                                   run.state.get("group"))
+        if run.state.get("main", True):
+            self.images(model, run, x)
         return report
 
     def images(self, model: Any, run: TrainingRun, x: Any) -> None:
@@ -213,7 +221,13 @@ class ImageFamily(Family):
             raise PPModelsError("train: give --epochs N or --steps N, not both")
         objective = args.objective or self.default_objective
         check_seed(args.seed)
-        lock = open_run(args.out, resume=args.resume, overwrite=args.overwrite)  # before any work; held to the end
+        from .. import distributed
+        from ..utils import resolve_device
+
+        group, device = distributed.setup(resolve_device(args.device))  # under torchrun: this rank's device
+        args.device = str(device)
+        main = group is None or group.main  # rank 0 alone writes the run directory and prints
+        lock = open_run(args.out, resume=args.resume, overwrite=args.overwrite) if main else None  # held to the end
         try:
             torch.manual_seed(args.seed)  # the initial weights too: one seed, one run
             splits = data.mnist(validation=args.validation, binarize=args.binarize, labels=self.labels,
@@ -222,14 +236,16 @@ class ImageFamily(Family):
             if args.train_subset:
                 train = train.subset(args.train_subset)
             run = TrainingRun(args=args, out=Path(args.out), train=train, test=test, config=self.config(args))
+            run.state.update(group=group, main=main)
             self.prepare(run)
             K, batch = args.num_particles or 1, min(args.batch_size, len(run.train))
-            widths = 3 * 784 + 4 * sum(run.config.get("hidden", (400,)))
+            widths = 3 * 784 + 4 * _hidden_total(run.config.get("hidden", (400,)))
             check_memory(16.0 * K * batch * widths, f"one training step (K={K}, batch {batch})",
                          "use a smaller -K or --batch-size", args.device if args.device != "auto" else "cpu")
             model = self.build(run)
             history, train_seconds = fit_stage(model, run.train, self.fit_test(run), args, run.out, self.model_key,
-                                               run.config, objective, args.epochs, diagnose=self.diagnostics(run))
+                                               run.config, objective, args.epochs, diagnose=self.diagnostics(run),
+                                               extra_callbacks=self.extra_callbacks(run))
 
             torch.manual_seed(args.seed)
             model.eval()
@@ -237,10 +253,20 @@ class ImageFamily(Family):
             run.report.update(self.report(model, run, x))
             run.report["train_seconds"] = train_seconds
             run.report["epochs"] = int(history["epoch"].iloc[-1])
+            if group is not None:
+                run.report["processes"] = group.world_size
+            if not main:
+                return
             (run.out / "report.json").write_text(json.dumps(run.report, indent=2))
             for line in self.summary(run.report, run):
                 print(line)
             print(f"trained {run.report['epochs']} epochs in {train_seconds:.0f}s; wrote {run.out}/history.csv, "
                   "checkpoint.pt, report.json and images")
         finally:
-            lock.release()
+            if lock is not None:
+                lock.release()
+
+
+def _hidden_total(hidden: Any) -> int:
+    """Total hidden width, for one or several stochastic layers' hidden sizes."""
+    return sum(_hidden_total(h) if isinstance(h, (tuple, list)) else int(h) for h in hidden)

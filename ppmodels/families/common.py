@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 __all__ = ["ints", "positive", "nonnegative", "save_grid", "evaluation_report", "unlabelled", "network_config",
            "check_seed", "callbacks", "objective_options", "fit_stage"]
@@ -62,8 +62,9 @@ def save_grid(images, path: Path, nrow: int = 8) -> None:
     save_image(images.reshape(-1, 1, 28, 28).float().cpu(), path, nrow=nrow)
 
 
-def evaluation_report(model, test, num_samples: int, subset: int | None, seed: int) -> dict[str, float]:
-    """Test ELBO (all of ``test``), importance-sampled NLL (its first ``subset`` rows), active units."""
+def evaluation_report(model, test, num_samples: int, subset: int | None, seed: int, group=None) -> dict[str, float]:
+    """Test ELBO (all of ``test``), importance-sampled NLL (its first ``subset`` rows), active units.
+    Data-parallel (``group``), the ELBO and the NLL split the rows across ranks and gather."""
     import torch
 
     from .. import evaluate
@@ -74,9 +75,16 @@ def evaluation_report(model, test, num_samples: int, subset: int | None, seed: i
     g = torch.Generator(device=test.device).manual_seed(seed)
     sub = test.subset(subset) if subset else test
     t0 = time.perf_counter()
-    nll = -evaluate.log_likelihood(model, sub, num_samples, generator=g).mean().item()
+    if group is None:
+        nll = -evaluate.log_likelihood(model, sub, num_samples, generator=g).mean().item()
+        test_elbo = evaluate.elbo(model, test, generator=g).mean().item()
+    else:
+        g.manual_seed(seed + group.rank)
+        nll = -group.mean_over_rows(lambda part: evaluate.log_likelihood(model, part, num_samples, generator=g),
+                                    sub, sub.device)
+        test_elbo = group.mean_over_rows(lambda part: evaluate.elbo(model, part, generator=g), test, test.device)
     return {
-        "test_elbo": evaluate.elbo(model, test, generator=g).mean().item(),
+        "test_elbo": test_elbo,
         "test_nll": nll,
         "nll_images": len(sub),
         "nll_samples": num_samples,
@@ -108,7 +116,7 @@ def check_seed(seed: int) -> None:
         raise PPModelsError(f"--seed must be in [0, 2**63), got {seed}")
 
 
-def callbacks(args: argparse.Namespace, out: Path, diagnose=None) -> list:
+def callbacks(args: argparse.Namespace, out: Path, diagnose=None, extra: Sequence[Any] = ()) -> list:
     """The callbacks the train flags ask for: KL annealing, TensorBoard; and posterior-collapse
     diagnostics on ``diagnose`` (held-out data) when given."""
     from ..callbacks import CollapseDiagnostics, KLAnnealing, TensorBoard
@@ -119,7 +127,7 @@ def callbacks(args: argparse.Namespace, out: Path, diagnose=None) -> list:
         found.append(KLAnnealing(args.kl_warmup, start=0.0, end=end, cycles=args.kl_cycles))
     if args.tensorboard is not None:
         found.append(TensorBoard(Path(args.tensorboard) if args.tensorboard else out / "tensorboard"))
-    return found
+    return [*found, *extra]
 
 
 def objective_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -133,11 +141,13 @@ def objective_options(args: argparse.Namespace) -> dict[str, Any]:
         opts["alpha"] = args.alpha
     if args.baseline is not None:
         opts["baseline"] = args.baseline
+    if getattr(args, "free_bits", None):
+        opts["free_bits"] = args.free_bits
     return opts
 
 
 def fit_stage(model, train, test, args: argparse.Namespace, out: Path, family: str, config: dict[str, Any],
-              objective: str, epochs: int | None, diagnose=None):
+              objective: str, epochs: int | None, diagnose=None, extra_callbacks: Sequence[Any] = ()):
     """One call of the SVI loop with the command's settings; returns (history, seconds).
     ``family`` and ``config`` go into the checkpoint (``meta``), so that ``evaluate`` and
     ``sample`` can rebuild the model (``family`` is a :data:`ppmodels.models.REGISTRY` key)."""
@@ -147,9 +157,10 @@ def fit_stage(model, train, test, args: argparse.Namespace, out: Path, family: s
     history = fit(
         model, train, objective=objective, epochs=epochs, steps=args.steps if epochs is None else None,
         batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule, seed=args.seed,
+        eps=getattr(args, "adam_eps", 1e-8),
         device=args.device, test=test, out=out, resume=args.resume, overwrite=args.overwrite,
         progress=False if args.quiet else None,
-        jit=False if args.no_jit else None, callbacks=callbacks(args, out, diagnose),
+        jit=False if args.no_jit else None, callbacks=callbacks(args, out, diagnose, extra_callbacks),
         meta={"family": family, "config": config, "args": {k: str(v) for k, v in vars(args).items()}},
         **objective_options(args),
     )

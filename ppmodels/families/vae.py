@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from .base import ImageFamily, TrainingRun
-from .common import network_config, positive
+from .common import ints, network_config, positive
 
 
 class VAEFamily(ImageFamily):
@@ -20,11 +20,30 @@ class VAEFamily(ImageFamily):
         from ..models import PRESETS
 
         g = parser.add_argument_group("vae options")
-        g.add_argument("--preset", choices=sorted(PRESETS), default="pyro", help="architecture preset (default: pyro)")
+        g.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                       help="architecture preset (default: pyro; burda with --recipe burda2016)")
         g.add_argument("--guide", choices=["diagonal", "iaf"], default=None,
                        help="diagonal (default) or iaf (flows on top of the diagonal Gaussian)")
         g.add_argument("--flow-layers", type=positive(int), default=2, help="IAF layers for --guide iaf")
+        g.add_argument("--recipe", choices=["burda2016"], default=None,
+                       help="burda2016: Burda et al.'s protocol (Glorot init, output bias at the mean pixel's logit, "
+                            "Adam eps 1e-4, batch 20, the 3^i schedule over --passes, NLL with K=5000 on all 10,000 "
+                            "test images unless --num-samples/--eval-subset say otherwise)")
+        g.add_argument("--passes", type=positive(int), default=None,
+                       help="--recipe: passes over the data (default 3280, the paper's; fewer compress the schedule)")
+        g.add_argument("--nll-at", type=ints, default=(),
+                       help="also measure the NLL after these epochs, e.g. 12,40,121 (on --eval-subset images)")
         super().add_options(g)
+
+    def train(self, args: argparse.Namespace) -> None:
+        from ..utils import PPModelsError
+
+        if args.recipe == "burda2016":
+            _burda2016(args)
+        elif args.passes is not None:
+            raise PPModelsError("train vae: --passes goes with --recipe burda2016; use --epochs otherwise")
+        args.preset = args.preset or "pyro"
+        super().train(args)
 
     def config(self, args: argparse.Namespace) -> dict[str, Any]:
         from ..models import PRESETS
@@ -36,6 +55,43 @@ class VAEFamily(ImageFamily):
 
     def diagnostics(self, run: TrainingRun) -> Any:
         return run.test.subset(min(1000, len(run.test)))
+
+    def build(self, run: TrainingRun) -> Any:
+        model = super().build(run)
+        if run.args.recipe == "burda2016":
+            from ..recipes import _mean_pixel
+
+            model.burda_init(_mean_pixel(run.train))
+        return model
+
+    def extra_callbacks(self, run: TrainingRun) -> list:
+        if not run.args.nll_at:
+            return []
+        from ..callbacks import ImportanceNLL
+
+        subset = run.test.subset(run.args.eval_subset) if run.args.eval_subset else run.test
+        return [ImportanceNLL(subset, run.args.nll_at, run.args.num_samples, run.args.seed)]
+
+
+def _burda2016(args: argparse.Namespace) -> None:
+    """The recipe's settings (:data:`ppmodels.recipes.BURDA2016`) into ``args``; options the
+    recipe fixes may not be given."""
+    from ..recipes import BURDA2016
+    from ..utils import PPModelsError
+
+    if args.epochs is not None or args.steps is not None:
+        raise PPModelsError("train vae: --recipe burda2016 sets the epochs from --passes; drop --epochs/--steps")
+    if args.preset not in (None, "burda", "burda2"):
+        raise PPModelsError(f"train vae: --recipe burda2016 is for --preset burda or burda2, not {args.preset}")
+    args.preset = args.preset or "burda"
+    args.epochs = args.passes or 3280
+    args.batch_size, args.lr, args.adam_eps = BURDA2016["batch_size"], BURDA2016["lr"], BURDA2016["eps"]
+    args.lr_schedule = BURDA2016["lr_schedule"]
+    args.binarize = "dynamic"
+    if args.num_samples == 1000:  # the command's defaults: the paper's evaluation instead
+        args.num_samples = 5000
+    if args.eval_subset == 1000:
+        args.eval_subset = None
 
 
 FAMILY = VAEFamily()
