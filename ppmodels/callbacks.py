@@ -322,16 +322,24 @@ class LearningRate(Callback):
     def __init__(self, lr: float, schedule: str | Callable[[int], float] | None = None) -> None:
         self.lr, self.schedule = lr, schedule
 
+    def on_fit_start(self, state: FitState) -> None:
+        self.constant = self.schedule in (None, "constant")
+        if self.constant:
+            for group in state.optimizer.param_groups:
+                group["lr"] = self.lr
+
     def on_step_start(self, state: FitState) -> None:
+        if self.constant:
+            return
         value = self.lr * lr_factor(self.schedule, state.step, state.total_steps, state.steps_per_epoch)
         for group in state.optimizer.param_groups:
             group["lr"] = value
 
 
 class LossMonitor(Callback):
-    """The NaN guard and the epoch's mean training loss. Losses are summed on the device (no host
-    sync per step); every ``log_every`` steps and at the epoch's end the sum is read, and a
-    non-finite loss raises :class:`NonFiniteLoss` naming its step and the last good checkpoint.
+    """The NaN guard and the epoch's mean training loss. The steps' losses are kept as they are
+    (no work and no host sync per step); every ``log_every`` steps and at the epoch's end they
+    are summed in one read, and a non-finite loss raises :class:`NonFiniteLoss` naming its step and the last good checkpoint.
     Fills the row's ``train_loss`` (minus the objective per datapoint) and ``lr``;
     ``running_loss`` is the epoch's mean so far, as of the last read. With a data-parallel
     ``group``, each read sums the loss, the rows and the NaN flag over ranks (every rank stops
@@ -342,24 +350,36 @@ class LossMonitor(Callback):
         self.running_loss = float("nan")
 
     def on_epoch_start(self, state: FitState) -> None:
-        device = state.params[next(iter(state.params))].device
-        self.total = torch.zeros((), device=device)
-        self.first_bad = torch.full((), -1, device=device, dtype=torch.long)
-        self.seen = 0
+        self.device = state.params[next(iter(state.params))].device
+        self.losses: list[Tensor] = []  # this read's step losses (references: no work per step)
+        self.first_step = state.step  # the step number of losses[0], minus one
+        self.total, self.seen, self.rows = 0.0, 0, 0
 
     def on_step_end(self, state: FitState) -> None:
-        bad = ~torch.isfinite(state.loss)
-        self.first_bad = torch.where(bad & (self.first_bad < 0), state.step - 1, self.first_bad)
-        self.total = self.total + torch.where(bad, 0.0, state.loss)
-        self.seen += state.batch[0].shape[0]
+        self.losses.append(state.loss)
+        self.rows += state.batch[0].shape[0]
         if state.step % self.log_every == 0 or state.step == state.total_steps:
             self._read(state)
 
     def _read(self, state: FitState) -> None:
-        bad_step, total, seen = int(self.first_bad), float(self.total), self.seen
+        bad_step, total, seen = -1, 0.0, self.rows
+        if self.losses:
+            losses = torch.stack(self.losses)
+            finite = torch.isfinite(losses)
+            # one host read: the losses' sum, and the index of the first non-finite one (or n)
+            first = torch.where(finite, len(self.losses), torch.arange(len(self.losses), device=losses.device)).min()
+            summary = torch.stack([torch.where(finite, losses, 0.0).sum().double(), first.double()]).tolist()
+            total = summary[0]
+            if summary[1] < len(self.losses):
+                bad_step = self.first_step + int(summary[1])
+            self.first_step += len(self.losses)
+            self.losses = []
+        self.rows = 0
+        total, seen = self.total + total, self.seen + seen
         bad_ranks = 0
         if self.group is not None:
-            total, seen, bad_ranks = self.group.sum([total, seen, bad_step >= 0], self.total.device)
+            t, s, bad_ranks = self.group.sum([total - self.total, seen - self.seen, bad_step >= 0], self.device)
+            total, seen = self.total + t, self.seen + s
         if bad_step >= 0 or bad_ranks:
             where = f"the last good checkpoint is {state.checkpoint}" if state.checkpoint else "no checkpoint was written yet"
             at = f"at step {bad_step + 1}" if bad_step >= 0 else "on another process"
@@ -367,6 +387,7 @@ class LossMonitor(Callback):
                 f"{state.name}: the loss became NaN/inf {at}; {where}. "
                 "Try a lower lr, clip_norm=..., or check the data"
             )
+        self.total, self.seen = total, seen
         self.running_loss = total / max(seen, 1)
 
     def on_epoch_end(self, state: FitState) -> None:
@@ -458,7 +479,9 @@ class ProgressBar(Callback):
                         desc=f"fit {state.name}", unit="step")
 
     def on_step_end(self, state: FitState) -> None:
-        if self.enabled and (state.step % self.log_every == 0 or state.step == state.total_steps):
+        if not self.enabled:
+            return
+        if state.step % self.log_every == 0 or state.step == state.total_steps:
             self.bar.set_postfix(loss=f"{self.monitor.running_loss:.2f}", refresh=False)
         self.bar.update(1)
 
