@@ -26,6 +26,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/svi_step.py
+	$(BIN)/python benchmarks/epoch.py
 	$(BIN)/python benchmarks/scaling.py
 	$(BIN)/python benchmarks/replicates.py
 
