@@ -75,7 +75,7 @@ def run_one(argv: list[str], out: str, done: str, threads: int, retries: int) ->
     continued (``--resume``) when a checkpoint is there, retried ``retries`` times on failure."""
     path = Path(out)
     if (path / done).exists():
-        return {"status": "skipped", "attempts": 0, "seconds": 0.0}
+        return {"status": "skipped", "attempts": 0, "run_seconds": 0.0}
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)  # a run is one process, whatever launched the sweep
@@ -85,11 +85,11 @@ def run_one(argv: list[str], out: str, done: str, threads: int, retries: int) ->
         cmd = [sys.executable, "-m", "ppmodels", *argv, "--out", str(path), *resume]
         result = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if result.returncode == 0 and (path / done).exists():
-            return {"status": "done", "attempts": attempt, "seconds": time.perf_counter() - t0}
+            return {"status": "done", "attempts": attempt, "run_seconds": time.perf_counter() - t0}
         error = (result.stderr.strip().splitlines() or ["exit code %d" % result.returncode])[-1]
         if result.returncode == 2:  # the command's own one-line error: retrying will not help
             break
-    return {"status": "failed", "attempts": attempt, "seconds": time.perf_counter() - t0, "error": error}
+    return {"status": "failed", "attempts": attempt, "run_seconds": time.perf_counter() - t0, "error": error}
 
 
 def sweep(

@@ -73,3 +73,11 @@ def test_cli_sweep_prints_the_summary_and_refuses_a_bad_run_in_one_line(tmp_path
                          capture_output=True, text=True)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "b" / "steps=5").exists()
+
+
+def test_a_variance_sweep_gathers_every_study_row(tmp_path):
+    table = sweep(["variance", "--model", "linear-gaussian", "--objectives", "elbo,iwae", "--num-particles", "1,5",
+                   "--replicates", "30", "--seed", "0,1"], tmp_path / "v", workers=2)
+    assert set(table["run"]) == {"seed=0", "seed=1"} and set(table["status"]) == {"done"}
+    # each run's study: 2 objectives x 2 K x (model, guide) rows, with the run's own columns kept apart
+    assert len(table) == 16 and {"run_seconds", "objective", "num_particles"} <= set(table.columns)
