@@ -379,6 +379,8 @@ class LossMonitor(Callback):
         bad_ranks = 0
         if self.group is not None:
             t, s, bad_ranks = self.group.sum([total - self.total, seen - self.seen, bad_step >= 0], self.device)
+            if self.group.average:  # each rank's loss estimated the whole batch's: their mean is the loss
+                t /= self.group.world_size
             total, seen = self.total + t, self.seen + s
         if bad_step >= 0 or bad_ranks:
             where = f"the last good checkpoint is {state.checkpoint}" if state.checkpoint else "no checkpoint was written yet"
@@ -445,6 +447,9 @@ class Checkpoint(Callback):
         try:
             save_checkpoint(self.out_dir, {
                 "params": {k: p.detach().cpu() for k, p in state.params.items()},
+                # buffers drawn at random when the model is built (an IAF's masks and permutations)
+                "buffers": ({k: b.detach().cpu() for k, b in state.model.named_buffers()}
+                            if isinstance(state.model, torch.nn.Module) else {}),
                 "optimizer": state.optimizer.state_dict(),
                 "rng": rng_state(),
                 "epoch": state.epoch + 1,

@@ -81,8 +81,12 @@ class Group:
             yield self.shard(batch)
 
     def reduce_gradients(self, params: Sequence[Tensor]) -> None:
-        """Sum (or average) the gradients over ranks: one flat all-reduce."""
-        grads = [p.grad for p in params if p.grad is not None]
+        """Sum (or average) the gradients over ranks: one flat all-reduce (a parameter without a
+        gradient on this rank takes part with zeros, so every rank sends the same layout)."""
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        grads = [p.grad for p in params]
         if not grads:
             return
         flat = torch.cat([g.reshape(-1) for g in grads])
@@ -148,6 +152,13 @@ def setup(device: torch.device) -> tuple[Group | None, torch.device]:
     return Group(torch.distributed.get_rank(), torch.distributed.get_world_size()), device
 
 
+def refuse_nonlinear(objective: Any) -> None:
+    """Objectives whose loss is not a sum of per-row terms over the batch cannot be split by rows."""
+    if getattr(objective, "free_bits", 0):
+        raise PPModelsError("data-parallel training: free_bits clamps the batch's mean KL, which the ranks' shards "
+                            "do not add up to; train with free_bits in one process")
+
+
 class ScaleOutside(Messenger):
     """Multiply the scale of every sample site outside the plate ``plate`` by ``factor``."""
 
@@ -160,26 +171,29 @@ class ScaleOutside(Messenger):
             msg["scale"] = msg["scale"] * self.factor
 
 
-def plan(model: Callable, guide: Callable, batch: tuple, world_size: int, data_plate: str | None = None
-         ) -> tuple[bool, str | None]:
-    """How ranks combine for a program, from one trace of it on a shard: ``(average, plate)``.
-    A subsampled plate, or no batch plate: gradients averaged (each rank's loss estimates the
-    whole). Otherwise summed, and ``plate`` names the batch plate whose outside sites each rank
-    scales by 1 / world_size."""
+def plan(model: Callable, guide: Callable, shard: tuple, batch: tuple, data_plate: str | None = None
+         ) -> tuple[bool, str]:
+    """How ranks combine for a program, from a trace on a rank's ``shard`` and one on the global
+    ``batch``: ``(average, plate)``. ``plate`` is the batch plate. When its full size is the same
+    on the shard as on the global batch (a plate over the whole data set, subsampled), each
+    rank's loss estimates the whole and the gradients are averaged. Otherwise (a plate over the
+    rows given) they are summed, and each rank scales the sites outside ``plate`` by
+    1 / world_size. A program without a batch plate cannot be split by rows: an error."""
     from .objectives.base import AmbiguousPlate, find_data_plate
     from .tracing import forked_rng
 
-    with forked_rng(), torch.no_grad():
-        guide_trace = poutine.trace(guide).get_trace(*batch)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*batch)
-    scaled = any(not (isinstance(site["scale"], (int, float)) and site["scale"] == 1.0)
-                 for tr in (model_trace, guide_trace) for site in tr.nodes.values() if site["type"] == "sample")
-    if scaled:
-        return True, None
-    try:
-        frame = find_data_plate(model_trace, guide_trace, data_plate)
-    except AmbiguousPlate:
-        frame = None
-    if frame is None:
-        return True, None
-    return False, frame.name
+    sizes = []
+    for rows in (shard, batch):
+        with forked_rng(), torch.no_grad():
+            guide_trace = poutine.trace(guide).get_trace(*rows)
+            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*rows)
+        try:
+            frame = find_data_plate(model_trace, guide_trace, data_plate)
+        except AmbiguousPlate as e:
+            raise PPModelsError(f"data-parallel training: {e}") from None
+        if frame is None:
+            raise PPModelsError("data-parallel training needs a batch plate (pyro.plate over the rows) to split the "
+                                "batch by; run this program in one process")
+        sizes.append((frame.name, getattr(frame, "full_size", None) or frame.size))
+    (name, shard_size), (_, batch_size) = sizes
+    return shard_size == batch_size and shard_size is not None, name

@@ -144,7 +144,7 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "auto") ->
         raise PPModelsError(f"{run_dir}: a gmm run has no images to evaluate or sample; read its report.json")
     model = build(meta["family"], **meta["config"]).to(dev)
     state = {k[len("module."):]: v for k, v in ckpt["params"].items() if k.startswith("module.")}
-    model.load_state_dict(state, strict=False)
+    model.load_state_dict({**ckpt.get("buffers", {}), **state}, strict=False)  # buffers: e.g. an IAF's masks
     return model, ckpt
 
 
@@ -216,7 +216,8 @@ def fit(
             check_data(obj, data, what, device)
     batch_size = min(batch_size, len(train))
     if group is not None and batch_size % group.world_size:
-        raise PPModelsError(f"fit: batch_size {batch_size} (the global batch) must be a multiple of the "
+        capped = f" (capped at the {len(train)} rows of the data)" if batch_size == len(train) else ""
+        raise PPModelsError(f"fit: batch_size {batch_size}{capped}, the global batch, must be a multiple of the "
                             f"{group.world_size} processes; each takes an equal shard")
     steps_per_epoch = train.num_batches(batch_size, drop_last)
     total_steps = steps if steps is not None else epochs * steps_per_epoch
@@ -260,9 +261,12 @@ class Run:
 
     def trajectory(self, objective: Objective) -> dict[str, Any]:
         """The settings a resumed run must share with its checkpoint (as saved there)."""
-        return {"objective": repr(objective), "lr": self.lr, "lr_schedule": str(self.lr_schedule),
-                "betas": list(self.betas), "eps": self.eps, "batch_size": self.batch_size,
-                "clip_norm": self.clip_norm, "seed": self.seed, "drop_last": self.drop_last}
+        out = {"objective": repr(objective), "lr": self.lr, "lr_schedule": str(self.lr_schedule),
+               "betas": list(self.betas), "eps": self.eps, "batch_size": self.batch_size,
+               "clip_norm": self.clip_norm, "seed": self.seed, "drop_last": self.drop_last}
+        if self.lr_schedule not in (None, "constant", "burda"):  # the schedule is spread over the run's length
+            out["total_steps"] = self.total_steps
+        return out
 
 
 def _fit(obj, train, objective, device, run: Run, out_dir, resume, validation, test, meta, progress, jit,
@@ -273,7 +277,9 @@ def _fit(obj, train, objective, device, run: Run, out_dir, resume, validation, t
     pyro.clear_param_store()
     set_seed(run.seed if group is None else distributed.rank_seed(run.seed, group.rank))
     probe = next(train.batches(run.batch_size, shuffle=False))
+    global_probe = probe
     if group is not None:
+        distributed.refuse_nonlinear(objective)
         probe = group.shard(probe)
     check_batch(obj, probe, device)
     if isinstance(objective, PyroElbo):  # Pyro's code reads the param store itself: no shortcuts
@@ -282,9 +288,9 @@ def _fit(obj, train, objective, device, run: Run, out_dir, resume, validation, t
     else:
         params, fast = prepare(obj, objective, probe)
     if group is not None:
-        group.average, plate = distributed.plan(fast.model, fast.guide, probe, group.world_size,
+        group.average, plate = distributed.plan(fast.model, fast.guide, probe, global_probe,
                                                 getattr(objective, "data_plate", None))
-        if plate is not None and group.world_size > 1:  # global sites counted once over the ranks
+        if not group.average:  # per-row losses summed over ranks: global sites counted once
             outside = distributed.ScaleOutside(plate, 1.0 / group.world_size)
             fast = ModelGuide(outside(fast.model), outside(fast.guide), name)
     if jit is None:
@@ -298,22 +304,24 @@ def _fit(obj, train, objective, device, run: Run, out_dir, resume, validation, t
     optimizer = make_optimizer(list(params.values()), lr=run.lr, betas=run.betas, eps=run.eps)
     after_backward = None
     if group is not None:
-        group.broadcast_(list(params.values()))  # every rank starts from rank 0's parameters
+        buffers = list(obj.buffers()) if isinstance(obj, torch.nn.Module) else []
+        group.broadcast_([*params.values(), *buffers])  # every rank starts from rank 0's parameters and buffers
         plist = list(params.values())
         state_tensors = [params[f"param.{n}"] for n in getattr(objective, "state_params", ()) if f"param.{n}" in params]
 
         def after_backward() -> None:
             group.reduce_gradients(plist)
             group.average_(state_tensors)
+
+    main = group is None or group.main
     state = FitState(model=obj, objective=objective, optimizer=optimizer, params=params, total_steps=run.total_steps,
-                     steps_per_epoch=run.steps_per_epoch, out_dir=out_dir, name=name)
+                     steps_per_epoch=run.steps_per_epoch, out_dir=out_dir if main else None, name=name)
     settings = run.trajectory(objective)
     if resume:
         _restore(state, Path(resume) if not isinstance(resume, bool) else out_dir, settings, device)
         if group is not None and group.rank > 0:  # rank 0 continues the checkpoint's stream, others their own
             set_seed(distributed.rank_seed(run.seed, group.rank) ^ state.step)
 
-    main = group is None or group.main
     monitor = LossMonitor(run.log_every, group)
     record = {"settings": settings, "meta": meta or {}, "seed": run.seed}
     builtin_before = [LearningRate(run.lr, run.lr_schedule), monitor,
@@ -399,6 +407,11 @@ def _restore(state: FitState, path: Path | None, settings: dict[str, Any], devic
     with torch.no_grad():
         for key, p in params.items():
             p.copy_(ckpt["params"][key])
+        if isinstance(state.model, torch.nn.Module):
+            buffers = dict(state.model.named_buffers())
+            for key, b in ckpt.get("buffers", {}).items():
+                if key in buffers and buffers[key].shape == b.shape:
+                    buffers[key].copy_(b)
     state.optimizer.load_state_dict(ckpt["optimizer"])
     set_rng_state(ckpt["rng"])
     state.step, state.epoch, state.seconds = ckpt["step"], ckpt["epoch"], ckpt["seconds"]

@@ -36,14 +36,15 @@ from .utils import PPModelsError
 
 __all__ = ["expand", "sweep", "LIST_VALUED"]
 
-LIST_VALUED = {"train": {"--hidden"}, "variance": {"--objectives", "--num-particles"}}
+LIST_VALUED = {"train": {"--hidden", "--nll-at"}, "variance": {"--objectives", "--num-particles"}}
 DONE = {"train": "report.json", "variance": "study.csv"}
 
 
 def expand(command: Sequence[str]) -> list[tuple[dict[str, str], list[str]]]:
     """The runs of ``command`` (without ``--out``): ``(swept values by option, argv)`` for each
     element of the Cartesian product of its comma-separated option values."""
-    command = list(command)
+    command = [part for token in command for part in
+               (token.split("=", 1) if token.startswith("--") and "=" in token else [token])]  # --opt=a,b
     if not command or command[0] not in DONE:
         raise PPModelsError(f"sweep: expected a command, train or variance, got {command[:1] or 'nothing'}")
     keep = LIST_VALUED[command[0]]
@@ -79,7 +80,7 @@ def run_one(argv: list[str], out: str, done: str, threads: int, retries: int) ->
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)  # a run is one process, whatever launched the sweep
-    t0, error = time.perf_counter(), ""
+    t0, error, attempt = time.perf_counter(), "", 0
     for attempt in range(1, retries + 2):
         resume = ["--resume"] if (path / "checkpoint.pt").exists() and argv[0] == "train" else []
         cmd = [sys.executable, "-m", "ppmodels", *argv, "--out", str(path), *resume]
@@ -106,12 +107,26 @@ def sweep(
     """Run the sweep of ``command`` (a ``ppmodels`` command line without ``--out``, e.g.
     ``["train", "vae", "--objective", "elbo,iwae", "--seed", "0,1"]``) into ``out``; return the
     summary (also written to ``out/summary.csv``). See the module docstring."""
+    for name, value, least in (("workers", workers, 1), ("max_concurrent", max_concurrent, 1), ("threads", threads, 1),
+                               ("retries", retries, 0)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < least):
+            raise PPModelsError(f"sweep: {name} must be an integer >= {least}, got {value!r}")
+    if not (isinstance(gpus_per_run, (int, float)) and gpus_per_run >= 0):
+        raise PPModelsError(f"sweep: gpus_per_run must be a number >= 0, got {gpus_per_run!r}")
     runs = expand(command)
     _check(runs)
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     done = DONE[runs[0][1][0]]
     jobs = [(settings, argv, str(root / run_name(settings))) for settings, argv in runs]
+    for _, argv, path in jobs:  # a run directory holds one command's run: a changed command is not "done"
+        record = Path(path) / "sweep.json"
+        if record.exists() and json.loads(record.read_text())["argv"] != argv:
+            raise PPModelsError(f"sweep: {path} holds a run of another command "
+                                f"(`ppmodels {' '.join(json.loads(record.read_text())['argv'])}`); use another --out")
+    for _, argv, path in jobs:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        (Path(path) / "sweep.json").write_text(json.dumps({"argv": argv}))
     use_ray = workers is None and _has_ray()
     if use_ray:
         results = _on_ray(jobs, done, threads, retries, address, max_concurrent, gpus_per_run)

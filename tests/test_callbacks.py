@@ -239,6 +239,19 @@ def test_cli_trains_and_reports_an_iaf_guide(fake_mnist, tmp_path):
     assert main(["evaluate", str(out), "--num-samples", "4", "--subset", "10"]) == 0
 
 
+def test_a_run_reloads_with_the_iaf_masks_it_was_trained_with(tmp_path):
+    from ppmodels.fit import load_run
+
+    torch.manual_seed(0)
+    vae = VAE(x_dim=784, z_dim=4, hidden=(16,), guide="iaf")
+    x = (synthetic_images(40, seed=0)[0] > 127).float()
+    fit(vae, x, epochs=1, batch_size=20, device="cpu", out=tmp_path / "run", meta={"family": "vae", "config": vae.config})
+    torch.manual_seed(1)  # another seed: other random masks, unless they come from the checkpoint
+    loaded, _ = load_run(tmp_path / "run", device="cpu")
+    for (name, a), (_, b) in zip(vae.named_buffers(), loaded.named_buffers()):
+        assert torch.equal(a, b), name
+
+
 def _grads(objective, m, x, seed=3):
     pyro.clear_param_store()
     torch.manual_seed(seed)

@@ -98,3 +98,31 @@ def test_torchrun_cli_trains_with_rank_zero_writing_the_run(fake_mnist, tmp_path
     assert report["processes"] == 2 and report["nll_images"] == 20
     history = (out / "history.csv").read_text().splitlines()
     assert len(history) == 3 and history[0].startswith("epoch,step")
+
+
+def test_plan_sums_over_rows_given_and_averages_over_a_subsampled_whole(monkeypatch):
+    """A plate over the rows a rank is given: its loss is its shard's, summed over ranks. A plate
+    over the whole data set, subsampled: each rank estimates the whole, averaged. No plate: refused."""
+    import pyro
+    import pyro.distributions as dist
+
+    from ppmodels import distributed
+    from ppmodels.models import CategoricalGaussian
+    from ppmodels.utils import PPModelsError
+
+    x = torch.randn(20, 2)
+    m = CategoricalGaussian(3, 2, subsample_size=5)
+    assert distributed.plan(m.model, m.guide, (x[:10],), (x,)) == (False, "data")
+
+    def whole(x, N=1000):
+        loc = pyro.param("loc", torch.zeros(2))
+        with pyro.plate("data", N, subsample=torch.arange(x.shape[0])):
+            pyro.sample("obs", dist.Normal(loc, 1.0).to_event(1), obs=x)
+
+    assert distributed.plan(whole, lambda x, N=1000: None, (x[:10],), (x,)) == (True, "data")
+
+    def unplated(x):
+        pyro.sample("obs", dist.Normal(torch.zeros(x.shape), 1.0).to_event(2), obs=x)
+
+    with pytest.raises(PPModelsError, match="needs a batch plate"):
+        distributed.plan(unplated, lambda x: None, (x[:10],), (x,))

@@ -90,3 +90,4 @@ def test_cli_recipe_trains_with_the_protocol_and_the_nll_along_the_way(fake_mnis
     assert report["epochs"] == 2 and report["nll_images"] == 20
     assert main(["train", "vae", "--recipe", "burda2016", "--epochs", "3", "--out", str(tmp_path / "x")]) == 2
     assert main(["train", "vae", "--passes", "3", "--epochs", "1", "--out", str(tmp_path / "y")]) == 2
+    assert main(["train", "vae", "--preset", "burda2", "--hidden", "32", "--epochs", "1", "--out", str(tmp_path / "z")]) == 2

@@ -24,10 +24,20 @@ def test_expand_is_the_cartesian_product_and_keeps_list_valued_options():
     variance = expand(["variance", "--model", "vae", "--objectives", "elbo,iwae", "--num-particles", "1,5",
                        "--seed", "0,1"])
     assert [s for s, _ in variance] == [{"seed": "0"}, {"seed": "1"}]
+    assert [s for s, _ in expand(["train", "vae", "--seed=0,1", "--nll-at", "12,40"])] == [{"seed": "0"}, {"seed": "1"}]
     with pytest.raises(PPModelsError, match="repeats a value"):
         expand(["train", "vae", "--seed", "1,1"])
     with pytest.raises(PPModelsError, match="expected a command"):
         expand(["fit", "vae"])
+
+
+def test_a_run_directory_of_another_command_is_not_taken_for_done(tmp_path):
+    (tmp_path / "s" / "seed=0").mkdir(parents=True)
+    (tmp_path / "s" / "seed=0" / "sweep.json").write_text(json.dumps({"argv": ["train", "gmm", "--seed", "0"]}))
+    with pytest.raises(PPModelsError, match="holds a run of another command"):
+        sweep(["train", "gmm", "--steps", "7", "--seed", "0,1"], tmp_path / "s", workers=1)
+    with pytest.raises(PPModelsError, match="retries must be"):
+        sweep(["train", "gmm", "--seed", "0,1"], tmp_path / "t", retries=-1)
 
 
 def test_a_bad_value_in_any_run_is_refused_before_any_run(tmp_path):

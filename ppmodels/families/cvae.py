@@ -73,6 +73,8 @@ class ConditionalVAEFamily(ImageFamily):
         """completions.png: per row, an image, the baseline's completion and six of the CVAE's."""
         import torch
 
+        if not run.state.get("main", True):  # data-parallel: rank 0 alone writes
+            return
         x = x[:8]
         save_grid(torch.cat([x[None], run.state["baseline"].complete(x)[None], model.complete(x, 6)]).transpose(0, 1),
                   run.out / "completions.png", nrow=8)

@@ -72,7 +72,11 @@ class GaussianMixtureFamily(Family):
         from ..rundir import open_run, save_checkpoint
         from ..utils import PPModelsError, check_memory
 
+        from ..distributed import world_size_from_env
+
         check_seed(args.seed)
+        if world_size_from_env() > 1:
+            raise PPModelsError("train gmm runs in one process (its data are a few points); launch it without torchrun")
         if args.guide == "map" and args.resume:
             raise PPModelsError("train gmm: MAP restarts have no training state to resume; use --overwrite or another --out")
         lock = open_run(args.out, resume=args.resume, overwrite=args.overwrite)

@@ -43,7 +43,8 @@ class SemiSupervisedFamily(ImageFamily):
         report = super().report(model, run, x)
         report["test_accuracy"] = model.accuracy(run.test)
         report["labels"] = int((run.train.tensors[1] >= 0).sum()) // run.args.label_repeats
-        save_grid(model.analogies(x[:10]), run.out / "analogies.png", nrow=10)
+        if run.state.get("main", True):  # data-parallel: rank 0 alone writes
+            save_grid(model.analogies(x[:10]), run.out / "analogies.png", nrow=10)
         return report
 
     def summary(self, report: dict[str, Any], run: TrainingRun) -> list[str]:

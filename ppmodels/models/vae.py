@@ -67,9 +67,16 @@ class VAE(nn.Module):
             raise PPModelsError(f"VAE: guide must be one of {GUIDES}, got {guide!r}")
         if not isinstance(flow_layers, int) or flow_layers < 1:
             raise PPModelsError(f"VAE: flow_layers must be an integer >= 1, got {flow_layers!r}")
-        z_dims = (z_dim,) if isinstance(z_dim, int) else tuple(z_dim)
-        hiddens = (tuple(hidden),) if isinstance(z_dim, int) else tuple(tuple(h) for h in hidden)
-        if len(z_dims) != len(hiddens) or not z_dims:
+        layered = not isinstance(z_dim, int)
+        if layered and not (isinstance(hidden, (tuple, list)) and all(isinstance(h, (tuple, list)) for h in hidden)):
+            raise PPModelsError(f"VAE: with {len(tuple(z_dim))} stochastic layers (z_dim {tuple(z_dim)}), hidden must "
+                                f"give one list of sizes per layer, e.g. ((200, 200), (100, 100)); got {hidden!r}")
+        if not layered and not all(isinstance(h, int) and not isinstance(h, bool) for h in hidden):
+            raise PPModelsError(f"VAE: z_dim {z_dim} is one stochastic layer, so hidden must be one list of sizes, "
+                                f"got {hidden!r} (the burda2 preset takes neither --z-dim nor --hidden alone)")
+        z_dims = (z_dim,) if not layered else tuple(z_dim)
+        hiddens = (tuple(hidden),) if not layered else tuple(tuple(h) for h in hidden)
+        if len(z_dims) != len(hiddens) or not z_dims or not all(isinstance(d, int) for d in z_dims):
             raise PPModelsError(f"VAE: one hidden-size list per stochastic layer; got z_dim {z_dim!r}, hidden {hidden!r}")
         if x_dim < 1 or min(z_dims) < 1:
             raise PPModelsError(f"VAE: x_dim and z_dim must be >= 1, got {x_dim}, {z_dim}")

@@ -31,17 +31,18 @@ def free_bits_correction(pairs: list[tuple[poutine.Trace, poutine.Trace]], free_
     surrogate was computed from (their log densities already computed); ``num_particles`` the
     particles they hold in all. ``detach_guide`` (STL): the guide's density with its parameters
     detached, in the correction and in the clamped KL, as in the surrogate."""
-    monte_carlo = penalty = None
+    monte_carlo = None
+    groups_by_site: dict[str, list] = {}  # site: [sum over rows of each group's log ratio, rows, scale]
     for model_trace, guide_trace in pairs:
         for name, gsite in guide_trace.nodes.items():
             if gsite["type"] != "sample" or gsite["is_observed"] or name not in model_trace.nodes:
                 continue
             msite = model_trace.nodes[name]
             z = gsite["value"]
-            scale = torch.as_tensor(gsite["scale"]).mean()
             q, p = (detach(gsite["fn"]) if detach_guide else gsite["fn"]), msite["fn"]
             log_q = scale_and_mask(q.log_prob(z), gsite["scale"], gsite["mask"]) if detach_guide else gsite["log_prob"]
             total = (log_q - msite["log_prob"]).sum() / num_particles  # scaled, as in the surrogate
+            monte_carlo = total if monte_carlo is None else monte_carlo + total
             per_dim = (isinstance(q, torch.distributions.Independent) and isinstance(p, torch.distributions.Independent)
                        and q.reinterpreted_batch_ndims == 1 and p.reinterpreted_batch_ndims == 1)
             if per_dim:
@@ -50,10 +51,14 @@ def free_bits_correction(pairs: list[tuple[poutine.Trace, poutine.Trace]], free_
             else:
                 ratio = q.log_prob(z) - p.log_prob(z)
                 groups = ratio.reshape(-1, 1)
-            rows = groups.shape[0] / num_particles  # datapoints per particle
-            site_penalty = scale * rows * torch.clamp(groups.mean(0), min=free_bits).sum()
-            monte_carlo = total if monte_carlo is None else monte_carlo + total
-            penalty = site_penalty if penalty is None else penalty + site_penalty
+            entry = groups_by_site.setdefault(name, [0.0, 0, torch.as_tensor(gsite["scale"]).mean()])
+            entry[0] = entry[0] + groups.sum(0)
+            entry[1] += groups.shape[0]
+    penalty = None
+    for sums, rows, scale in groups_by_site.values():
+        # the mean over every particle and row, clamped; times the rows of one particle
+        site_penalty = scale * (rows / num_particles) * torch.clamp(sums / rows, min=free_bits).sum()
+        penalty = site_penalty if penalty is None else penalty + site_penalty
     if monte_carlo is None:
         return torch.zeros(())
     return kl_weight * (monte_carlo - penalty)
