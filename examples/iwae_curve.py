@@ -40,7 +40,13 @@ for run in map(Path, args.runs):
         rows.append({"run": label, "passes": int(r["epoch"]), "nll": r["test_nll"], "images": "first 1000",
                      "active_units": r.get("active_units"), "train_hours": r["seconds"] / 3600})
     final = run / "final.json"
-    if args.final and not (final.exists() and json.loads(final.read_text())["passes"] == ckpt["epoch"]):
+    report = run / "report.json"  # a finished run: reproduce_iwae.py's own final evaluation
+    if report.exists():
+        r = json.loads(report.read_text())
+        final.write_text(json.dumps({"passes": r["passes"], "nll": r["test_nll"], "images": r["nll_images"],
+                                     "num_samples": r["nll_samples"], "seconds": r["nll_seconds"],
+                                     "active_units": r["active_units"], "train_hours": r["train_seconds"] / 3600}))
+    elif args.final and not (final.exists() and json.loads(final.read_text())["passes"] == ckpt["epoch"]):
         model = VAE(**ckpt["meta"]["config"])
         model.load_state_dict({k[len("module."):]: v for k, v in ckpt["params"].items() if k.startswith("module.")})
         test = data.mnist(binarize="dynamic", device="cpu")["test"]
