@@ -362,7 +362,7 @@ class LossMonitor(Callback):
             self._read(state)
 
     def _read(self, state: FitState) -> None:
-        bad_step, total, seen = -1, 0.0, self.rows
+        bad_step, total, seen = -1, 0.0, self.rows  # this read's losses and rows
         if self.losses:
             losses = torch.stack(self.losses)
             finite = torch.isfinite(losses)
@@ -375,13 +375,11 @@ class LossMonitor(Callback):
             self.first_step += len(self.losses)
             self.losses = []
         self.rows = 0
-        total, seen = self.total + total, self.seen + seen
         bad_ranks = 0
         if self.group is not None:
-            t, s, bad_ranks = self.group.sum([total - self.total, seen - self.seen, bad_step >= 0], self.device)
+            total, seen, bad_ranks = self.group.sum([total, seen, bad_step >= 0], self.device)
             if self.group.average:  # each rank's loss estimated the whole batch's: their mean is the loss
-                t /= self.group.world_size
-            total, seen = self.total + t, self.seen + s
+                total /= self.group.world_size
         if bad_step >= 0 or bad_ranks:
             where = f"the last good checkpoint is {state.checkpoint}" if state.checkpoint else "no checkpoint was written yet"
             at = f"at step {bad_step + 1}" if bad_step >= 0 else "on another process"
@@ -389,8 +387,8 @@ class LossMonitor(Callback):
                 f"{state.name}: the loss became NaN/inf {at}; {where}. "
                 "Try a lower lr, clip_norm=..., or check the data"
             )
-        self.total, self.seen = total, seen
-        self.running_loss = total / max(seen, 1)
+        self.total, self.seen = self.total + total, self.seen + seen
+        self.running_loss = self.total / max(self.seen, 1)
 
     def on_epoch_end(self, state: FitState) -> None:
         self._read(state)
