@@ -83,6 +83,7 @@ class FitState:
     seconds: float = 0.0
     error: BaseException | None = None
     name: str = "model"
+    group: Any = None  # the data-parallel ranks (:class:`ppmodels.distributed.Group`), or None
 
 
 class Callback:
@@ -502,7 +503,8 @@ class ImportanceNLL(Callback):
     """``test_nll``: the importance-sampled negative log-likelihood (nats per datapoint,
     :func:`ppmodels.evaluate.log_likelihood` with ``num_samples`` samples) on ``data`` after
     the epochs in ``at_epochs`` (1-based; other epochs get no value). Its own random stream:
-    training's is not shifted. Also ``active_units`` (Burda et al.'s criterion) at those epochs."""
+    training's is not shifted. Also ``active_units`` (Burda et al.'s criterion) at those epochs.
+    Data-parallel, the ranks split the rows of the NLL."""
 
     def __init__(self, data: Any, at_epochs: Any, num_samples: int = 5000, seed: int = 0) -> None:
         self.data, self.at, self.num_samples, self.seed = data, {int(e) for e in at_epochs}, num_samples, seed
@@ -514,9 +516,10 @@ class ImportanceNLL(Callback):
         from .tracing import forked_rng
 
         with forked_rng():
-            g = torch.Generator(device=self.data.device).manual_seed(self.seed)
+            rank = 0 if state.group is None else state.group.rank
+            g = torch.Generator(device=self.data.device).manual_seed(self.seed + rank)
             t0 = time.perf_counter()
-            state.row["test_nll"] = -float(evaluate.log_likelihood(state.model, self.data, self.num_samples,
-                                                                   generator=g).mean())
+            state.row["test_nll"] = evaluate.mean_nll(state.model, self.data, self.num_samples, generator=g,
+                                                      group=state.group)
             state.row["nll_seconds"] = time.perf_counter() - t0
             state.row["active_units"] = sum(evaluate.active_units(state.model, self.data, generator=g).values())

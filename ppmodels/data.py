@@ -30,6 +30,7 @@ from .utils import PPModelsError, resolve_device
 __all__ = [
     "TensorData",
     "as_data",
+    "mean_pixel",
     "MNISTUnavailable",
     "data_root",
     "load_mnist",
@@ -189,6 +190,12 @@ def _intensity(x: Tensor) -> Tensor:
     if x.dtype == torch.uint8:
         return x.to(torch.get_default_dtype()) / 255.0
     return x
+
+
+def mean_pixel(data: TensorData) -> Tensor:
+    """The mean intensity, in [0, 1], of each column of ``data``'s first tensor (uint8 pixels
+    are divided by 255): what an output bias at its logit starts a Bernoulli decoder from."""
+    return _intensity(data.tensors[0]).mean(0)
 
 
 class MNISTUnavailable(PPModelsError, RuntimeError):

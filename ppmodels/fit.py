@@ -315,7 +315,8 @@ def _fit(obj, train, objective, device, run: Run, out_dir, resume, validation, t
 
     main = group is None or group.main
     state = FitState(model=obj, objective=objective, optimizer=optimizer, params=params, total_steps=run.total_steps,
-                     steps_per_epoch=run.steps_per_epoch, out_dir=out_dir if main else None, name=name)
+                     steps_per_epoch=run.steps_per_epoch, out_dir=out_dir if main else None, name=name,
+                     group=group)
     settings = run.trajectory(objective)
     if resume:
         _restore(state, Path(resume) if not isinstance(resume, bool) else out_dir, settings, device)

@@ -72,7 +72,7 @@ def burda2016(
     evaluation = test.subset(nll_images) if nll_images else test
     curve = test.subset(curve_images) if curve_images else evaluation
     torch.manual_seed(seed)
-    model = VAE.preset(preset).burda_init(_mean_pixel(train)).to(dev)
+    model = VAE.preset(preset).burda_init(datasets.mean_pixel(train)).to(dev)
     at = sorted({int(p) for p in nll_at if 1 <= int(p) < passes})
     t0 = time.perf_counter()
     history = fit(model, train, objective=objective, num_particles=num_particles, epochs=passes, seed=seed,
@@ -82,7 +82,7 @@ def burda2016(
     train_seconds = time.perf_counter() - t0
     g = torch.Generator(device=dev).manual_seed(seed)
     t1 = time.perf_counter()
-    nll = -float(evaluate.log_likelihood(model, evaluation, num_samples, generator=g).mean())
+    nll = evaluate.mean_nll(model, evaluation, num_samples, generator=g)
     report = {"recipe": "burda2016", "preset": preset, "objective": objective, "num_particles": num_particles,
               "passes": passes, "test_nll": nll, "nll_images": len(evaluation), "nll_samples": num_samples,
               "nll_seconds": time.perf_counter() - t1,
@@ -91,8 +91,3 @@ def burda2016(
               "train_seconds": train_seconds}
     return model, history, report
 
-
-def _mean_pixel(train: datasets.TensorData) -> torch.Tensor:
-    """The training images' mean intensity per pixel, in [0, 1] (uint8 pixels / 255)."""
-    x = train.tensors[0]
-    return (x.float() / 255 if x.dtype == torch.uint8 else x.float()).mean(0)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -90,14 +91,15 @@ def test_torchrun_cli_trains_with_rank_zero_writing_the_run(fake_mnist, tmp_path
     cmd = [str(TORCHRUN), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_port()),
            "-m", "ppmodels", "train", "vae", "--preset", "burda", "--z-dim", "4", "--hidden", "32",
            "--epochs", "2", "--batch-size", "40", "--eval-subset", "20", "--num-samples", "10", "--device", "cpu",
-           "--out", str(out), "--quiet"]
+           "--nll-at", "2", "--out", str(out), "--quiet"]
     result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("test NLL") == 1  # printed by rank 0 only
     report = json.loads((out / "report.json").read_text())
     assert report["processes"] == 2 and report["nll_images"] == 20
-    history = (out / "history.csv").read_text().splitlines()
-    assert len(history) == 3 and history[0].startswith("epoch,step")
+    history = pd.read_csv(out / "history.csv")
+    assert list(history["epoch"]) == [1, 2]
+    assert history["test_nll"].iloc[:1].isna().all() and history["test_nll"].iloc[-1] > 0  # --nll-at 2
 
 
 def test_plan_sums_over_rows_given_and_averages_over_a_subsampled_whole(monkeypatch):
@@ -126,3 +128,30 @@ def test_plan_sums_over_rows_given_and_averages_over_a_subsampled_whole(monkeypa
 
     with pytest.raises(PPModelsError, match="needs a batch plate"):
         distributed.plan(unplated, lambda x: None, (x[:10],), (x,))
+
+
+def test_importance_nll_callback_splits_the_rows_across_ranks(monkeypatch):
+    """Rank 1 of 2 (its all-reduce the identity, so only its own rows count) evaluates the second
+    block of rows, with its own seed: the callback's value is that block's NLL, not all rows'."""
+    from ppmodels import distributed, evaluate
+    from ppmodels.callbacks import FitState, ImportanceNLL
+    from ppmodels.data import TensorData, synthetic_images
+    from ppmodels.models import VAE
+
+    group = distributed.Group(1, 2)
+    monkeypatch.setattr(group, "sum", lambda values, device: [float(v) for v in values])
+    images, _ = synthetic_images(20, seed=0)
+    data = TensorData(images, binarize="dynamic")
+    torch.manual_seed(0)
+    model = VAE(x_dim=784, z_dim=4, hidden=(16,))
+    state = FitState(model=model, objective=None, optimizer=None, params={}, total_steps=1, steps_per_epoch=1,
+                     group=group)
+    torch.manual_seed(5)
+    ImportanceNLL(data, [1], num_samples=8, seed=3).on_epoch_end(state)
+    torch.manual_seed(5)
+    block = evaluate.log_likelihood(model, data.subset(slice(10, 20)), 8,
+                                    generator=torch.Generator().manual_seed(3 + 1))
+    assert state.row["test_nll"] == pytest.approx(-block.mean().item(), abs=1e-4)  # float64 sum
+    torch.manual_seed(5)
+    every = evaluate.log_likelihood(model, data, 8, generator=torch.Generator().manual_seed(3 + 1))
+    assert abs(state.row["test_nll"] + every.mean().item()) > 1e-2  # all rows is another number

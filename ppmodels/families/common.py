@@ -75,13 +75,12 @@ def evaluation_report(model, test, num_samples: int, subset: int | None, seed: i
     g = torch.Generator(device=test.device).manual_seed(seed)
     sub = test.subset(subset) if subset else test
     t0 = time.perf_counter()
+    if group is not None:
+        g.manual_seed(seed + group.rank)
+    nll = evaluate.mean_nll(model, sub, num_samples, generator=g, group=group)
     if group is None:
-        nll = -evaluate.log_likelihood(model, sub, num_samples, generator=g).mean().item()
         test_elbo = evaluate.elbo(model, test, generator=g).mean().item()
     else:
-        g.manual_seed(seed + group.rank)
-        nll = -group.mean_over_rows(lambda part: evaluate.log_likelihood(model, part, num_samples, generator=g),
-                                    sub, sub.device)
         test_elbo = group.mean_over_rows(lambda part: evaluate.elbo(model, part, generator=g), test, test.device)
     return {
         "test_elbo": test_elbo,

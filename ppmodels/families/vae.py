@@ -59,9 +59,9 @@ class VAEFamily(ImageFamily):
     def build(self, run: TrainingRun) -> Any:
         model = super().build(run)
         if run.args.recipe == "burda2016":
-            from ..recipes import _mean_pixel
+            from ..data import mean_pixel
 
-            model.burda_init(_mean_pixel(run.train))
+            model.burda_init(mean_pixel(run.train))
         return model
 
     def extra_callbacks(self, run: TrainingRun) -> list:
