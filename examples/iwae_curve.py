@@ -45,7 +45,8 @@ for run in map(Path, args.runs):
         r = json.loads(report.read_text())
         final.write_text(json.dumps({"passes": r["passes"], "nll": r["test_nll"], "images": r["nll_images"],
                                      "num_samples": r["nll_samples"], "seconds": r["nll_seconds"],
-                                     "active_units": r["active_units"], "train_hours": r["train_seconds"] / 3600}))
+                                     "active_units": r["active_units"],
+                                     "train_hours": history["seconds"].iloc[-1] / 3600}))  # resumed parts too
     elif args.final and not (final.exists() and json.loads(final.read_text())["passes"] == ckpt["epoch"]):
         model = VAE(**ckpt["meta"]["config"])
         model.load_state_dict({k[len("module."):]: v for k, v in ckpt["params"].items() if k.startswith("module.")})

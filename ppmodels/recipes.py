@@ -79,7 +79,8 @@ def burda2016(
                   device=dev, out=out, resume=resume, overwrite=overwrite, progress=progress,
                   callbacks=[ImportanceNLL(curve, at, num_samples, seed), *callbacks],
                   meta=meta or {"family": "vae", "config": model.config, "recipe": "burda2016"}, **BURDA2016)
-    train_seconds = time.perf_counter() - t0
+    # the run's training wall time, a resumed run's earlier parts included
+    train_seconds = float(history["seconds"].iloc[-1]) if "seconds" in history else time.perf_counter() - t0
     g = torch.Generator(device=dev).manual_seed(seed)
     t1 = time.perf_counter()
     nll = evaluate.mean_nll(model, evaluation, num_samples, generator=g)

@@ -73,6 +73,20 @@ def test_recipe_trains_with_the_protocol_and_measures_the_curve(tmp_path):
     assert ckpt["settings"]["lr_schedule"] == "burda-compressed"
 
 
+def test_a_resumed_recipe_reports_the_whole_runs_training_time(tmp_path):
+    class StopAfterTwo:
+        def on_epoch_end(self, state):
+            state.stop = state.epoch + 1 == 2
+
+    images, _ = synthetic_images(240, seed=0)
+    train, test = TensorData(images[:200], binarize="dynamic"), TensorData(images[200:], binarize="dynamic")
+    kw = dict(train=train, test=test, num_samples=5, device="cpu", out=tmp_path / "run", progress=False)
+    _, first, _ = burda2016("burda", "elbo", 1, passes=3, callbacks=[StopAfterTwo()], **kw)
+    _, history, report = burda2016("burda", "elbo", 1, passes=3, resume=True, **kw)
+    assert list(first["epoch"]) == [1, 2] and list(history["epoch"]) == [1, 2, 3]
+    assert report["train_seconds"] == history["seconds"].iloc[-1] > first["seconds"].iloc[-1]
+
+
 def test_cli_recipe_trains_with_the_protocol_and_the_nll_along_the_way(fake_mnist, tmp_path):
     import json
 
