@@ -15,6 +15,7 @@ import torch
 from ppmodels.analysis import flat_grad, replicate_gradients
 from ppmodels.analysis.replicates import _jacobian
 from ppmodels.models.conjugate import CategoricalGaussian, LinearGaussian
+from ppmodels import objectives
 from ppmodels.objectives import make
 from ppmodels.utils import PPModelsError
 
@@ -352,3 +353,12 @@ def test_closed_form_elbo_matches_a_precise_monte_carlo_estimate(lg):
     mc, se = lw.mean(0), lw.std(0) / lw.shape[0] ** 0.5
     closed = m.elbo(x).detach()
     assert ((mc - closed).abs() / se).max() < 5
+
+
+@pytest.mark.parametrize("name", objectives.names())
+def test_with_particles_keeps_a_given_plate_nesting_and_not_a_guessed_one(name):
+    given = objectives.make(name, max_plate_nesting=2).with_particles(3)
+    assert (given.num_particles, given.max_plate_nesting) == (3, 2)
+    guessed = objectives.make(name)
+    guessed.max_plate_nesting = 1  # what a first call's guess on some program leaves
+    assert guessed.with_particles(3).max_plate_nesting is None  # guessed again on its own program

@@ -476,6 +476,7 @@ class Objective(ELBO):
         self.num_particles = num_particles
         self.vectorize_particles = vectorize_particles
         self.max_plate_nesting = max_plate_nesting
+        self._given_nesting = max_plate_nesting  # the guess fills max_plate_nesting; copies take this
         self.data_plate = data_plate
         self.reparameterized = reparameterized
         self._checked: set[tuple] = set()
@@ -499,7 +500,14 @@ class Objective(ELBO):
 
     def with_particles(self, num_particles: int) -> "Objective":
         """A copy of this objective with another particle count (every other option kept)."""
-        return type(self)(**{**self.options(), "num_particles": num_particles})
+        return self._remade({**self.options(), "num_particles": num_particles})
+
+    def _remade(self, options: dict[str, Any]) -> "Objective":
+        """A new objective of this type made with ``options`` and the ``max_plate_nesting`` this
+        one was given (not a guessed one: that belongs to the program it was guessed on)."""
+        if self._given_nesting is not None:
+            options = {"max_plate_nesting": self._given_nesting, **options}
+        return type(self)(**options)
 
     @property
     def bound(self) -> tuple:

@@ -57,7 +57,7 @@ class Renyi(Objective):
     def with_particles(self, num_particles: int) -> "Renyi":
         if type(self) is not Renyi:
             options = {k: v for k, v in self.options().items() if k != "alpha"}
-            return type(self)(**{**options, "num_particles": num_particles})
+            return self._remade({**options, "num_particles": num_particles})
         return super().with_particles(num_particles)
 
     @property
