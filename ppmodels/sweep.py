@@ -50,7 +50,7 @@ def expand(command: Sequence[str]) -> list[tuple[dict[str, str], list[str]]]:
     keep = LIST_VALUED[command[0]]
     slots: list[tuple[int, str, list[str]]] = []
     for i, token in enumerate(command):
-        if i and command[i - 1].startswith("-") and command[i - 1] not in keep and not token.startswith("-") \
+        if i and command[i - 1].startswith("-") and command[i - 1] not in keep and _is_value(token) \
                 and "," in token:
             values = [v for v in token.split(",") if v != ""]
             if len(values) != len(set(values)):
@@ -61,8 +61,31 @@ def expand(command: Sequence[str]) -> list[tuple[dict[str, str], list[str]]]:
         argv = list(command)
         for (i, _, _), value in zip(slots, combo):
             argv[i] = value
+        argv = _joined_negatives(argv, {i for i, _, _ in slots})
         runs.append(({key: value for (_, key, _), value in zip(slots, combo)}, argv))
     return runs
+
+
+def _is_value(token: str) -> bool:
+    """Whether ``token`` is an option's value: not an option, or a list of numbers (-0.5,0.5)."""
+    if not token.startswith("-"):
+        return True
+    try:
+        return all(float(v) is not None for v in token.split(",") if v)
+    except ValueError:
+        return False
+
+
+def _joined_negatives(argv: list[str], slots: set[int]) -> list[str]:
+    """``--opt -0.5`` as ``--opt=-0.5`` (argparse takes a lone negative number for an option
+    when the parser has options that look like numbers; joined it is always a value)."""
+    out: list[str] = []
+    for i, token in enumerate(argv):
+        if i in slots and token.startswith("-"):
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+    return out
 
 
 def run_name(settings: dict[str, str]) -> str:

@@ -25,6 +25,11 @@ def test_expand_is_the_cartesian_product_and_keeps_list_valued_options():
                        "--seed", "0,1"])
     assert [s for s, _ in variance] == [{"seed": "0"}, {"seed": "1"}]
     assert [s for s, _ in expand(["train", "vae", "--seed=0,1", "--nll-at", "12,40"])] == [{"seed": "0"}, {"seed": "1"}]
+    negative = expand(["train", "vae", "--objective", "renyi", "--alpha", "-0.5,0.5", "--seed", "0"])
+    assert [argv[4:] for _, argv in negative] == [["--alpha=-0.5", "--seed", "0"], ["--alpha", "0.5", "--seed", "0"]]
+    from ppmodels.cli import build_parser
+
+    assert build_parser().parse_args([*negative[0][1], "--out", "x"]).alpha == -0.5
     with pytest.raises(PPModelsError, match="repeats a value"):
         expand(["train", "vae", "--seed", "1,1"])
     with pytest.raises(PPModelsError, match="expected a command"):
