@@ -470,3 +470,23 @@ def test_evaluate_into_a_closed_pipe_is_quiet(trained):
     done = subprocess.run(["bash", "-c", cmd], env=env, capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "{"
     assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+
+
+def test_a_cvae_killed_between_its_stages_resumes_without_retraining_the_baseline(trained, tmp_path, capsys):
+    """The baseline stage finished, the CVAE's had not begun (no checkpoint in RUN_DIR): --resume
+    keeps the baseline's checkpoint and trains the CVAE (was: refused, only --overwrite helped)."""
+    out = tmp_path / "cvae"
+    base = ["train", "cvae", "--epochs", "1", "--batch-size", "50", "--seed", "3", *SMALL, "--out", out]
+    assert run_cli(base, capsys)[0] == 0
+    baseline = load_checkpoint(out / "baseline")["params"]
+    for name in ("checkpoint.pt", "checkpoint.prev.pt", "history.csv", "report.json"):
+        (out / name).unlink(missing_ok=True)
+    code, _, err = run_cli([*base, "--resume"], capsys)
+    assert code == 0, err
+    assert (out / "report.json").exists() and load_checkpoint(out)["epoch"] == 1
+    again = load_checkpoint(out / "baseline")["params"]
+    assert all(torch.equal(baseline[k], again[k]) for k in baseline)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = run_cli([*base[:-1], empty, "--resume"], capsys)  # nothing at all to resume: still refused
+    assert code == 2 and "no checkpoint.pt to resume from" in err

@@ -212,7 +212,7 @@ class ImageFamily(Family):
         import torch
 
         from .. import data
-        from ..rundir import open_run
+        from ..rundir import CHECKPOINT, open_run
         from ..utils import PPModelsError, check_memory
 
         if args.epochs is None and args.steps is None:
@@ -227,7 +227,10 @@ class ImageFamily(Family):
         group, device = distributed.setup(resolve_device(args.device))  # under torchrun: this rank's device
         args.device = str(device)
         main = group is None or group.main  # rank 0 alone writes the run directory and prints
-        lock = open_run(args.out, resume=args.resume, overwrite=args.overwrite) if main else None  # held to the end
+        # --resume of a run whose first stage (a sub-directory, e.g. cvae's baseline) has a
+        # checkpoint but whose own stage has none yet: the stages resume or start on their own
+        staged = args.resume and not (Path(args.out) / CHECKPOINT).exists() and any(Path(args.out).glob(f"*/{CHECKPOINT}"))
+        lock = open_run(args.out, resume=args.resume and not staged, overwrite=args.overwrite) if main else None
         try:
             torch.manual_seed(args.seed)  # the initial weights too: one seed, one run
             splits = data.mnist(validation=args.validation, binarize=args.binarize, labels=self.labels,

@@ -151,13 +151,17 @@ def fit_stage(model, train, test, args: argparse.Namespace, out: Path, family: s
     ``family`` and ``config`` go into the checkpoint (``meta``), so that ``evaluate`` and
     ``sample`` can rebuild the model (``family`` is a :data:`ppmodels.models.REGISTRY` key)."""
     from ..fit import fit
+    from ..rundir import CHECKPOINT
 
+    # --resume: a stage with a checkpoint continues it; a later stage not begun starts (the
+    # command's run directory was checked before the first stage)
+    resume = args.resume and (Path(out) / CHECKPOINT).exists()
     t0 = time.perf_counter()
     history = fit(
         model, train, objective=objective, epochs=epochs, steps=args.steps if epochs is None else None,
         batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule, seed=args.seed,
         eps=getattr(args, "adam_eps", 1e-8),
-        device=args.device, test=test, out=out, resume=args.resume, overwrite=args.overwrite,
+        device=args.device, test=test, out=out, resume=resume, overwrite=args.overwrite,
         progress=False if args.quiet else None,
         jit=False if args.no_jit else None, callbacks=callbacks(args, out, diagnose, extra_callbacks),
         meta={"family": family, "config": config, "args": {k: str(v) for k, v in vars(args).items()}},
