@@ -192,6 +192,63 @@ def test_jit_fast_path_is_used_only_where_proven_equal(images, device):
         assert all(torch.allclose(u, v, rtol=1e-4, atol=1e-6) for u, v in zip(ga, gb))
 
 
+class _Shifted(torch.nn.Module):
+    """A static-structure model whose likelihood reads a plain tensor attribute: a trace
+    records ``shift`` as a constant."""
+
+    static_structure = True
+
+    def __init__(self):
+        super().__init__()
+        self.loc, self.q_loc = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
+        self.shift = torch.tensor(0.0)
+
+    def model(self, x):
+        pyro.module("shifted", self)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(self.loc, 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z + self.shift, 1.0).to_event(1), obs=x)
+
+    def guide(self, x):
+        pyro.module("shifted", self)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(self.q_loc + 0.5 * x, 1.0).to_event(1))
+
+
+def test_a_second_fit_reuses_the_checked_trace_and_retraces_when_the_model_changed(monkeypatch):
+    """fit twice on one model: the second call reuses the first's trace, after checking it
+    again; a change the trace recorded as a constant fails that check, and it traces anew."""
+    from ppmodels import fit as fit_module
+    from ppmodels import tracing
+
+    made, reused = [], []
+    real = tracing.trace_if_equal
+
+    def spy(fn, inputs, wrt=(), reuse=None, **kw):
+        out = real(fn, inputs, wrt=wrt, reuse=reuse, **kw)
+        (reused if out is not None and out is reuse else made).append(out)
+        return out
+
+    monkeypatch.setattr(fit_module, "trace_if_equal", spy)
+    m, x = _Shifted(), torch.randn(40, 2, generator=torch.Generator().manual_seed(0))
+    for _ in range(2):
+        history = fit(m, x, epochs=2, batch_size=20, lr=1e-2, device="cpu", seed=0)
+        assert history.attrs["jit"]
+    assert len(made) == 1 and reused == made
+    m.shift = torch.tensor(3.0)
+    fit(m, x, epochs=1, batch_size=20, lr=1e-2, device="cpu", seed=0)
+    assert len(made) == 2 and made[1] is not made[0] and len(reused) == 1
+
+
+def test_trace_gradients_are_compared_up_to_rounding_only():
+    from ppmodels.tracing import _close
+
+    g = torch.randn(50, 20, generator=torch.Generator().manual_seed(0)) * 100
+    assert _close(g, g + 3e-7 * g.abs().max())  # the optimised runs' rounding
+    assert not _close(g, g * (1 + 1e-3)) and not _close(g, g + 1e-4 * g.abs().max())
+    assert not _close(g, g[:, :10])
+
+
 def test_training_with_and_without_jit_agrees(images):
     train, _ = images
     a = fit(small_vae(), train, epochs=3, batch_size=50, lr=1e-2, device="cpu", jit=True, seed=3)
