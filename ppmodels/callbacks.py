@@ -522,4 +522,5 @@ class ImportanceNLL(Callback):
             state.row["test_nll"] = evaluate.mean_nll(state.model, self.data, self.num_samples, generator=g,
                                                       group=state.group)
             state.row["nll_seconds"] = time.perf_counter() - t0
-            state.row["active_units"] = sum(evaluate.active_units(state.model, self.data, generator=g).values())
+            if state.group is None or state.group.main:  # the row other ranks fill is not kept
+                state.row["active_units"] = sum(evaluate.active_units(state.model, self.data, generator=g).values())

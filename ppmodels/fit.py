@@ -90,6 +90,24 @@ def svi_step(
 _TRACES: "weakref.WeakKeyDictionary[Any, dict[tuple, Callable]]" = weakref.WeakKeyDictionary()
 
 
+def _state_key(owner: Any) -> tuple:
+    """What a trace may have recorded as constants of ``owner``, as it stands: its buffers and
+    tensor attributes (identity and in-place version) and its public scalar attributes. A
+    reused trace is checked against the plain loss as well; this catches what a check on one
+    batch could miss (a tiny change, one that only some rows see)."""
+    if owner is None:
+        return ()
+    out = []
+    tensors = dict(owner.named_buffers()) if isinstance(owner, torch.nn.Module) else {}
+    for name, value in sorted(getattr(owner, "__dict__", {}).items()):
+        if torch.is_tensor(value):
+            tensors[name] = value
+        elif not name.startswith("_") and isinstance(value, (bool, int, float, str)):
+            out.append((name, value))
+    out += [(name, id(t), t._version) for name, t in sorted(tensors.items())]
+    return tuple(out)
+
+
 def compile_loss(
     pair: ModelGuide, objective: Objective, params: dict[str, Tensor], batch: tuple, owner: Any = None
 ) -> Callable[[tuple], Tensor] | None:
@@ -118,13 +136,15 @@ def compile_loss(
         cache = _TRACES.setdefault(owner, {}) if owner is not None else None
     except TypeError:  # not weakly referenceable: no reuse
         cache = None
-    key = (type(objective), repr(objective), len(extra), tuple(map(id, plist)),
+    key = (type(objective), repr(objective), len(extra), tuple(map(id, plist)), _state_key(owner),
            tuple((t.shape, t.dtype, t.device, t.requires_grad) for t in inputs if torch.is_tensor(t)))
     traced = trace_if_equal(loss_fn, inputs, wrt=plist, reuse=cache.get(key) if cache is not None else None)
     if cache is not None:
-        if traced is None:
-            cache.pop(key, None)
-        else:
+        cache.clear()  # one trace per model: the latest
+        if traced is not None:
+            # torch keeps the traced Python function on the trace; it reaches the model through
+            # the loss's closure and would keep the (weak) key alive for ever
+            vars(traced).pop("_torchdynamo_inline", None)
             cache[key] = traced
     if traced is None:
         return None

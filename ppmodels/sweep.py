@@ -105,7 +105,8 @@ def run_one(argv: list[str], out: str, done: str, threads: int, retries: int) ->
         env.pop(key, None)  # a run is one process, whatever launched the sweep
     t0, error, attempt = time.perf_counter(), "", 0
     for attempt in range(1, retries + 2):
-        resume = ["--resume"] if (path / "checkpoint.pt").exists() and argv[0] == "train" else []
+        started = (path / "checkpoint.pt").exists() or any(path.glob("*/checkpoint.pt"))  # or an earlier stage
+        resume = ["--resume"] if started and argv[0] == "train" else []
         cmd = [sys.executable, "-m", "ppmodels", *argv, "--out", str(path), *resume]
         result = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if result.returncode == 0 and (path / done).exists():

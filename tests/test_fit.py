@@ -197,6 +197,7 @@ class _Shifted(torch.nn.Module):
     records ``shift`` as a constant."""
 
     static_structure = True
+    noise = 1.0  # a class attribute: outside the cache key, left to the reuse check
 
     def __init__(self):
         super().__init__()
@@ -207,7 +208,7 @@ class _Shifted(torch.nn.Module):
         pyro.module("shifted", self)
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample("z", dist.Normal(self.loc, 1.0).to_event(1))
-            pyro.sample("x", dist.Normal(z + self.shift, 1.0).to_event(1), obs=x)
+            pyro.sample("x", dist.Normal(z + self.shift, self.noise).to_event(1), obs=x)
 
     def guide(self, x):
         pyro.module("shifted", self)
@@ -235,9 +236,24 @@ def test_a_second_fit_reuses_the_checked_trace_and_retraces_when_the_model_chang
         history = fit(m, x, epochs=2, batch_size=20, lr=1e-2, device="cpu", seed=0)
         assert history.attrs["jit"]
     assert len(made) == 1 and reused == made
-    m.shift = torch.tensor(3.0)
+    m.shift.add_(3.0)  # in place: the cache key sees the tensor's version
     fit(m, x, epochs=1, batch_size=20, lr=1e-2, device="cpu", seed=0)
-    assert len(made) == 2 and made[1] is not made[0] and len(reused) == 1
+    assert len(made) == 2 and len(reused) == 1
+    monkeypatch.setattr(_Shifted, "noise", 2.0)  # not in the key: the check finds the difference
+    fit(m, x, epochs=1, batch_size=20, lr=1e-2, device="cpu", seed=0)
+    assert len(made) == 3 and len(reused) == 1
+
+
+def test_fit_does_not_keep_a_traced_model_alive():
+    import gc
+    import weakref
+
+    m, x = _Shifted(), torch.randn(40, 2, generator=torch.Generator().manual_seed(0))
+    assert fit(m, x, epochs=1, batch_size=20, device="cpu", seed=0).attrs["jit"]
+    ref = weakref.ref(m)
+    del m
+    gc.collect()
+    assert ref() is None
 
 
 def test_trace_gradients_are_compared_up_to_rounding_only():
@@ -246,6 +262,11 @@ def test_trace_gradients_are_compared_up_to_rounding_only():
     g = torch.randn(50, 20, generator=torch.Generator().manual_seed(0)) * 100
     assert _close(g, g + 3e-7 * g.abs().max())  # the optimised runs' rounding
     assert not _close(g, g * (1 + 1e-3)) and not _close(g, g + 1e-4 * g.abs().max())
+    small = g.clone()
+    small[0, 0] = 1e-3 * g.abs().max()  # a small entry (1e-3 of the largest) off by 10x fails
+    wrong = small.clone()
+    wrong[0, 0] *= 10
+    assert not _close(wrong, small)
     assert not _close(g, g[:, :10])
 
 

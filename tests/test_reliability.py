@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -490,3 +491,9 @@ def test_a_cvae_killed_between_its_stages_resumes_without_retraining_the_baselin
     empty.mkdir()
     code, _, err = run_cli([*base[:-1], empty, "--resume"], capsys)  # nothing at all to resume: still refused
     assert code == 2 and "no checkpoint.pt to resume from" in err
+    # a family without stages is not taken in by a sub-directory's checkpoint (a sweep's root)
+    shutil.copytree(out / "baseline", empty / "seed=0")
+    code, _, err = run_cli(["train", "vae", "--epochs", "1", *SMALL, "--out", empty, "--resume"], capsys)
+    assert code == 2 and "no checkpoint.pt to resume from" in err
+    code, _, err = run_cli([*base, "--resume", "--overwrite"], capsys)
+    assert code == 2 and "contradict" in err

@@ -153,6 +153,8 @@ class ImageFamily(Family):
     labels: bool = False
     #: prior draws in samples.png, and images per row
     sample_grid: tuple[int, int] = (64, 8)
+    #: run directories of earlier training stages, inside --out (cvae: its baseline network's)
+    stages: tuple[str, ...] = ()
 
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         add_network_options(parser)
@@ -227,9 +229,10 @@ class ImageFamily(Family):
         group, device = distributed.setup(resolve_device(args.device))  # under torchrun: this rank's device
         args.device = str(device)
         main = group is None or group.main  # rank 0 alone writes the run directory and prints
-        # --resume of a run whose first stage (a sub-directory, e.g. cvae's baseline) has a
-        # checkpoint but whose own stage has none yet: the stages resume or start on their own
-        staged = args.resume and not (Path(args.out) / CHECKPOINT).exists() and any(Path(args.out).glob(f"*/{CHECKPOINT}"))
+        # --resume of a run killed after an earlier stage (see :attr:`stages`) and before its
+        # own first checkpoint: the stages resume or start on their own
+        staged = (args.resume and not args.overwrite and not (Path(args.out) / CHECKPOINT).exists()
+                  and any((Path(args.out) / stage / CHECKPOINT).exists() for stage in self.stages))
         lock = open_run(args.out, resume=args.resume and not staged, overwrite=args.overwrite) if main else None
         try:
             torch.manual_seed(args.seed)  # the initial weights too: one seed, one run

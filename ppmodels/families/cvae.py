@@ -15,6 +15,7 @@ class ConditionalVAEFamily(ImageFamily):
     --no-baseline-input. The report is the conditional NLL of both."""
 
     name = "cvae"
+    stages = ("baseline",)
     help = "the conditional VAE (quadrant completion)"
     description = ("Train a conditional VAE that completes MNIST digits from --quadrants given quadrants, after a "
                    "baseline network (in RUN_DIR/baseline); writes history.csv, checkpoint.pt, report.json and "
