@@ -85,9 +85,9 @@ def svi_step(
     return loss.detach()
 
 
-#: traces of earlier fit calls, by model (weakly: a model's traces go with it), then by objective,
-#: input signature and parameter tensors; each is checked again before it is reused
-_TRACES: "weakref.WeakKeyDictionary[Any, dict[tuple, Callable]]" = weakref.WeakKeyDictionary()
+#: each model's latest trace, with its key (objective, inputs, parameters, the model's state),
+#: weakly (it goes with the model); it is checked again before it is reused
+_TRACES: "weakref.WeakKeyDictionary[Any, tuple[tuple, Callable]]" = weakref.WeakKeyDictionary()
 
 
 def _state_key(owner: Any) -> tuple:
@@ -132,22 +132,20 @@ def compile_loss(
         objective._kl_weight(batch[0].device)
         extra = [objective.kl_weight]
     inputs = (*batch, *plist, *extra)
-    try:
-        cache = _TRACES.setdefault(owner, {}) if owner is not None else None
-    except TypeError:  # not weakly referenceable: no reuse
-        cache = None
     key = (type(objective), repr(objective), len(extra), tuple(map(id, plist)), _state_key(owner),
            tuple((t.shape, t.dtype, t.device, t.requires_grad) for t in inputs if torch.is_tensor(t)))
-    traced = trace_if_equal(loss_fn, inputs, wrt=plist, reuse=cache.get(key) if cache is not None else None)
-    if cache is not None:
-        cache.clear()  # one trace per model: the latest
-        if traced is not None:
-            # torch keeps the traced Python function on the trace; it reaches the model through
-            # the loss's closure and would keep the (weak) key alive for ever
-            vars(traced).pop("_torchdynamo_inline", None)
-            cache[key] = traced
+    try:
+        earlier_key, earlier = _TRACES.pop(owner, ((), None))
+    except TypeError:  # None, or not weakly referenceable: no reuse
+        owner, earlier_key, earlier = None, (), None
+    traced = trace_if_equal(loss_fn, inputs, wrt=plist, reuse=earlier if earlier_key == key else None)
     if traced is None:
         return None
+    if owner is not None:
+        # torch keeps the traced Python function on the trace; it reaches the model through the
+        # loss's closure and would keep the (weak) key alive for ever
+        vars(traced).pop("_torchdynamo_inline", None)
+        _TRACES[owner] = (key, traced)
     return lambda batch: traced(*batch, *plist, *extra)
 
 

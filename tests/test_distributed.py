@@ -155,3 +155,4 @@ def test_importance_nll_callback_splits_the_rows_across_ranks(monkeypatch):
     torch.manual_seed(5)
     every = evaluate.log_likelihood(model, data, 8, generator=torch.Generator().manual_seed(3 + 1))
     assert abs(state.row["test_nll"] + every.mean().item()) > 1e-2  # all rows is another number
+    assert "active_units" not in state.row  # rank 0's row alone is kept: the others skip them

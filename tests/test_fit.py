@@ -244,6 +244,24 @@ def test_a_second_fit_reuses_the_checked_trace_and_retraces_when_the_model_chang
     assert len(made) == 3 and len(reused) == 1
 
 
+def test_the_trace_key_sees_the_models_buffers_tensors_and_scalars():
+    from ppmodels.fit import _state_key
+
+    m = _Shifted()
+    m.register_buffer("mask", torch.ones(3))
+    m.depth = 2
+    before = _state_key(m)
+    assert _state_key(m) == before
+    m.mask.mul_(0.5)  # in place: a new version
+    assert _state_key(m) != before
+    before = _state_key(m)
+    m.shift = torch.tensor(0.0)  # another tensor, equal in value
+    assert _state_key(m) != before
+    before = _state_key(m)
+    m.depth = 3
+    assert _state_key(m) != before
+
+
 def test_fit_does_not_keep_a_traced_model_alive():
     import gc
     import weakref

@@ -96,3 +96,21 @@ def test_a_variance_sweep_gathers_every_study_row(tmp_path):
     assert set(table["run"]) == {"seed=0", "seed=1"} and set(table["status"]) == {"done"}
     # each run's study: 2 objectives x 2 K x (model, guide) rows, with the run's own columns kept apart
     assert len(table) == 16 and {"run_seconds", "objective", "num_particles"} <= set(table.columns)
+
+
+def test_a_run_with_an_earlier_stages_checkpoint_is_resumed(tmp_path, monkeypatch):
+    """A cvae run killed between its stages has only baseline/checkpoint.pt: the retry resumes."""
+    from ppmodels import sweep as sweep_module
+
+    commands = []
+
+    def fake_run(cmd, **kw):
+        commands.append(cmd)
+        (tmp_path / "run" / "report.json").write_text("{}")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(sweep_module.subprocess, "run", fake_run)
+    (tmp_path / "run" / "baseline").mkdir(parents=True)
+    (tmp_path / "run" / "baseline" / "checkpoint.pt").write_bytes(b"")
+    sweep_module.run_one(["train", "cvae", "--epochs", "1"], str(tmp_path / "run"), "report.json", 1, 0)
+    assert commands[0][-1] == "--resume"
