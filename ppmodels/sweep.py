@@ -43,45 +43,52 @@ DONE = {"train": "report.json", "variance": "study.csv"}
 def expand(command: Sequence[str]) -> list[tuple[dict[str, str], list[str]]]:
     """The runs of ``command`` (without ``--out``): ``(swept values by option, argv)`` for each
     element of the Cartesian product of its comma-separated option values."""
-    command = [part for token in command for part in
-               (token.split("=", 1) if token.startswith("--") and "=" in token else [token])]  # --opt=a,b
-    if not command or command[0] not in DONE:
-        raise PPModelsError(f"sweep: expected a command, train or variance, got {command[:1] or 'nothing'}")
-    keep = LIST_VALUED[command[0]]
+    tokens: list[str] = []
+    attached: set[int] = set()  # values given as --opt=value: they stay attached
+    for token in command:
+        if token.startswith("--") and "=" in token:
+            tokens += token.split("=", 1)
+            attached.add(len(tokens) - 1)
+        else:
+            tokens.append(token)
+    if not tokens or tokens[0] not in DONE:
+        raise PPModelsError(f"sweep: expected a command, train or variance, got {tokens[:1] or 'nothing'}")
+    keep = LIST_VALUED[tokens[0]]
     slots: list[tuple[int, str, list[str]]] = []
-    for i, token in enumerate(command):
-        if i and command[i - 1].startswith("-") and command[i - 1] not in keep and _is_value(token) \
-                and "," in token:
+    for i, token in enumerate(tokens):
+        if i and tokens[i - 1].startswith("-") and tokens[i - 1] not in keep and "," in token \
+                and (i in attached or _is_value(token)):
             values = [v for v in token.split(",") if v != ""]
             if len(values) != len(set(values)):
-                raise PPModelsError(f"sweep: {command[i - 1]} {token} repeats a value")
-            slots.append((i, command[i - 1].lstrip("-"), values))
+                raise PPModelsError(f"sweep: {tokens[i - 1]} {token} repeats a value")
+            slots.append((i, tokens[i - 1].lstrip("-"), values))
     runs = []
     for combo in itertools.product(*(values for _, _, values in slots)):
-        argv = list(command)
+        argv = list(tokens)
         for (i, _, _), value in zip(slots, combo):
             argv[i] = value
-        argv = _joined_negatives(argv, {i for i, _, _ in slots})
-        runs.append(({key: value for (_, key, _), value in zip(slots, combo)}, argv))
+        # a negative value joins its option (--alpha=-0.5): argparse may take a lone one for an option
+        joined = attached | {i for i, _, _ in slots if argv[i].startswith("-")}
+        runs.append(({key: value for (_, key, _), value in zip(slots, combo)}, _joined(argv, joined)))
     return runs
 
 
 def _is_value(token: str) -> bool:
-    """Whether ``token`` is an option's value: not an option, or a list of numbers (-0.5,0.5)."""
+    """Whether ``token``, after an option, is its value: not an option, or numbers (-0.5,0.5)."""
     if not token.startswith("-"):
         return True
     try:
-        return all(float(v) is not None for v in token.split(",") if v)
+        [float(v) for v in token.split(",") if v]
     except ValueError:
         return False
+    return True
 
 
-def _joined_negatives(argv: list[str], slots: set[int]) -> list[str]:
-    """``--opt -0.5`` as ``--opt=-0.5`` (argparse takes a lone negative number for an option
-    when the parser has options that look like numbers; joined it is always a value)."""
+def _joined(argv: list[str], values: set[int]) -> list[str]:
+    """``argv`` with each token at ``values`` attached to the option before it (``--opt=value``)."""
     out: list[str] = []
     for i, token in enumerate(argv):
-        if i in slots and token.startswith("-"):
+        if i in values:
             out[-1] = f"{out[-1]}={token}"
         else:
             out.append(token)

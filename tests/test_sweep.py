@@ -30,6 +30,8 @@ def test_expand_is_the_cartesian_product_and_keeps_list_valued_options():
     from ppmodels.cli import build_parser
 
     assert build_parser().parse_args([*negative[0][1], "--out", "x"]).alpha == -0.5
+    attached = expand(["train", "vae", "--alpha=-0.5,abc"])  # --opt=value stays attached, swept or not
+    assert [argv[2:] for _, argv in attached] == [["--alpha=-0.5"], ["--alpha=abc"]]
     with pytest.raises(PPModelsError, match="repeats a value"):
         expand(["train", "vae", "--seed", "1,1"])
     with pytest.raises(PPModelsError, match="expected a command"):
