@@ -28,7 +28,10 @@ The process group comes from the environment (``torchrun``): gloo on the CPU, NC
 
 from __future__ import annotations
 
+import atexit
 import os
+import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
@@ -42,6 +45,42 @@ from .utils import PPModelsError
 __all__ = ["Group", "setup", "rank_seed", "ScaleOutside", "plan"]
 
 RANK_SEED_STRIDE = 1_000_003
+
+# The last tensors given to collectives, kept until the process ends (see ``_sent``).
+_SENT: deque[Tensor] = deque(maxlen=8)
+
+
+def _sent(tensor: Tensor) -> Tensor:
+    """Keep ``tensor``, which is being given to a collective, alive from Python until exit.
+
+    Why: gloo's worker thread drops its reference to a finished collective (and to its tensors)
+    a moment *after* the caller's ``all_reduce`` has returned. If Python has dropped the tensor
+    by then, torch has handed the tensor's Python object to C++, and the worker must take the
+    GIL to free it. During interpreter shutdown taking the GIL ends the thread, which aborts the
+    process ("terminate called without an active exception"): a rank that exits right after its
+    last collective died so in about one 2-process run in ten. Holding the last few tensors and,
+    at exit, waiting until no C++ reference to them is left (``_release_sent``) closes that
+    window; torch offers no call that waits for the worker to release a finished work."""
+    _SENT.append(tensor)
+    return tensor
+
+
+def _release_sent(timeout: float = 10.0) -> bool:
+    """Wait (at most ``timeout`` seconds) until the kept tensors are referenced from Python only,
+    then drop them; ``False`` if a collective still holds one (they are then left to shutdown)."""
+    deadline = time.monotonic() + timeout
+    if not hasattr(torch.Tensor, "_use_count"):  # a torch without it: give the workers a moment
+        time.sleep(min(timeout, 0.1))
+    else:
+        while any(t._use_count() > 1 for t in _SENT):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(1e-3)
+    _SENT.clear()
+    return True
+
+
+atexit.register(_release_sent)
 
 
 def world_size_from_env() -> int:
@@ -89,7 +128,7 @@ class Group:
         grads = [p.grad for p in params]
         if not grads:
             return
-        flat = torch.cat([g.reshape(-1) for g in grads])
+        flat = _sent(torch.cat([g.reshape(-1) for g in grads]))
         torch.distributed.all_reduce(flat)
         if self.average:
             flat /= self.world_size
@@ -102,7 +141,7 @@ class Group:
         """Replace each tensor by its mean over ranks (in place)."""
         if not tensors:
             return
-        flat = torch.cat([t.detach().reshape(-1).float() for t in tensors])
+        flat = _sent(torch.cat([t.detach().reshape(-1).float() for t in tensors]))
         torch.distributed.all_reduce(flat)
         flat /= self.world_size
         offset = 0
@@ -113,7 +152,7 @@ class Group:
 
     def sum(self, values: Sequence[float | Tensor], device: torch.device) -> list[float]:
         """The sums over ranks of a few numbers (one all-reduce)."""
-        flat = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
+        flat = _sent(torch.tensor([float(v) for v in values], dtype=torch.float64, device=device))
         torch.distributed.all_reduce(flat)
         return flat.tolist()
 
@@ -130,7 +169,7 @@ class Group:
         """Rank 0's values of ``tensors`` on every rank (the initial parameters)."""
         for t in tensors:
             with torch.no_grad():
-                torch.distributed.broadcast(t.data, src=0)
+                torch.distributed.broadcast(_sent(t.data), src=0)
 
 
 def setup(device: torch.device) -> tuple[Group | None, torch.device]:

@@ -156,3 +156,34 @@ def test_importance_nll_callback_splits_the_rows_across_ranks(monkeypatch):
     every = evaluate.log_likelihood(model, data, 8, generator=torch.Generator().manual_seed(3 + 1))
     assert abs(state.row["test_nll"] + every.mean().item()) > 1e-2  # all rows is another number
     assert "active_units" not in state.row  # rank 0's row alone is kept: the others skip them
+
+
+def test_tensors_given_to_collectives_are_released_at_exit_only_after_the_worker_lets_go(monkeypatch):
+    """gloo's worker drops a finished collective's tensors after all_reduce returns; freeing them
+    from Python first made a rank abort at exit. The exit hook waits for the worker's reference
+    (here: an autograd graph holding the tensor, dropped by a thread 0.2 s later)."""
+    import threading
+    import time
+
+    from ppmodels import distributed
+
+    monkeypatch.setattr(distributed, "_SENT", distributed.deque(maxlen=8))
+    held = {}
+
+    def fake_all_reduce(flat):  # a C++ reference that outlives the call, like gloo's worker
+        held["graph"] = (flat * torch.ones_like(flat, requires_grad=True)).sum()
+        threading.Timer(0.2, held.clear).start()
+
+    monkeypatch.setattr(torch.distributed, "all_reduce", fake_all_reduce)
+    group = distributed.Group(rank=0, world_size=1)
+    assert group.sum([1.0, 2.0], torch.device("cpu")) == [1.0, 2.0]
+    (kept,) = distributed._SENT
+    assert kept._use_count() > 1  # the "worker" still holds it
+    start = time.monotonic()
+    assert distributed._release_sent(timeout=5.0)
+    assert time.monotonic() - start >= 0.15 and not held and not distributed._SENT
+    # and a reference that is never released: the hook gives up after its timeout, keeping the tensor
+    group.sum([3.0], torch.device("cpu"))
+    forever = (distributed._SENT[-1] * torch.ones(1, requires_grad=True)).sum()
+    assert not distributed._release_sent(timeout=0.05) and distributed._SENT
+    del forever

@@ -339,22 +339,38 @@ def test_a_second_writer_is_refused_while_another_process_holds_the_directory(tm
 
 
 def test_two_processes_training_into_one_directory(tmp_path):
-    """Two real processes: one trains, the other gets a clear error; the run is the first's."""
+    """Two real processes: one trains, the other gets a clear error; the run is the first's. A
+    handshake through files (not a sleep): the first waits at its second step until the second
+    has been refused."""
     script = (
-        "import sys, time\n"
+        "import pathlib, sys, time\n"
         "from ppmodels.models import LinearGaussian\n"
         "from ppmodels.fit import fit\n"
+        "flags = pathlib.Path(sys.argv[2])\n"
+        "def hold(step):\n"
+        "    if step == 1:\n"
+        "        (flags / 'training').touch()\n"
+        "        deadline = time.time() + 120\n"
+        "        while not (flags / 'refused').exists() and time.time() < deadline:\n"
+        "            time.sleep(0.02)\n"
+        "    return 1.0\n"
         "m = LinearGaussian(5, 2, seed=0)\n"
-        "slow = lambda step: (time.sleep(0.02), 1.0)[1]\n"
-        "fit(m, m.sample_data(400, seed=1), epochs=3, batch_size=10, out=sys.argv[1], device='cpu', lr_schedule=slow)\n"
+        "fit(m, m.sample_data(400, seed=1), epochs=3, batch_size=10, out=sys.argv[1], device='cpu', lr_schedule=hold)\n"
     )
-    first = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stderr=subprocess.PIPE, text=True)
-    time.sleep(3.0)
-    second = subprocess.run([sys.executable, "-c", script, str(tmp_path)], stderr=subprocess.PIPE, text=True, timeout=120)
+    run, flags = tmp_path / "run", tmp_path / "flags"
+    flags.mkdir()
+    first = subprocess.Popen([sys.executable, "-c", script, str(run), str(flags)], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (flags / "training").exists() and time.time() < deadline and first.poll() is None:
+        time.sleep(0.02)
+    assert (flags / "training").exists(), first.stderr.read()
+    second = subprocess.run([sys.executable, "-c", script, str(run), str(tmp_path / "unused")], stderr=subprocess.PIPE,
+                            text=True, timeout=120)
+    (flags / "refused").touch()
     first.wait(timeout=120)
     assert first.returncode == 0, first.stderr.read()
     assert second.returncode != 0 and ("in use by another training" in second.stderr or "already holds a run" in second.stderr)
-    assert load_checkpoint(tmp_path)["epoch"] == 3
+    assert load_checkpoint(run)["epoch"] == 3
 
 
 def test_a_nan_gradient_at_an_epochs_last_step_keeps_the_last_good_checkpoint(tmp_path):
