@@ -4,8 +4,10 @@ final values as horizontal lines.
 Each run's curve is on one image set, the first ``--curve-images`` test images (the points its
 ``--nll-at`` callback measured, and its latest checkpoint evaluated here the same way: K = 5000,
 the test images binarized with seed 0); its final NLL on all 10,000 test images (the run's
-``report.json``, or with ``--final`` its latest checkpoint evaluated here) is a separate marker.
-Evaluations are cached in the run's ``final.json``.
+``report.json``, or with ``--final`` its latest checkpoint evaluated here) is a separate marker,
+and so are the checkpoints the run kept along the way (``checkpoint-epoch{N}.pt``, kept at the
+``--nll-at`` passes), evaluated here on all 10,000 test images. Evaluations are cached in the
+run's ``final.json``.
 
     python examples/iwae_curve.py runs/table1/vae-k1 runs/table1/iwae-k5 --final --out guides/figures/iwae-curve.png
 """
@@ -68,6 +70,16 @@ for run in map(Path, args.runs):
         cache.update(nll=value, images=len(test), active_units=units, seconds=seconds)
     if "curve_nll" not in cache:
         cache["curve_nll"], cache["curve_seconds"], _ = nll(model, args.curve_images)
+    kept = cache.setdefault("kept", {})  # pass -> NLL etc. on all test images
+    for path in sorted(run.glob("checkpoint-epoch*.pt"), key=lambda p: int(p.stem.split("epoch")[1])):
+        state = load_checkpoint(path, map_location="cpu")
+        passes = str(state["epoch"])
+        if passes not in kept and state["epoch"] < ckpt["epoch"]:
+            early = VAE(**ckpt["meta"]["config"])
+            early.load_state_dict({k[len("module."):]: v for k, v in state["params"].items() if k.startswith("module.")})
+            value, seconds, units = nll(early, None)
+            kept[passes] = {"nll": value, "images": len(test), "active_units": units, "seconds": seconds}
+        cache_path.write_text(json.dumps(cache, indent=2))
     cache_path.write_text(json.dumps(cache, indent=2))
 
     for _, r in history.dropna(subset=["test_nll"]).iterrows():
@@ -75,6 +87,10 @@ for run in map(Path, args.runs):
                      "active_units": r.get("active_units"), "train_hours": r["seconds"] / 3600})
     rows.append({"run": label, "passes": ckpt["epoch"], "nll": cache["curve_nll"], "images": f"first {args.curve_images}",
                  "active_units": None, "train_hours": hours})
+    trained = history.set_index("epoch")["seconds"] / 3600
+    for passes, k in sorted(kept.items(), key=lambda item: int(item[0])):
+        rows.append({"run": label, "passes": int(passes), "nll": k["nll"], "images": f"all {k['images']}",
+                     "active_units": k["active_units"], "train_hours": trained.get(int(passes))})
     if "nll" in cache:
         rows.append({"run": label, "passes": ckpt["epoch"], "nll": cache["nll"], "images": f"all {cache['images']}",
                      "active_units": cache["active_units"], "train_hours": hours})
@@ -91,7 +107,7 @@ for (label, part), color in zip(table.groupby("run", sort=False), ("C0", "C1", "
     curve = part[part["images"].str.startswith("first")]
     ax.plot(curve["passes"], curve["nll"], "o-", color=color, label=f"ppmodels {label}, first {args.curve_images} test images")
     whole = part[part["images"].str.startswith("all")]
-    ax.plot(whole["passes"], whole["nll"], "s", color=color, mfc="none", ms=8,
+    ax.plot(whole["passes"], whole["nll"], "s:", color=color, mfc="none", ms=8,
             label=f"ppmodels {label}, all 10,000 test images")
     paper = PAPER.get(label)
     if paper:

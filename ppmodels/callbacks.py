@@ -40,7 +40,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from .rundir import CHECKPOINT, NonFiniteState, save_checkpoint
+from .rundir import CHECKPOINT, NonFiniteState, keep_copy, kept_checkpoint, save_checkpoint
 from .utils import PPModelsError, rng_state
 
 __all__ = ["FitState", "Callback", "KLAnnealing", "EarlyStopping", "TensorBoard", "CollapseDiagnostics", "HOOKS",
@@ -432,11 +432,12 @@ class History(Callback):
 class Checkpoint(Callback):
     """Write the run directory each epoch: ``checkpoint.pt`` (parameters, optimizer, RNG state,
     history, ``record``: the run's settings and meta; verified finite, see
-    :func:`ppmodels.rundir.save_checkpoint`) and ``history.csv``. A non-finite parameter
-    raises :class:`NonFiniteLoss` and the last good checkpoint stays."""
+    :func:`ppmodels.rundir.save_checkpoint`) and ``history.csv``; after the epochs in ``keep``
+    (1-based) also a copy, ``checkpoint-epoch{N}.pt``. A non-finite parameter raises
+    :class:`NonFiniteLoss` and the last good checkpoint stays."""
 
-    def __init__(self, out_dir: Path, record: dict[str, Any], resumed: bool = False) -> None:
-        self.out_dir, self.record, self.resumed = Path(out_dir), record, resumed
+    def __init__(self, out_dir: Path, record: dict[str, Any], resumed: bool = False, keep: Any = ()) -> None:
+        self.out_dir, self.record, self.resumed, self.keep = Path(out_dir), record, resumed, frozenset(keep)
 
     def on_fit_start(self, state: FitState) -> None:
         if self.resumed and (self.out_dir / CHECKPOINT).exists():
@@ -465,6 +466,8 @@ class Checkpoint(Callback):
                 "Try a lower lr or clip_norm=..."
             ) from e
         state.checkpoint = self.out_dir / CHECKPOINT
+        if state.epoch + 1 in self.keep:
+            keep_copy(state.checkpoint, self.out_dir / kept_checkpoint(state.epoch + 1))
         pd.DataFrame(state.history).to_csv(self.out_dir / "history.csv", index=False)
 
 

@@ -168,11 +168,12 @@ def make_optimizer(params: list[Tensor], lr: float = 1e-3, betas: tuple[float, f
 
 def load_run(run_dir: str | os.PathLike, device: str | torch.device = "auto") -> tuple[Any, dict[str, Any]]:
     """The model of a run directory written by ``ppmodels train`` (family and configuration from
-    the checkpoint's ``meta``), with its trained parameters, on ``device``; and the checkpoint."""
+    the checkpoint's ``meta``), with its trained parameters, on ``device``; and the checkpoint.
+    ``run_dir`` may also name one of its checkpoint files (a kept ``checkpoint-epoch{N}.pt``)."""
     from .models import build
 
     path = Path(run_dir)
-    if not (path / CHECKPOINT).exists():
+    if not path.is_file() and not (path / CHECKPOINT).exists():
         raise PPModelsError(f"{run_dir}: not a run directory (no {CHECKPOINT}); train one with `ppmodels train`")
     dev = resolve_device(device)
     ckpt = load_checkpoint(path, map_location=dev)
@@ -214,6 +215,7 @@ def fit(
     drop_last: bool = True,
     jit: bool | None = None,
     callbacks: Sequence[Any] | None = None,
+    keep_checkpoints: Sequence[int] = (),
     **objective_options: Any,
 ) -> pd.DataFrame:
     """Train ``obj`` (anything with ``model`` and ``guide``) by SVI; return the per-epoch history.
@@ -227,7 +229,9 @@ def fit(
     ``checkpoint.prev.pt``; see :mod:`ppmodels.rundir`); ``out`` holding another run is
     refused unless ``resume=True`` (continue from its checkpoint, on the same trajectory as an
     uninterrupted run, with the same settings) or ``overwrite=True``; ``resume=PATH`` starts
-    from another run's checkpoint.
+    from another run's checkpoint. ``keep_checkpoints``: epochs (1-based) whose checkpoint is
+    also kept as ``checkpoint-epoch{N}.pt`` (loadable with :func:`load_run`), e.g. to evaluate
+    a learning curve's points again later.
     History columns: epoch, step, train_loss (minus the objective per datapoint), val_elbo,
     test_elbo (per datapoint), lr, seconds (cumulative wall time). ``jit=True`` uses the traced
     loss of :func:`compile_loss` where it is proven equal on the first batch (and falls back
@@ -245,6 +249,9 @@ def fit(
     callbacks = check_callbacks(callbacks)
     check_options(epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, betas=betas, eps=eps,
                   clip_norm=clip_norm, seed=seed, eval_particles=eval_particles, log_every=log_every)
+    keep = _epochs(keep_checkpoints, "keep_checkpoints")
+    if keep and out is None:
+        raise PPModelsError("fit: keep_checkpoints needs out=RUN_DIR to keep them in")
     if not callable(lr_schedule) and lr_schedule not in (None, *SCHEDULES):
         raise PPModelsError(f"fit: lr_schedule must be one of {SCHEDULES} or a callable, got {lr_schedule!r}")
     train = as_data(train, "training data").to(device)
@@ -270,7 +277,7 @@ def fit(
         obj.to(device)
     run = Run(lr=lr, lr_schedule=lr_schedule, betas=tuple(betas), eps=eps, batch_size=batch_size, clip_norm=clip_norm,
               seed=seed, drop_last=drop_last, log_every=log_every, eval_particles=eval_particles,
-              steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+              steps_per_epoch=steps_per_epoch, total_steps=total_steps, keep_checkpoints=keep)
     caller_rng = rng_state()
     try:
         return _fit(obj, train, objective, device, run, out_dir, resume, validation, test, meta, progress, jit,
@@ -279,6 +286,18 @@ def fit(
         set_rng_state(caller_rng)
         if lock is not None:
             lock.release()
+
+
+def _epochs(values: Any, what: str) -> frozenset[int]:
+    """A set of 1-based epoch numbers, or a one-line error naming ``what``."""
+    try:
+        epochs = frozenset(int(v) for v in values if int(v) == v)
+        ok = len(epochs) == len(set(values)) and all(e >= 1 for e in epochs)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise PPModelsError(f"fit: {what} must be epoch numbers >= 1, got {values!r}")
+    return epochs
 
 
 @dataclass(frozen=True)
@@ -297,6 +316,7 @@ class Run:
     eval_particles: int
     steps_per_epoch: int
     total_steps: int
+    keep_checkpoints: frozenset[int] = frozenset()  # not part of the trajectory: a resume may change it
 
     def trajectory(self, objective: Objective) -> dict[str, Any]:
         """The settings a resumed run must share with its checkpoint (as saved there)."""
@@ -366,7 +386,7 @@ def _fit(obj, train, objective, device, run: Run, out_dir, resume, validation, t
     record = {"settings": settings, "meta": meta or {}, "seed": run.seed}
     builtin_before = [LearningRate(run.lr, run.lr_schedule), monitor,
                       Evaluation(validation, test, run.eval_particles, group)]
-    builtin_after = [History(), *([Checkpoint(out_dir, record, resumed=resume is True)] if out_dir is not None and main else []),
+    builtin_after = [History(), *([Checkpoint(out_dir, record, resumed=resume is True, keep=run.keep_checkpoints)] if out_dir is not None and main else []),
                      ProgressBar(monitor, main and (sys.stderr.isatty() if progress is None else progress), run.log_every)]
 
     def batches(epoch: int):

@@ -57,7 +57,8 @@ def burda2016(
     (``"elbo"`` for the VAE rows, ``"iwae"`` for the IWAE rows) and K = ``num_particles`` by
     Burda et al.'s protocol over ``passes`` passes; the test NLL (K = ``num_samples``) after the
     passes in ``nll_at`` (on the first ``curve_images`` test images; default ``nll_images``) and at
-    the end (on the first ``nll_images``; None: all 10,000).
+    the end (on the first ``nll_images``; None: all 10,000). With ``out``, the checkpoints of the
+    ``nll_at`` passes are kept (``checkpoint-epoch{N}.pt``): their NLL can be measured again.
     Returns ``(model, history, report)``; ``report`` has ``test_nll``, ``test_elbo``,
     ``active_units``, ``passes``, ``train_seconds`` and ``nll_seconds``."""
     if preset not in ("burda", "burda2"):
@@ -77,7 +78,7 @@ def burda2016(
     t0 = time.perf_counter()
     history = fit(model, train, objective=objective, num_particles=num_particles, epochs=passes, seed=seed,
                   device=dev, out=out, resume=resume, overwrite=overwrite, progress=progress,
-                  callbacks=[ImportanceNLL(curve, at, num_samples, seed), *callbacks],
+                  callbacks=[ImportanceNLL(curve, at, num_samples, seed), *callbacks], keep_checkpoints=at if out else (),
                   meta=meta or {"family": "vae", "config": model.config, "recipe": "burda2016"}, **BURDA2016)
     # the run's training wall time, a resumed run's earlier parts included
     train_seconds = float(history["seconds"].iloc[-1]) if "seconds" in history else time.perf_counter() - t0

@@ -27,12 +27,28 @@ import torch
 from .utils import PPModelsError
 
 __all__ = ["open_run", "RunLock", "save_checkpoint", "load_checkpoint", "checksum", "CHECKPOINT", "PREVIOUS",
-           "NonFiniteState"]
+           "NonFiniteState", "kept_checkpoint", "keep_copy"]
 
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"
 #: files whose presence means a directory holds a run
 RUN_FILES = (CHECKPOINT, "history.csv", "report.json")
+
+
+KEPT = "checkpoint-epoch{}.pt"
+
+
+def kept_checkpoint(epoch: int) -> str:
+    """The file name of the checkpoint kept after ``epoch`` (1-based): ``checkpoint-epoch{N}.pt``."""
+    return KEPT.format(epoch)
+
+
+def keep_copy(source: Path, target: Path) -> None:
+    """Copy ``source`` to ``target`` through a temporary file and one rename: ``target`` is
+    either absent, the old file, or the whole copy."""
+    staged = target.with_name(target.name + ".tmp")
+    shutil.copyfile(source, staged)
+    os.replace(staged, target)
 
 
 class NonFiniteState(PPModelsError, FloatingPointError):
@@ -117,7 +133,11 @@ def open_run(path: str | os.PathLike, *, resume: bool = False, overwrite: bool =
             f"run directory {directory} already holds a run ({', '.join(present)}); "
             "pass --resume to continue it or --overwrite to replace it"
         )
-    return RunLock(directory)
+    lock = RunLock(directory)
+    if overwrite:  # the replaced run's kept checkpoints would pass for the new run's
+        for stale in directory.glob(KEPT.format("*")):
+            stale.unlink()
+    return lock
 
 
 def _tensors(obj: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
@@ -165,9 +185,7 @@ def save_checkpoint(directory: str | os.PathLike, state: dict[str, Any]) -> Path
         os.fsync(f.fileno())
     load_checkpoint(tmp)  # read back and verify before anything is replaced
     if target.exists():  # a copy becomes the previous one: checkpoint.pt is never missing
-        staged = directory / (PREVIOUS + ".tmp")
-        shutil.copyfile(target, staged)
-        os.replace(staged, previous)
+        keep_copy(target, previous)
     os.replace(tmp, target)  # one atomic rename
     return target
 

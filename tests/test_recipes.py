@@ -8,6 +8,7 @@ import torch
 from ppmodels import evaluate
 from ppmodels.callbacks import lr_factor
 from ppmodels.data import TensorData, synthetic_images
+from ppmodels.fit import load_run
 from ppmodels.models import VAE
 from ppmodels.recipes import burda2016
 
@@ -62,8 +63,15 @@ def test_two_layer_vae_sites_sampling_and_its_likelihood_against_ancestral_sampl
 def test_recipe_trains_with_the_protocol_and_measures_the_curve(tmp_path):
     images, _ = synthetic_images(240, seed=0)
     train, test = TensorData(images[:200], binarize="dynamic"), TensorData(images[200:], binarize="dynamic")
+    states = {}
+
+    class Snapshot:  # the model's state at each epoch's end, as the curve's callback saw it
+        def on_epoch_end(self, state):
+            states[state.epoch + 1] = {k: v.clone() for k, v in state.model.state_dict().items()}
+
     model, history, report = burda2016("burda", "iwae", 2, passes=3, train=train, test=test, nll_at=[1, 2],
-                                       num_samples=20, device="cpu", out=tmp_path / "run", progress=False)
+                                       num_samples=20, device="cpu", out=tmp_path / "run", progress=False,
+                                       callbacks=[Snapshot()])
     assert list(history["step"]) == [10, 20, 30]  # batch 20
     assert history["test_nll"].notna().tolist() == [True, True, False]
     assert history["lr"].iloc[0] < 1e-3  # the compressed schedule: stage 0 is a tiny part of pass 1
@@ -71,6 +79,14 @@ def test_recipe_trains_with_the_protocol_and_measures_the_curve(tmp_path):
     ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert ckpt["settings"]["eps"] == 1e-4 and ckpt["settings"]["batch_size"] == 20
     assert ckpt["settings"]["lr_schedule"] == "burda-compressed"
+    # the checkpoints of the curve's passes are kept, each the model of its pass
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-epoch*.pt")) == [
+        "checkpoint-epoch1.pt", "checkpoint-epoch2.pt"]
+    for epoch in (1, 2):
+        kept, ckpt = load_run(tmp_path / "run" / f"checkpoint-epoch{epoch}.pt", device="cpu")
+        assert ckpt["epoch"] == epoch
+        assert all(torch.equal(v, states[epoch][k]) for k, v in kept.state_dict().items())
+    assert not all(torch.equal(v, states[2][k]) for k, v in model.state_dict().items())
 
 
 def test_a_resumed_recipe_reports_the_whole_runs_training_time(tmp_path):

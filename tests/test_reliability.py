@@ -406,6 +406,27 @@ def test_the_previous_checkpoint_is_kept(tmp_path):
     assert load_checkpoint(tmp_path / PREVIOUS)["epoch"] == 1 and load_checkpoint(tmp_path)["epoch"] == 2
 
 
+def test_kept_checkpoints_survive_a_resume_and_an_overwrite_removes_them(tmp_path):
+    m, x = _lg_data()
+    fit(m, x, epochs=2, batch_size=20, out=tmp_path, device="cpu", keep_checkpoints=[1])
+    # another set of kept epochs on resume is not another trajectory
+    fit(m, x, epochs=4, batch_size=20, out=tmp_path, device="cpu", resume=True, keep_checkpoints=[3])
+    kept = {p.name: load_checkpoint(p)["epoch"] for p in tmp_path.glob("checkpoint-epoch*.pt")}
+    assert kept == {"checkpoint-epoch1.pt": 1, "checkpoint-epoch3.pt": 3}
+    # an overwritten run's kept checkpoints go with it: they would pass for the new run's
+    fit(m, x, epochs=1, batch_size=20, out=tmp_path, device="cpu", overwrite=True)
+    assert not list(tmp_path.glob("checkpoint-epoch*.pt"))
+
+
+@pytest.mark.parametrize("keep,out,match", [([0], True, "epoch numbers >= 1"), (["a"], True, "epoch numbers >= 1"),
+                                            ([1.5], True, "epoch numbers >= 1"), ([1], False, "needs out=")])
+def test_bad_kept_checkpoints_are_one_line_errors(keep, out, match, tmp_path):
+    m, x = _lg_data()
+    with pytest.raises(PPModelsError, match=match) as err:
+        fit(m, x, epochs=1, batch_size=20, out=tmp_path if out else None, device="cpu", keep_checkpoints=keep)
+    assert "\n" not in str(err.value) and not list(tmp_path.iterdir())
+
+
 # -- the same seed, the same run; kill -9 and resume ----------------------------------------------
 def test_the_cli_seed_gives_the_same_run_bit_for_bit(trained, tmp_path, capsys):
     outs = []
