@@ -507,10 +507,13 @@ class ImportanceNLL(Callback):
     :func:`ppmodels.evaluate.log_likelihood` with ``num_samples`` samples) on ``data`` after
     the epochs in ``at_epochs`` (1-based; other epochs get no value). Its own random stream:
     training's is not shifted. Also ``active_units`` (Burda et al.'s criterion) at those epochs.
-    Data-parallel, the ranks split the rows of the NLL."""
+    Data-parallel, the ranks split the rows of the NLL. In a run directory, the checkpoints of
+    those epochs are kept (``keep_checkpoints``, see :func:`ppmodels.fit.fit`), so that the points
+    can be measured again, e.g. on more images; ``keep=False`` keeps none."""
 
-    def __init__(self, data: Any, at_epochs: Any, num_samples: int = 5000, seed: int = 0) -> None:
+    def __init__(self, data: Any, at_epochs: Any, num_samples: int = 5000, seed: int = 0, keep: bool = True) -> None:
         self.data, self.at, self.num_samples, self.seed = data, {int(e) for e in at_epochs}, num_samples, seed
+        self.keep_checkpoints = frozenset(self.at) if keep else frozenset()
 
     def on_epoch_end(self, state: FitState) -> None:
         if state.epoch + 1 not in self.at:

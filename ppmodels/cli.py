@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="test ELBO and importance-sampled NLL of a run",
                        description="Evaluate a trained run: test ELBO, importance-sampled NLL (K samples), active units.")
-    e.add_argument("run_dir")
+    e.add_argument("run_dir", help="a run directory, or one of its checkpoint files (a kept checkpoint-epochN.pt)")
     e.add_argument("--num-samples", type=positive(int), default=5000)
     e.add_argument("--subset", type=positive(int), default=None, help="first N test images (default: all)")
     e.add_argument("--device", default="auto")

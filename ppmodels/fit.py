@@ -231,7 +231,8 @@ def fit(
     uninterrupted run, with the same settings) or ``overwrite=True``; ``resume=PATH`` starts
     from another run's checkpoint. ``keep_checkpoints``: epochs (1-based) whose checkpoint is
     also kept as ``checkpoint-epoch{N}.pt`` (loadable with :func:`load_run`), e.g. to evaluate
-    a learning curve's points again later.
+    a learning curve's points again later; with ``out``, a callback's own ``keep_checkpoints``
+    (:class:`ppmodels.callbacks.ImportanceNLL`'s epochs) are kept too.
     History columns: epoch, step, train_loss (minus the objective per datapoint), val_elbo,
     test_elbo (per datapoint), lr, seconds (cumulative wall time). ``jit=True`` uses the traced
     loss of :func:`compile_loss` where it is proven equal on the first batch (and falls back
@@ -252,6 +253,7 @@ def fit(
     keep = _epochs(keep_checkpoints, "keep_checkpoints")
     if keep and out is None:
         raise PPModelsError("fit: keep_checkpoints needs out=RUN_DIR to keep them in")
+    keep = keep.union(*(getattr(cb, "keep_checkpoints", ()) for cb in callbacks))
     if not callable(lr_schedule) and lr_schedule not in (None, *SCHEDULES):
         raise PPModelsError(f"fit: lr_schedule must be one of {SCHEDULES} or a callable, got {lr_schedule!r}")
     train = as_data(train, "training data").to(device)

@@ -78,7 +78,7 @@ def burda2016(
     t0 = time.perf_counter()
     history = fit(model, train, objective=objective, num_particles=num_particles, epochs=passes, seed=seed,
                   device=dev, out=out, resume=resume, overwrite=overwrite, progress=progress,
-                  callbacks=[ImportanceNLL(curve, at, num_samples, seed), *callbacks], keep_checkpoints=at if out else (),
+                  callbacks=[ImportanceNLL(curve, at, num_samples, seed), *callbacks],
                   meta=meta or {"family": "vae", "config": model.config, "recipe": "burda2016"}, **BURDA2016)
     # the run's training wall time, a resumed run's earlier parts included
     train_seconds = float(history["seconds"].iloc[-1]) if "seconds" in history else time.perf_counter() - t0
