@@ -21,7 +21,8 @@ import pandas as pd
 import torch
 
 from ppmodels import data, evaluate
-from ppmodels.fit import load_checkpoint
+from ppmodels.fit import load_run
+from ppmodels.rundir import KEPT
 from ppmodels.models import VAE
 
 PAPER = {"VAE k=1": 86.76, "IWAE k=5": 85.54, "IWAE k=50": 84.78}
@@ -42,7 +43,8 @@ test = data.mnist(binarize="dynamic", device="cpu")["test"]
 def nll(model: VAE, images: int | None) -> tuple[float, float, int]:
     """(NLL, seconds, active units) on the first ``images`` test images (None: all)."""
     part = test.subset(images) if images else test
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(0)  # the binarization
+    torch.manual_seed(0)  # the importance samples
     t0 = time.perf_counter()
     value = evaluate.mean_nll(model, part, args.num_samples, generator=g)
     return value, time.perf_counter() - t0, sum(evaluate.active_units(model, part, generator=g).values())
@@ -51,16 +53,14 @@ def nll(model: VAE, images: int | None) -> tuple[float, float, int]:
 rows = []
 for run in map(Path, args.runs):
     history = pd.read_csv(run / "history.csv")
-    ckpt = load_checkpoint(run, map_location="cpu")
+    model, ckpt = load_run(run, device="cpu")
     objective = ckpt["objective"]
     label = f"{objective['name'].upper() if objective['name'] == 'iwae' else 'VAE'} k={objective['num_particles']}"
     hours = history["seconds"].iloc[-1] / 3600  # the run's training wall time, resumed parts included
-    model = VAE(**ckpt["meta"]["config"])
-    model.load_state_dict({k[len("module."):]: v for k, v in ckpt["params"].items() if k.startswith("module.")})
     cache_path = run / "final.json"
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
-    if cache.get("passes") != ckpt["epoch"]:
-        cache = {"passes": ckpt["epoch"]}
+    if cache.get("passes") != ckpt["epoch"]:  # the run went on; its kept checkpoints stay as they were
+        cache = {"passes": ckpt["epoch"], "kept": cache.get("kept", {})}
     report = run / "report.json"  # a finished run: reproduce_iwae.py's own final evaluation
     if report.exists():
         r = json.loads(report.read_text())
@@ -71,14 +71,14 @@ for run in map(Path, args.runs):
     if "curve_nll" not in cache:
         cache["curve_nll"], cache["curve_seconds"], _ = nll(model, args.curve_images)
     kept = cache.setdefault("kept", {})  # pass -> NLL etc. on all test images
-    for path in sorted(run.glob("checkpoint-epoch*.pt"), key=lambda p: int(p.stem.split("epoch")[1])):
-        state = load_checkpoint(path, map_location="cpu")
+    for path in run.iterdir():
+        match = KEPT.fullmatch(path.name)
+        if not match or match.group(2) or match.group(1) in kept or int(match.group(1)) >= ckpt["epoch"]:
+            continue
+        early, state = load_run(path, device="cpu")
         passes = str(state["epoch"])
-        if passes not in kept and state["epoch"] < ckpt["epoch"]:
-            early = VAE(**ckpt["meta"]["config"])
-            early.load_state_dict({k[len("module."):]: v for k, v in state["params"].items() if k.startswith("module.")})
-            value, seconds, units = nll(early, None)
-            kept[passes] = {"nll": value, "images": len(test), "active_units": units, "seconds": seconds}
+        value, seconds, units = nll(early, None)
+        kept[passes] = {"nll": value, "images": len(test), "active_units": units, "seconds": seconds}
         cache_path.write_text(json.dumps(cache, indent=2))
     cache_path.write_text(json.dumps(cache, indent=2))
 

@@ -40,7 +40,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from .rundir import CHECKPOINT, NonFiniteState, keep_copy, kept_checkpoint, save_checkpoint
+from .rundir import CHECKPOINT, NonFiniteState, atomic_copy, kept_checkpoint, remove_kept, save_checkpoint
 from .utils import PPModelsError, rng_state
 
 __all__ = ["FitState", "Callback", "KLAnnealing", "EarlyStopping", "TensorBoard", "CollapseDiagnostics", "HOOKS",
@@ -432,16 +432,23 @@ class History(Callback):
 class Checkpoint(Callback):
     """Write the run directory each epoch: ``checkpoint.pt`` (parameters, optimizer, RNG state,
     history, ``record``: the run's settings and meta; verified finite, see
-    :func:`ppmodels.rundir.save_checkpoint`) and ``history.csv``; after the epochs in ``keep``
-    (1-based) also a copy, ``checkpoint-epoch{N}.pt``. A non-finite parameter raises
-    :class:`NonFiniteLoss` and the last good checkpoint stays."""
+    :func:`ppmodels.rundir.save_checkpoint`) and ``history.csv``; after the epochs in
+    ``keep_epochs`` (1-based) also a copy, ``checkpoint-epoch{N}.pt``. A run that is not resumed
+    replaces the directory's run: its first checkpoint removes the old run's kept copies. A
+    non-finite parameter raises :class:`NonFiniteLoss` and the last good checkpoint stays."""
 
-    def __init__(self, out_dir: Path, record: dict[str, Any], resumed: bool = False, keep: Any = ()) -> None:
-        self.out_dir, self.record, self.resumed, self.keep = Path(out_dir), record, resumed, frozenset(keep)
+    def __init__(self, out_dir: Path, record: dict[str, Any], resumed: bool = False, keep_epochs: Any = ()) -> None:
+        self.out_dir, self.record, self.resumed = Path(out_dir), record, resumed
+        self.keep_epochs = frozenset(keep_epochs)
+        self.replacing = not resumed
 
     def on_fit_start(self, state: FitState) -> None:
         if self.resumed and (self.out_dir / CHECKPOINT).exists():
             state.checkpoint = self.out_dir / CHECKPOINT
+            # killed between writing the checkpoint of a kept epoch and copying it
+            kept = self.out_dir / kept_checkpoint(state.epoch)
+            if state.epoch in self.keep_epochs and not kept.exists():
+                atomic_copy(state.checkpoint, kept)
 
     def on_epoch_end(self, state: FitState) -> None:
         try:
@@ -466,8 +473,11 @@ class Checkpoint(Callback):
                 "Try a lower lr or clip_norm=..."
             ) from e
         state.checkpoint = self.out_dir / CHECKPOINT
-        if state.epoch + 1 in self.keep:
-            keep_copy(state.checkpoint, self.out_dir / kept_checkpoint(state.epoch + 1))
+        if self.replacing:  # the replaced run's kept checkpoints would pass for this run's
+            remove_kept(self.out_dir)
+            self.replacing = False
+        if state.epoch + 1 in self.keep_epochs:
+            atomic_copy(state.checkpoint, self.out_dir / kept_checkpoint(state.epoch + 1))
         pd.DataFrame(state.history).to_csv(self.out_dir / "history.csv", index=False)
 
 
@@ -509,11 +519,12 @@ class ImportanceNLL(Callback):
     training's is not shifted. Also ``active_units`` (Burda et al.'s criterion) at those epochs.
     Data-parallel, the ranks split the rows of the NLL. In a run directory, the checkpoints of
     those epochs are kept (``keep_checkpoints``, see :func:`ppmodels.fit.fit`), so that the points
-    can be measured again, e.g. on more images; ``keep=False`` keeps none."""
+    can be measured again, e.g. on more images; ``keep_checkpoints=False`` keeps none."""
 
-    def __init__(self, data: Any, at_epochs: Any, num_samples: int = 5000, seed: int = 0, keep: bool = True) -> None:
+    def __init__(self, data: Any, at_epochs: Any, num_samples: int = 5000, seed: int = 0,
+                 keep_checkpoints: bool = True) -> None:
         self.data, self.at, self.num_samples, self.seed = data, {int(e) for e in at_epochs}, num_samples, seed
-        self.keep_checkpoints = frozenset(self.at) if keep else frozenset()
+        self.keep_checkpoints = frozenset(e for e in self.at if e >= 1) if keep_checkpoints else frozenset()
 
     def on_epoch_end(self, state: FitState) -> None:
         if state.epoch + 1 not in self.at:

@@ -60,9 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="draw images from a trained run's prior",
                        description="Decode prior draws of a trained run into an image grid.")
-    s.add_argument("run_dir")
+    s.add_argument("run_dir", help="a run directory, or one of its checkpoint files (a kept checkpoint-epochN.pt)")
     s.add_argument("-n", type=positive(int), default=64)
-    s.add_argument("--out", default=None, help="PNG path (default RUN_DIR/samples.png)")
+    s.add_argument("--out", default=None, help="PNG path (default RUN_DIR/samples.png; for a file, samples-FILE.png beside it)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
 
@@ -132,7 +132,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     from .families.common import evaluation_report
 
     model, ckpt, dev = _load_run(args.run_dir, args.device)
-    test = data.mnist(binarize=ckpt["meta"]["args"].get("binarize", "dynamic"), device=dev)["test"]
+    test = data.mnist(binarize=ckpt["meta"].get("args", {}).get("binarize", "dynamic"), device=dev)["test"]
     report = evaluation_report(model, test, args.num_samples, args.subset, args.seed)
     print(json.dumps(report, indent=2))
 
@@ -144,9 +144,11 @@ def _sample(args: argparse.Namespace) -> None:
     from .rundir import CHECKPOINT
     from .utils import PPModelsError
 
-    if not (Path(args.run_dir) / CHECKPOINT).exists():
+    source = Path(args.run_dir)
+    if not source.is_file() and not (source / CHECKPOINT).exists():
         raise PPModelsError(f"{args.run_dir}: not a run directory (no {CHECKPOINT}); train one with `ppmodels train`")
-    out = Path(args.out) if args.out else Path(args.run_dir) / "samples.png"
+    out = Path(args.out) if args.out else (source.with_name(f"samples-{source.stem}.png") if source.is_file()
+                                            else source / "samples.png")
     if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
         raise PPModelsError(f"sample: --out {out} must end in .png or .jpg")
     if not out.parent.is_dir():

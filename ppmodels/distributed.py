@@ -68,6 +68,8 @@ def _sent(tensor: Tensor) -> Tensor:
 def _release_sent(timeout: float = 10.0) -> bool:
     """Wait (at most ``timeout`` seconds) until the kept tensors are referenced from Python only,
     then drop them; ``False`` if a collective still holds one (they are then left to shutdown)."""
+    if not _SENT:
+        return True
     deadline = time.monotonic() + timeout
     if not hasattr(torch.Tensor, "_use_count"):  # a torch without it: give the workers a moment
         time.sleep(min(timeout, 0.1))

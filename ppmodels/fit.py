@@ -174,7 +174,8 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "auto") ->
 
     path = Path(run_dir)
     if not path.is_file() and not (path / CHECKPOINT).exists():
-        raise PPModelsError(f"{run_dir}: not a run directory (no {CHECKPOINT}); train one with `ppmodels train`")
+        why = "no such path" if not path.exists() else f"no {CHECKPOINT}"
+        raise PPModelsError(f"{run_dir}: not a run directory ({why}); give one of `ppmodels train` or one of its checkpoint files")
     dev = resolve_device(device)
     ckpt = load_checkpoint(path, map_location=dev)
     meta = ckpt.get("meta", {})
@@ -253,7 +254,7 @@ def fit(
     keep = _epochs(keep_checkpoints, "keep_checkpoints")
     if keep and out is None:
         raise PPModelsError("fit: keep_checkpoints needs out=RUN_DIR to keep them in")
-    keep = keep.union(*(getattr(cb, "keep_checkpoints", ()) for cb in callbacks))
+    declared = [_epochs(getattr(cb, "keep_checkpoints", ()), f"{type(cb).__name__}.keep_checkpoints") for cb in callbacks]
     if not callable(lr_schedule) and lr_schedule not in (None, *SCHEDULES):
         raise PPModelsError(f"fit: lr_schedule must be one of {SCHEDULES} or a callable, got {lr_schedule!r}")
     train = as_data(train, "training data").to(device)
@@ -269,6 +270,10 @@ def fit(
                             f"{group.world_size} processes; each takes an equal shard")
     steps_per_epoch = train.num_batches(batch_size, drop_last)
     total_steps = steps if steps is not None else epochs * steps_per_epoch
+    last_epoch = -(-total_steps // steps_per_epoch)
+    if keep and max(keep) > last_epoch:
+        raise PPModelsError(f"fit: keep_checkpoints asks for epoch {max(keep)}, but the run ends at epoch {last_epoch}")
+    keep = keep.union(*declared) & frozenset(range(1, last_epoch + 1))  # a callback's epochs past the end: none
     out_dir = Path(out) if out is not None else None
     if resume and out_dir is None and isinstance(resume, bool):
         raise PPModelsError("fit: resume=True needs out=RUN_DIR (or resume=PATH)")
@@ -293,13 +298,12 @@ def fit(
 def _epochs(values: Any, what: str) -> frozenset[int]:
     """A set of 1-based epoch numbers, or a one-line error naming ``what``."""
     try:
-        epochs = frozenset(int(v) for v in values if int(v) == v)
-        ok = len(epochs) == len(set(values)) and all(e >= 1 for e in epochs)
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise PPModelsError(f"fit: {what} must be epoch numbers >= 1, got {values!r}")
-    return epochs
+        values = list(values)
+    except TypeError:
+        values = [values]
+    if not all(_is_int(v) and v >= 1 for v in values):
+        raise PPModelsError(f"fit: {what} must be integer epoch numbers >= 1, got {values!r}")
+    return frozenset(values)
 
 
 @dataclass(frozen=True)
@@ -388,7 +392,7 @@ def _fit(obj, train, objective, device, run: Run, out_dir, resume, validation, t
     record = {"settings": settings, "meta": meta or {}, "seed": run.seed}
     builtin_before = [LearningRate(run.lr, run.lr_schedule), monitor,
                       Evaluation(validation, test, run.eval_particles, group)]
-    builtin_after = [History(), *([Checkpoint(out_dir, record, resumed=resume is True, keep=run.keep_checkpoints)] if out_dir is not None and main else []),
+    builtin_after = [History(), *([Checkpoint(out_dir, record, resumed=resume is True, keep_epochs=run.keep_checkpoints)] if out_dir is not None and main else []),
                      ProgressBar(monitor, main and (sys.stderr.isatty() if progress is None else progress), run.log_every)]
 
     def batches(epoch: int):

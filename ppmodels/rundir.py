@@ -7,7 +7,9 @@
 - :func:`save_checkpoint` writes ``checkpoint.pt`` only after checking that every tensor in it
   is finite; it writes a temporary file, reads it back, checks its checksum, keeps the previous
   checkpoint as ``checkpoint.prev.pt`` and then renames. A crash at any point leaves a
-  complete checkpoint on disk.
+  complete checkpoint on disk. Checkpoints of chosen epochs are kept as copies,
+  ``checkpoint-epoch{N}.pt`` (:func:`kept_checkpoint`); a run replacing the directory's run
+  removes them (:func:`remove_kept`).
 - :func:`load_checkpoint` reads with ``weights_only=True`` and verifies the checksum: a
   truncated, corrupted or foreign file is one clear error, never a silent load.
 """
@@ -18,6 +20,7 @@ import hashlib
 import io
 import os
 import pickle
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Iterator
@@ -27,7 +30,7 @@ import torch
 from .utils import PPModelsError
 
 __all__ = ["open_run", "RunLock", "save_checkpoint", "load_checkpoint", "checksum", "CHECKPOINT", "PREVIOUS",
-           "NonFiniteState", "kept_checkpoint", "keep_copy"]
+           "NonFiniteState", "kept_checkpoint", "remove_kept", "atomic_copy"]
 
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"
@@ -35,15 +38,28 @@ PREVIOUS = "checkpoint.prev.pt"
 RUN_FILES = (CHECKPOINT, "history.csv", "report.json")
 
 
-KEPT = "checkpoint-epoch{}.pt"
+#: a kept checkpoint's file name (the epoch, then ".tmp" for a partial copy)
+KEPT = re.compile(r"checkpoint-epoch([0-9]+)\.pt(\.tmp)?")
 
 
 def kept_checkpoint(epoch: int) -> str:
     """The file name of the checkpoint kept after ``epoch`` (1-based): ``checkpoint-epoch{N}.pt``."""
-    return KEPT.format(epoch)
+    return f"checkpoint-epoch{epoch}.pt"
 
 
-def keep_copy(source: Path, target: Path) -> None:
+def remove_kept(directory: Path) -> None:
+    """Remove the kept checkpoints (``checkpoint-epoch{N}.pt`` and their partial copies) of the
+    run in ``directory``: a run replacing it calls this on writing its first checkpoint."""
+    for path in Path(directory).iterdir():
+        if KEPT.fullmatch(path.name) and path.is_file():
+            try:
+                path.unlink()
+            except OSError as e:
+                raise PPModelsError(f"cannot remove {path}, a kept checkpoint of the replaced run ({e.strerror}); "
+                                    "remove it by hand and resume") from None
+
+
+def atomic_copy(source: Path, target: Path) -> None:
     """Copy ``source`` to ``target`` through a temporary file and one rename: ``target`` is
     either absent, the old file, or the whole copy."""
     staged = target.with_name(target.name + ".tmp")
@@ -133,11 +149,7 @@ def open_run(path: str | os.PathLike, *, resume: bool = False, overwrite: bool =
             f"run directory {directory} already holds a run ({', '.join(present)}); "
             "pass --resume to continue it or --overwrite to replace it"
         )
-    lock = RunLock(directory)
-    if overwrite:  # the replaced run's kept checkpoints would pass for the new run's
-        for stale in directory.glob(KEPT.format("*")):
-            stale.unlink()
-    return lock
+    return RunLock(directory)
 
 
 def _tensors(obj: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
@@ -185,7 +197,7 @@ def save_checkpoint(directory: str | os.PathLike, state: dict[str, Any]) -> Path
         os.fsync(f.fileno())
     load_checkpoint(tmp)  # read back and verify before anything is replaced
     if target.exists():  # a copy becomes the previous one: checkpoint.pt is never missing
-        keep_copy(target, previous)
+        atomic_copy(target, previous)
     os.replace(tmp, target)  # one atomic rename
     return target
 

@@ -160,29 +160,49 @@ def test_importance_nll_callback_splits_the_rows_across_ranks(monkeypatch):
 
 def test_tensors_given_to_collectives_are_released_at_exit_only_after_the_worker_lets_go(monkeypatch):
     """gloo's worker drops a finished collective's tensors after all_reduce returns; freeing them
-    from Python first made a rank abort at exit. The exit hook waits for the worker's reference
-    (here: an autograd graph holding the tensor, dropped by a thread 0.2 s later)."""
+    from Python first made a rank abort at exit. Every collective's tensor is kept, and the exit
+    hook waits for the worker's reference (here: an autograd graph holding the tensor, dropped by
+    a thread only once the hook is waiting)."""
     import threading
     import time
 
     from ppmodels import distributed
 
     monkeypatch.setattr(distributed, "_SENT", distributed.deque(maxlen=8))
+    given = []
+    monkeypatch.setattr(torch.distributed, "all_reduce", lambda t: given.append(t))
+    monkeypatch.setattr(torch.distributed, "broadcast", lambda t, src: given.append(t))
+    group = distributed.Group(rank=0, world_size=1)
+    p = torch.nn.Parameter(torch.ones(3))
+    p.grad = torch.ones(3)
+    group.reduce_gradients([p])
+    group.average_([torch.ones(2)])
+    assert group.sum([1.0, 2.0], torch.device("cpu")) == [1.0, 2.0]
+    group.broadcast_([p])
+    assert len(given) == 4 and all(any(t is k for k in distributed._SENT) for t in given)  # each one kept
+
+    distributed._SENT.clear()
+    waiting, released = threading.Event(), []
+    real_sleep = time.sleep
+    monkeypatch.setattr(distributed.time, "sleep", lambda s: (waiting.set(), real_sleep(s)))
     held = {}
 
     def fake_all_reduce(flat):  # a C++ reference that outlives the call, like gloo's worker
         held["graph"] = (flat * torch.ones_like(flat, requires_grad=True)).sum()
-        threading.Timer(0.2, held.clear).start()
+
+        def let_go():
+            waiting.wait(10)
+            released.append(time.monotonic())
+            held.clear()
+
+        threading.Thread(target=let_go).start()
 
     monkeypatch.setattr(torch.distributed, "all_reduce", fake_all_reduce)
-    group = distributed.Group(rank=0, world_size=1)
-    assert group.sum([1.0, 2.0], torch.device("cpu")) == [1.0, 2.0]
-    (kept,) = distributed._SENT
-    assert kept._use_count() > 1  # the "worker" still holds it
-    start = time.monotonic()
-    assert distributed._release_sent(timeout=5.0)
-    assert time.monotonic() - start >= 0.15 and not held and not distributed._SENT
-    # and a reference that is never released: the hook gives up after its timeout, keeping the tensor
+    group.sum([1.0], torch.device("cpu"))
+    assert distributed._SENT[-1]._use_count() > 1  # the "worker" still holds it
+    assert distributed._release_sent(timeout=10.0)
+    assert released and time.monotonic() >= released[0] and not distributed._SENT
+    # a reference that is never released: the hook gives up after its timeout, keeping the tensor
     group.sum([3.0], torch.device("cpu"))
     forever = (distributed._SENT[-1] * torch.ones(1, requires_grad=True)).sum()
     assert not distributed._release_sent(timeout=0.05) and distributed._SENT

@@ -120,6 +120,8 @@ def test_cli_recipe_trains_with_the_protocol_and_the_nll_along_the_way(fake_mnis
     assert report["epochs"] == 2 and report["nll_images"] == 20
     assert [p.name for p in out.glob("checkpoint-epoch*.pt")] == ["checkpoint-epoch1.pt"]  # the --nll-at pass's
     assert main(["evaluate", str(out / "checkpoint-epoch1.pt"), "--num-samples", "5", "--subset", "20", "--device", "cpu"]) == 0
+    assert main(["sample", str(out / "checkpoint-epoch1.pt"), "-n", "4"]) == 0
+    assert (out / "samples-checkpoint-epoch1.png").exists()
     assert main(["train", "vae", "--recipe", "burda2016", "--epochs", "3", "--out", str(tmp_path / "x")]) == 2
     assert main(["train", "vae", "--passes", "3", "--epochs", "1", "--out", str(tmp_path / "y")]) == 2
     assert main(["train", "vae", "--preset", "burda2", "--hidden", "32", "--epochs", "1", "--out", str(tmp_path / "z")]) == 2

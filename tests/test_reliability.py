@@ -350,8 +350,8 @@ def test_two_processes_training_into_one_directory(tmp_path):
         "def hold(step):\n"
         "    if step == 1:\n"
         "        (flags / 'training').touch()\n"
-        "        deadline = time.time() + 120\n"
-        "        while not (flags / 'refused').exists() and time.time() < deadline:\n"
+        "        deadline = time.monotonic() + 120\n"
+        "        while not (flags / 'refused').exists() and time.monotonic() < deadline:\n"
         "            time.sleep(0.02)\n"
         "    return 1.0\n"
         "m = LinearGaussian(5, 2, seed=0)\n"
@@ -360,15 +360,17 @@ def test_two_processes_training_into_one_directory(tmp_path):
     run, flags = tmp_path / "run", tmp_path / "flags"
     flags.mkdir()
     first = subprocess.Popen([sys.executable, "-c", script, str(run), str(flags)], stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not (flags / "training").exists() and time.time() < deadline and first.poll() is None:
-        time.sleep(0.02)
-    assert (flags / "training").exists(), first.stderr.read()
-    second = subprocess.run([sys.executable, "-c", script, str(run), str(tmp_path / "unused")], stderr=subprocess.PIPE,
-                            text=True, timeout=120)
-    (flags / "refused").touch()
-    first.wait(timeout=120)
-    assert first.returncode == 0, first.stderr.read()
+    try:
+        deadline = time.monotonic() + 120
+        while not (flags / "training").exists() and time.monotonic() < deadline and first.poll() is None:
+            time.sleep(0.02)
+        assert (flags / "training").exists(), "the first process did not start training"
+        second = subprocess.run([sys.executable, "-c", script, str(run), str(tmp_path / "unused")],
+                                stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        (flags / "refused").touch()
+    _, first_err = first.communicate(timeout=120)
+    assert first.returncode == 0, first_err
     assert second.returncode != 0 and ("in use by another training" in second.stderr or "already holds a run" in second.stderr)
     assert load_checkpoint(run)["epoch"] == 3
 
@@ -413,13 +415,44 @@ def test_kept_checkpoints_survive_a_resume_and_an_overwrite_removes_them(tmp_pat
     fit(m, x, epochs=4, batch_size=20, out=tmp_path, device="cpu", resume=True, keep_checkpoints=[3])
     kept = {p.name: load_checkpoint(p)["epoch"] for p in tmp_path.glob("checkpoint-epoch*.pt")}
     assert kept == {"checkpoint-epoch1.pt": 1, "checkpoint-epoch3.pt": 3}
-    # an overwritten run's kept checkpoints go with it: they would pass for the new run's
+    (tmp_path / "checkpoint-epoch3-good.pt").write_bytes(b"the user's")  # not a kept checkpoint's name
+
+    class Fails:
+        def on_fit_start(self, state):
+            raise RuntimeError("before the first checkpoint")
+
+    # an overwrite that fails before its first checkpoint keeps the old run's kept checkpoints
+    with pytest.raises(RuntimeError):
+        fit(m, x, epochs=1, batch_size=20, out=tmp_path, device="cpu", overwrite=True, callbacks=[Fails()])
+    assert len(list(tmp_path.glob("checkpoint-epoch*.pt"))) == 3
+    # the new run's first checkpoint removes them: they would pass for the new run's
     fit(m, x, epochs=1, batch_size=20, out=tmp_path, device="cpu", overwrite=True)
-    assert not list(tmp_path.glob("checkpoint-epoch*.pt"))
+    assert [p.name for p in tmp_path.glob("checkpoint-epoch*.pt")] == ["checkpoint-epoch3-good.pt"]
+
+
+def test_a_kept_checkpoint_lost_to_a_kill_after_its_epoch_is_kept_on_resume(tmp_path):
+    m, x = _lg_data()
+    fit(m, x, epochs=2, batch_size=20, out=tmp_path, device="cpu", keep_checkpoints=[2])
+    (tmp_path / "checkpoint-epoch2.pt").unlink()  # as if killed between the checkpoint and its copy
+    fit(m, x, epochs=3, batch_size=20, out=tmp_path, device="cpu", resume=True, keep_checkpoints=[2])
+    assert load_checkpoint(tmp_path / "checkpoint-epoch2.pt")["epoch"] == 2
+
+
+def test_importance_nll_keeps_its_epochs_checkpoints_unless_told_not_to(tmp_path):
+    from ppmodels.callbacks import ImportanceNLL
+
+    m, x = _lg_data()
+    for keep, out in ((True, tmp_path / "a"), (False, tmp_path / "b")):
+        fit(m, x, epochs=3, batch_size=20, out=out, device="cpu",
+            callbacks=[ImportanceNLL(x, [0, 2, 7], num_samples=5, keep_checkpoints=keep)])
+        assert [p.name for p in out.glob("checkpoint-epoch*.pt")] == (["checkpoint-epoch2.pt"] if keep else [])
+    fit(m, x, epochs=1, batch_size=20, device="cpu", callbacks=[ImportanceNLL(x, [1], num_samples=5)])  # no out: none
 
 
 @pytest.mark.parametrize("keep,out,match", [([0], True, "epoch numbers >= 1"), (["a"], True, "epoch numbers >= 1"),
-                                            ([1.5], True, "epoch numbers >= 1"), ([1], False, "needs out=")])
+                                            ([1.5], True, "epoch numbers >= 1"), ([True], True, "epoch numbers >= 1"),
+                                            ([float("inf")], True, "epoch numbers >= 1"), (None, True, "epoch numbers"),
+                                            ([2], True, "ends at epoch 1"), ([1], False, "needs out=")])
 def test_bad_kept_checkpoints_are_one_line_errors(keep, out, match, tmp_path):
     m, x = _lg_data()
     with pytest.raises(PPModelsError, match=match) as err:
