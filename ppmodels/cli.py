@@ -141,14 +141,12 @@ def _sample(args: argparse.Namespace) -> None:
     import torch
 
     from .families.common import save_grid
-    from .rundir import CHECKPOINT
+    from .rundir import CHECKPOINT, run_checkpoint
     from .utils import PPModelsError
 
-    source = Path(args.run_dir)
-    if not source.is_file() and not (source / CHECKPOINT).exists():
-        raise PPModelsError(f"{args.run_dir}: not a run directory (no {CHECKPOINT}); train one with `ppmodels train`")
-    out = Path(args.out) if args.out else (source.with_name(f"samples-{source.stem}.png") if source.is_file()
-                                            else source / "samples.png")
+    source = run_checkpoint(args.run_dir)  # before any work: a one-line error if there is none
+    out = Path(args.out) if args.out else source.with_name(
+        "samples.png" if source.name == CHECKPOINT else f"samples-{source.stem}.png")
     if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
         raise PPModelsError(f"sample: --out {out} must end in .png or .jpg")
     if not out.parent.is_dir():

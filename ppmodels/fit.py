@@ -34,7 +34,7 @@ from .callbacks import (HOOKS, SCHEDULES, Checkpoint, Evaluation, FitState, Hist
 from .data import TensorData, as_data
 from .objectives import Objective, PyroElbo, make
 from .protocol import ModelGuide, as_pair, check_batch, check_data, read_parameters
-from .rundir import CHECKPOINT, load_checkpoint, open_run
+from .rundir import CHECKPOINT, load_checkpoint, open_run, run_checkpoint
 from .tracing import trace_if_equal
 from .utils import PPModelsError, model_name, resolve_device, rng_state, set_rng_state, set_seed
 
@@ -172,10 +172,7 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "auto") ->
     ``run_dir`` may also name one of its checkpoint files (a kept ``checkpoint-epoch{N}.pt``)."""
     from .models import build
 
-    path = Path(run_dir)
-    if not path.is_file() and not (path / CHECKPOINT).exists():
-        why = "no such path" if not path.exists() else f"no {CHECKPOINT}"
-        raise PPModelsError(f"{run_dir}: not a run directory ({why}); give one of `ppmodels train` or one of its checkpoint files")
+    path = run_checkpoint(run_dir)
     dev = resolve_device(device)
     ckpt = load_checkpoint(path, map_location=dev)
     meta = ckpt.get("meta", {})

@@ -30,7 +30,7 @@ import torch
 from .utils import PPModelsError
 
 __all__ = ["open_run", "RunLock", "save_checkpoint", "load_checkpoint", "checksum", "CHECKPOINT", "PREVIOUS",
-           "NonFiniteState", "kept_checkpoint", "remove_kept", "atomic_copy"]
+           "NonFiniteState", "kept_checkpoint", "remove_kept", "atomic_copy", "run_checkpoint"]
 
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"
@@ -45,6 +45,19 @@ KEPT = re.compile(r"checkpoint-epoch([0-9]+)\.pt(\.tmp)?")
 def kept_checkpoint(epoch: int) -> str:
     """The file name of the checkpoint kept after ``epoch`` (1-based): ``checkpoint-epoch{N}.pt``."""
     return f"checkpoint-epoch{epoch}.pt"
+
+
+def run_checkpoint(path: str | os.PathLike) -> Path:
+    """The checkpoint file that ``path`` names: a run directory's ``checkpoint.pt``, or the file
+    itself (e.g. a kept ``checkpoint-epoch{N}.pt``); a one-line error if there is none."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not (path / CHECKPOINT).exists():
+        why = "no such path" if not path.exists() else f"no {CHECKPOINT}"
+        raise PPModelsError(f"{path}: not a run directory ({why}); give one of `ppmodels train` or one of its "
+                            "checkpoint files")
+    return path / CHECKPOINT
 
 
 def remove_kept(directory: Path) -> None:
