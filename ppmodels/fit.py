@@ -294,12 +294,13 @@ def fit(
 
 def _epochs(values: Any, what: str) -> frozenset[int]:
     """A set of 1-based epoch numbers, or a one-line error naming ``what``."""
+    given = values
     try:
         values = list(values)
     except TypeError:
         values = [values]
-    if not all(_is_int(v) and v >= 1 for v in values):
-        raise PPModelsError(f"fit: {what} must be integer epoch numbers >= 1, got {values!r}")
+    if isinstance(given, str) or not all(_is_int(v) and v >= 1 for v in values):
+        raise PPModelsError(f"fit: {what} must be integer epoch numbers >= 1, got {given!r}")
     return frozenset(values)
 
 

@@ -452,6 +452,7 @@ def test_importance_nll_keeps_its_epochs_checkpoints_unless_told_not_to(tmp_path
 @pytest.mark.parametrize("keep,out,match", [([0], True, "epoch numbers >= 1"), (["a"], True, "epoch numbers >= 1"),
                                             ([1.5], True, "epoch numbers >= 1"), ([True], True, "epoch numbers >= 1"),
                                             ([float("inf")], True, "epoch numbers >= 1"), (None, True, "epoch numbers"),
+                                            ("12", True, "got '12'"),
                                             ([2], True, "ends at epoch 1"), ([1], False, "needs out=")])
 def test_bad_kept_checkpoints_are_one_line_errors(keep, out, match, tmp_path):
     m, x = _lg_data()
