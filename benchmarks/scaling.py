@@ -16,11 +16,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 import handwritten  # noqa: E402
 from common import RESULTS, environment, interleaved, print_table, write_csv  # noqa: E402
 
-from ppmodels.evaluate import _bytes_per_unit, memory_budget  # noqa: E402
+from ppmodels.evaluate import memory_budget  # noqa: E402
 from ppmodels.fit import compile_loss, make_optimizer, prepare, svi_step  # noqa: E402
 from ppmodels.models import VAE  # noqa: E402
 from ppmodels.objectives import make  # noqa: E402
-from ppmodels.objectives.base import guess_max_plate_nesting  # noqa: E402
+from ppmodels import program  # noqa: E402
 from ppmodels.utils import resolve_device  # noqa: E402
 
 p = argparse.ArgumentParser()
@@ -53,9 +53,8 @@ for sweep, B, K in sweeps:
 
 vae = VAE.preset("burda").to(device)
 x1 = torch.bernoulli(torch.rand(8, 784, device=device) * 0.3)
-mpn = guess_max_plate_nesting(vae.model, vae.guide, (x1,), {})
-per_unit = _bytes_per_unit(vae, (x1,), mpn)
-largest_chunk = memory_budget(device) // per_unit
+bytes_per_row = 16 * program.facts(vae.model, vae.guide, (x1,)).numel_per_row  # bytes per (particle, datapoint)
+largest_chunk = memory_budget(device) // bytes_per_row
 if device.type == "cuda":
     free = torch.cuda.mem_get_info(device)[0]
 else:  # MemAvailable (free + reclaimable cache) where Linux reports it
@@ -67,9 +66,9 @@ else:  # MemAvailable (free + reclaimable cache) where Linux reports it
 env = environment(device)
 print(env)
 print_table(rows)
-print(f"IS evaluation, burda VAE: ~{per_unit} bytes per (particle, datapoint). One chunk's budget "
+print(f"IS evaluation, burda VAE: ~{bytes_per_row} bytes per (particle, datapoint). One chunk's budget "
       f"({memory_budget(device) / 2**20:.0f} MiB) holds {largest_chunk} particle-datapoints; the device's free "
-      f"memory ({free / 2**30:.1f} GiB) would hold K = {free // per_unit} for one image in a single pass. "
+      f"memory ({free / 2**30:.1f} GiB) would hold K = {free // bytes_per_row} for one image in a single pass. "
       "Any K runs, in particle chunks.")
 write_csv([{**r, **env} for r in rows], f"scaling-{device.type}.csv")
 

@@ -203,6 +203,8 @@ def refuse_nonlinear(objective: Any) -> None:
 class ScaleOutside(Messenger):
     """Multiply the scale of every sample site outside the plate ``plate`` by ``factor``."""
 
+    preserves_structure = True  # the program's facts stay those of the program it wraps
+
     def __init__(self, plate: str, factor: float) -> None:
         super().__init__()
         self.plate, self.factor = plate, factor
@@ -214,23 +216,24 @@ class ScaleOutside(Messenger):
 
 def plan(model: Callable, guide: Callable, shard: tuple, batch: tuple, data_plate: str | None = None
          ) -> tuple[bool, str]:
-    """How ranks combine for a program, from a trace on a rank's ``shard`` and one on the global
+    """How ranks combine for a program, from a probe on a rank's ``shard`` and one on the global
     ``batch``: ``(average, plate)``. ``plate`` is the batch plate. When its full size is the same
     on the shard as on the global batch (a plate over the whole data set, subsampled), each
     rank's loss estimates the whole and the gradients are averaged. Otherwise (a plate over the
     rows given) they are summed, and each rank scales the sites outside ``plate`` by
-    1 / world_size. A program without a batch plate cannot be split by rows: an error."""
-    from .objectives.base import AmbiguousPlate, find_data_plate
-    from .tracing import forked_rng
+    1 / world_size. A program without a batch plate cannot be split by rows: an error. (The
+    program's cached facts do not serve here: they are the same for any number of rows.)"""
+    from pyro.poutine.util import prune_subsample_sites
+
+    from . import program
 
     sizes = []
     for rows in (shard, batch):
-        with forked_rng(), torch.no_grad():
-            guide_trace = poutine.trace(guide).get_trace(*rows)
-            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*rows)
+        seen = program.probe(model, guide, rows)
         try:
-            frame = find_data_plate(model_trace, guide_trace, data_plate)
-        except AmbiguousPlate as e:
+            frame = program.find_data_plate(prune_subsample_sites(seen.model_trace),
+                                            prune_subsample_sites(seen.guide_trace), data_plate)
+        except program.AmbiguousPlate as e:
             raise PPModelsError(f"data-parallel training: {e}") from None
         if frame is None:
             raise PPModelsError("data-parallel training needs a batch plate (pyro.plate over the rows) to split the "

@@ -18,9 +18,10 @@ import pyro
 import torch
 from torch import Tensor
 
+from . import program
 from .data import TensorData, as_data
-from .objectives.base import guess_max_plate_nesting, log_weights, particle_traces, trace_numel
-from .protocol import as_pair, check_batch, read_parameters
+from .program import ProgramFacts
+from .protocol import as_pair, check_batch
 from .tracing import forked_rng, trace_if_equal
 from .utils import PPModelsError, model_name
 
@@ -42,46 +43,41 @@ def memory_budget(device: torch.device) -> int:
     return CPU_CHUNK_BYTES
 
 
-def _local_log_weights(obj: Any, batch: tuple, num_particles: int, mpn: int, data_plate: str | None = None,
+def _per_datapoint_facts(obj: Any, batch: tuple, data_plate: str | None) -> ProgramFacts:
+    """The program's facts, checked for per-datapoint evaluation before any draw: the guide
+    samples every latent, and a batch plate holds every site (global latents, say, are named)."""
+    where = model_name(obj)
+    found = program.facts(obj.model, obj.guide, batch, {}, data_plate=data_plate, where=where)
+    if not found.per_datapoint:
+        raise PPModelsError(f"{where}: per-datapoint evaluation needs a batch plate around every site, but "
+                            f"{found.why_batch}")
+    program.check_program(found, where=where)
+    return found
+
+
+def _local_log_weights(obj: Any, batch: tuple, num_particles: int, found: ProgramFacts,
                        vectorize: bool = True) -> Tensor:
     """(K, B) log weights per datapoint of ``batch``: K particles in one vectorized pass, or
-    (``vectorize=False``, for models written for one sample) K passes."""
-    if not vectorize and num_particles > 1:
-        return torch.cat([_local_log_weights(obj, batch, 1, mpn, data_plate) for _ in range(num_particles)])
-    try:
-        traces = particle_traces(obj.model, obj.guide, batch, {}, num_particles, mpn)
-    except PPModelsError:
-        raise
-    except Exception as e:
-        if num_particles == 1:
-            raise
-        raise PPModelsError(
-            f"{model_name(obj)}: the model failed under {num_particles} vectorized particles "
-            f"({type(e).__name__}); a model written for one sample needs vectorize_particles=False"
-        ) from e
-    lw = log_weights(*traces, num_particles=num_particles, max_plate_nesting=mpn, data_plate=data_plate)
-    if not lw.per_datapoint:
-        raise PPModelsError(
-            f"{model_name(obj)}: per-datapoint evaluation needs a batch plate around every site, but "
-            f"{lw.why_batch}"
-        )
+    (``vectorize=False``, or a model found to fail under vectorized particles) K passes."""
+    lw, _ = program.draw(obj.model, obj.guide, batch, {}, found, num_particles=num_particles, vectorize=vectorize,
+                         where=model_name(obj))
     if lw.scale != 1.0:
         raise PPModelsError(
-            f"{model_name(obj)}: the batch plate {lw.data_plate!r} subsamples (scale {lw.scale:g}); "
+            f"{model_name(obj)}: the batch plate {found.data_plate!r} subsamples (scale {lw.scale:g}); "
             "evaluation needs every datapoint of the batch: pass the rows to evaluate as the data"
         )
     if lw.log_w.shape[1] != len(batch[0]):
         raise PPModelsError(
-            f"{model_name(obj)}: the batch plate {lw.data_plate!r} has {lw.log_w.shape[1]} entries but the batch has "
+            f"{model_name(obj)}: the batch plate {found.data_plate!r} has {lw.log_w.shape[1]} entries but the batch has "
             f"{len(batch[0])} rows; name the plate of the rows with data_plate=..."
         )
     return lw.log_w
 
 
 def _probe(obj: Any, data: TensorData, batch_size: int | None, generator: torch.Generator | None) -> tuple[tuple, int | None]:
-    """A first batch that the pair runs on, checked (:func:`check_batch`): 8 rows, or, for a
-    guide with per-datapoint parameters (AutoNormal, say) that only runs on the whole data,
-    every row (then the evaluation runs in one batch)."""
+    """A first batch that the pair runs on, checked (:func:`check_batch`, the program's probe):
+    8 rows, or, for a guide with per-datapoint parameters (AutoNormal, say) that only runs on the
+    whole data, every row (then the evaluation runs in one batch)."""
     rows = min(len(data), batch_size or 8)
     first = next(data.batches(rows, shuffle=False, generator=generator))
     try:
@@ -95,29 +91,19 @@ def _probe(obj: Any, data: TensorData, batch_size: int | None, generator: torch.
     return whole, len(data)
 
 
-def _bytes_per_unit(obj: Any, batch: tuple, mpn: int) -> int:
-    """Rough memory per (particle, datapoint): 16 bytes per number the traces hold."""
-    with torch.no_grad():
-        traces = particle_traces(obj.model, obj.guide, batch, {}, 1, mpn)  # one particle: any model runs
-    return max(1, 16 * trace_numel(*traces) // len(batch[0]))
-
-
 def chunk_sizes(
     obj: Any, batch: tuple, num_samples: int, num_data: int, *, budget: int | None = None,
     batch_size: int | None = None, max_plate_nesting: int | None = None,
 ) -> tuple[int, int]:
     """``(batch_size, particle_chunk)`` for evaluating ``num_samples`` particles on ``num_data``
     datapoints so that one chunk's traces take about ``budget`` bytes (default
-    :func:`memory_budget`); ``batch`` is a small sample batch. Unless ``batch_size`` is given:
-    as many datapoints as fit with 64 particles each (fewer if K < 64); then as many
-    particles as fit."""
+    :func:`memory_budget`); ``batch`` is a small sample batch (its program's facts give the
+    numbers a row holds: 16 bytes each). Unless ``batch_size`` is given: as many datapoints as
+    fit with 64 particles each (fewer if K < 64); then as many particles as fit."""
     obj = as_pair(obj)
-    with torch.no_grad(), pyro.validation_enabled(False):
-        mpn = max_plate_nesting
-        if mpn is None:
-            mpn = guess_max_plate_nesting(obj.model, obj.guide, batch, {})
-        device = next((t.device for t in batch if torch.is_tensor(t)), torch.device("cpu"))
-        units = max(1, (budget or memory_budget(device)) // _bytes_per_unit(obj, batch, mpn))
+    found = program.facts(obj.model, obj.guide, batch, {}, max_plate_nesting=max_plate_nesting, where=model_name(obj))
+    device = next((t.device for t in batch if torch.is_tensor(t)), torch.device("cpu"))
+    units = max(1, (budget or memory_budget(device)) // (16 * found.numel_per_row))
     if batch_size is None:
         batch_size = int(min(num_data, max(1, units // min(num_samples, 64))))
     return batch_size, int(min(num_samples, max(1, units // batch_size)))
@@ -153,16 +139,16 @@ def log_likelihood(
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise PPModelsError(f"log_likelihood: {key} must be an integer >= 1, got {value!r}")
     first, batch_size = _probe(obj, data, batch_size, generator)
+    found = _per_datapoint_facts(obj, first, data_plate)
     with torch.no_grad(), pyro.validation_enabled(False):
-        mpn = guess_max_plate_nesting(obj.model, obj.guide, first, {})
         if batch_size is None or particle_chunk is None:
             batch_size, auto_chunk = chunk_sizes(obj, first, num_samples, len(data), budget=budget,
-                                                 batch_size=batch_size, max_plate_nesting=mpn)
+                                                 batch_size=batch_size)
             particle_chunk = particle_chunk or auto_chunk
 
         def chunk(batch: tuple, k: int) -> Tensor:
             r""":math:`\log \sum_k w_k` over k particles, per datapoint of the batch."""
-            return torch.logsumexp(_local_log_weights(obj, batch, k, mpn, data_plate, vectorize_particles), 0)
+            return torch.logsumexp(_local_log_weights(obj, batch, k, found, vectorize_particles), 0)
 
         per_batch = num_samples // particle_chunk  # full particle chunks per batch
         may_trace = (bool(getattr(obj, "static_structure", False)) if jit is None else jit) and vectorize_particles
@@ -183,8 +169,7 @@ def log_likelihood(
                 if uses >= min_uses:
                     n = len(batch)
                     if params is None:
-                        with forked_rng():  # the plain and traced paths draw the same particles
-                            params = list(read_parameters(obj, lambda: chunk(batch, 1))[0].values())
+                        params = list(program.read_parameters(obj, program.probe(obj.model, obj.guide, batch, keep_params=True).param_trace)[0].values())
                     traced[size] = trace_if_equal(lambda *inputs: chunk(inputs[:n], particle_chunk), (*batch, *params))
             fast = traced.get(size)
             acc = None
@@ -223,11 +208,11 @@ def elbo(
     obj = as_pair(obj)
     data = as_data(data)
     first, batch_size = _probe(obj, data, batch_size, generator)
+    found = _per_datapoint_facts(obj, first, data_plate)
     batch_size = batch_size or 1000
     with torch.no_grad(), pyro.validation_enabled(False):
-        mpn = guess_max_plate_nesting(obj.model, obj.guide, first, {})
         return torch.cat([
-            _local_log_weights(obj, batch, num_particles, mpn, data_plate, vectorize_particles).mean(0)
+            _local_log_weights(obj, batch, num_particles, found, vectorize_particles).mean(0)
             for batch in data.batches(batch_size, shuffle=False, generator=generator)
         ])
 
@@ -267,16 +252,12 @@ def kl_per_unit(
     guide site whose distribution and prior have a registered KL on their base (per-unit)
     distributions, e.g. a diagonal Gaussian guide against a fixed diagonal prior; shape
     (units,). A unit whose KL stays near 0 carries no information about x: posterior collapse."""
-    from pyro import poutine
-    from pyro.poutine.util import prune_subsample_sites
-
     obj = as_pair(obj)
     data = as_data(data)
     sums: dict[str, Tensor] = {}
     with torch.no_grad(), pyro.validation_enabled(False):
         for batch in data.batches(batch_size, shuffle=False, generator=generator):
-            guide_trace = prune_subsample_sites(poutine.trace(obj.guide).get_trace(*batch))
-            model_trace = prune_subsample_sites(poutine.trace(poutine.replay(obj.model, trace=guide_trace)).get_trace(*batch))
+            model_trace, guide_trace = program.run_pair(obj.model, obj.guide, batch)
             for name, site in guide_trace.nodes.items():
                 if site["type"] != "sample" or site["is_observed"] or name not in model_trace.nodes:
                     continue

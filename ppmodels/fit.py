@@ -23,17 +23,15 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 import pyro
 import torch
-from pyro.distributions import constraints
-from pyro.poutine.messenger import Messenger
-from torch.distributions import transform_to
+from pyro import poutine
 from torch import Tensor
 
-from . import distributed
+from . import distributed, program
 from .callbacks import (HOOKS, SCHEDULES, Checkpoint, Evaluation, FitState, History, LearningRate, LossMonitor,
                         NonFiniteLoss, ProgressBar, check_callbacks, lr_factor)
 from .data import TensorData, as_data
 from .objectives import Objective, PyroElbo, make
-from .protocol import ModelGuide, as_pair, check_batch, check_data, read_parameters
+from .protocol import ModelGuide, as_pair, check_batch, check_data
 from .rundir import CHECKPOINT, load_checkpoint, open_run, run_checkpoint
 from .tracing import trace_if_equal
 from .utils import PPModelsError, model_name, resolve_device, rng_state, set_rng_state, set_seed
@@ -41,26 +39,16 @@ from .utils import PPModelsError, model_name, resolve_device, rng_state, set_rng
 __all__ = ["fit", "train_loop", "Run", "svi_step", "compile_loss", "prepare", "make_optimizer", "NonFiniteLoss", "load_checkpoint", "load_run",
            "lr_factor", "check_options", "CHECKPOINT"]
 
-class KnownParams(Messenger):
-    """Answer ``pyro.param`` statements for already-registered parameters directly, without
-    the param store and the rest of the handler stack (``pyro.module`` issues one such
-    statement per tensor per call). Constrained params are transformed afresh each time."""
-
-    def __init__(self, sites: dict[str, tuple[Tensor, Any]]) -> None:
-        super().__init__()
-        self.sites = {name: (u, None if c is constraints.real else transform_to(c)) for name, (u, c) in sites.items()}
-
-    def _pyro_param(self, msg: dict) -> None:
-        site = self.sites.get(msg["name"])
-        if site is not None:
-            unconstrained, transform = site
-            msg["value"] = unconstrained if transform is None else transform(unconstrained)
-            msg["done"] = msg["stop"] = True
-
-
-def _collect_params(obj: Any, objective: Objective, batch: tuple) -> tuple[dict[str, Tensor], dict[str, tuple]]:
-    """Every trainable tensor one differentiable-loss call reads (see :func:`read_parameters`)."""
-    params, sites = read_parameters(obj, lambda: objective.differentiable_loss(obj.model, obj.guide, *batch))
+def _collect_params(obj: Any, objective: Objective, batch: tuple, seen: program.Probe
+                    ) -> tuple[dict[str, Tensor], dict[str, tuple]]:
+    """Every trainable tensor a loss call reads, without running one: the program's parameters
+    from its probe (``seen``, see :func:`ppmodels.program.read_parameters`), and what the
+    objective learns, created first (:meth:`Objective.init_state`)."""
+    with poutine.trace(param_only=True) as state:
+        objective.init_state(obj.model, obj.guide, batch, {})
+    for name, site in state.trace.nodes.items():
+        seen.param_trace.add_node(name, **site)
+    params, sites = program.read_parameters(obj, seen.param_trace)
     params = {name: p for name, p in params.items() if name.startswith("module.") or p.requires_grad}
     if not params:
         raise PPModelsError(f"{model_name(obj)}: the model and guide have no trainable parameters")
@@ -149,12 +137,14 @@ def compile_loss(
     return lambda batch: traced(*batch, *plist, *extra)
 
 
-def prepare(obj: Any, objective: Objective, batch: tuple) -> tuple[dict[str, Tensor], ModelGuide]:
-    """Collect the trainable parameters (one traced call on ``batch``) and return them with the
-    pair whose ``pyro.param`` statements :class:`KnownParams` answers directly: what every SVI
-    step then runs."""
-    params, sites = _collect_params(obj, objective, batch)
-    known = KnownParams(sites)
+def prepare(obj: Any, objective: Objective, batch: tuple, seen: program.Probe | None = None
+            ) -> tuple[dict[str, Tensor], ModelGuide]:
+    """Collect the trainable parameters (from ``seen``, the probe of ``batch``; one is made if
+    not given) and return them with the pair whose ``pyro.param`` statements
+    :class:`ppmodels.program.KnownParams` answers directly: what every SVI step then runs."""
+    seen = seen if seen is not None else check_batch(obj, batch, keep_params=True)
+    params, sites = _collect_params(obj, objective, batch, seen)
+    known = program.KnownParams(sites)
     return params, ModelGuide(known(obj.model), known(obj.guide), model_name(obj))
 
 
@@ -257,9 +247,6 @@ def fit(
     train = as_data(train, "training data").to(device)
     validation = as_data(validation, "validation data").to(device) if validation is not None else None
     test = as_data(test, "test data").to(device) if test is not None else None
-    for what, data in (("training data", train), ("validation data", validation), ("test data", test)):
-        if data is not None:
-            check_data(obj, data, what, device)
     batch_size = min(batch_size, len(train))
     if group is not None and batch_size % group.world_size:
         capped = f" (capped at the {len(train)} rows of the data)" if batch_size == len(train) else ""
@@ -275,17 +262,25 @@ def fit(
     if resume and out_dir is None and isinstance(resume, bool):
         raise PPModelsError("fit: resume=True needs out=RUN_DIR (or resume=PATH)")
     main = group is None or group.main  # rank 0 alone writes the run directory
-    lock = open_run(out_dir, resume=resume is True, overwrite=overwrite) if out_dir is not None and main else None
-
-    if isinstance(obj, torch.nn.Module):
-        obj.to(device)
     run = Run(lr=lr, lr_schedule=lr_schedule, betas=tuple(betas), eps=eps, batch_size=batch_size, clip_norm=clip_norm,
               seed=seed, drop_last=drop_last, log_every=log_every, eval_particles=eval_particles,
               steps_per_epoch=steps_per_epoch, total_steps=total_steps, keep_checkpoints=keep)
+    if isinstance(obj, torch.nn.Module):
+        obj.to(device)
     caller_rng = rng_state()
+    lock = None
     try:
+        # the run's parameters start here: created by the program's one probe, from the run's seed
+        pyro.clear_param_store()
+        set_seed(seed if group is None else distributed.rank_seed(seed, group.rank))
+        seen = check_data(obj, train, "training data", device, keep_params=True,
+                          rows=run.batch_size if group is None else run.batch_size // group.world_size)
+        for what, data in (("validation data", validation), ("test data", test)):
+            if data is not None:
+                check_data(obj, data, what, device)
+        lock = open_run(out_dir, resume=resume is True, overwrite=overwrite) if out_dir is not None and main else None
         return _fit(obj, train, objective, device, run, out_dir, resume, validation, test, meta, progress, jit,
-                    callbacks, group)
+                    callbacks, group, seen)
     finally:
         set_rng_state(caller_rng)
         if lock is not None:
@@ -333,23 +328,21 @@ class Run:
 
 
 def _fit(obj, train, objective, device, run: Run, out_dir, resume, validation, test, meta, progress, jit,
-         callbacks, group: distributed.Group | None = None) -> pd.DataFrame:
+         callbacks, group: distributed.Group | None = None, seen: program.Probe | None = None) -> pd.DataFrame:
     """Set up (parameters, the loss, the optimizer, a resumed state, the callbacks) and run the loop;
     between saving and restoring the caller's random state. ``group``: data-parallel ranks."""
     name = model_name(obj)
-    pyro.clear_param_store()
-    set_seed(run.seed if group is None else distributed.rank_seed(run.seed, group.rank))
     probe = next(train.batches(run.batch_size, shuffle=False))
     global_probe = probe
     if group is not None:
         distributed.refuse_nonlinear(objective)
         probe = group.shard(probe)
-    check_batch(obj, probe, device)
+    seen = seen if seen is not None else check_batch(obj, probe, device, keep_params=True)
     if isinstance(objective, PyroElbo):  # Pyro's code reads the param store itself: no shortcuts
-        params, _ = _collect_params(obj, objective, probe)
+        params, _ = _collect_params(obj, objective, probe, seen)
         fast = ModelGuide(obj.model, obj.guide, name)
     else:
-        params, fast = prepare(obj, objective, probe)
+        params, fast = prepare(obj, objective, probe, seen)
     if group is not None:
         group.average, plate = distributed.plan(fast.model, fast.guide, probe, global_probe,
                                                 getattr(objective, "data_plate", None))
@@ -370,7 +363,7 @@ def _fit(obj, train, objective, device, run: Run, out_dir, resume, validation, t
         buffers = list(obj.buffers()) if isinstance(obj, torch.nn.Module) else []
         group.broadcast_([*params.values(), *buffers])  # every rank starts from rank 0's parameters and buffers
         plist = list(params.values())
-        state_tensors = [params[f"param.{n}"] for n in getattr(objective, "state_params", ()) if f"param.{n}" in params]
+        state_tensors = [params[f"param.{n}"] for n in getattr(objective, "state_names", ()) if f"param.{n}" in params]
 
         def after_backward() -> None:
             group.reduce_gradients(plist)

@@ -8,16 +8,15 @@ argument, and what was expected. ``fit`` and ``evaluate`` call it before any wor
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-import pyro
 import torch
-from pyro import poutine
-from torch import Tensor
 
+from . import program
+from .program import named_parameters, parameters
 from .utils import PPModelsError, first_line, model_name
 
-__all__ = ["ModelGuide", "as_pair", "check_batch", "check_data", "parameters", "named_parameters", "read_parameters"]
+__all__ = ["ModelGuide", "as_pair", "check_batch", "check_data", "parameters", "named_parameters"]
 
 
 class ModelGuide:
@@ -43,43 +42,16 @@ def as_pair(obj: Any) -> Any:
     return obj
 
 
-def named_parameters(obj: Any) -> Iterator[tuple[str, Tensor]]:
-    """The module parameters of ``obj`` (if it is an ``nn.Module``)."""
-    if isinstance(obj, torch.nn.Module):
-        yield from obj.named_parameters()
-
-
-def parameters(obj: Any) -> list[Tensor]:
-    return [p for _, p in named_parameters(obj)]
-
-
-def read_parameters(obj: Any, run: Callable[[], Any]) -> tuple[dict[str, Tensor], dict[str, tuple[Tensor, Any]]]:
-    """The parameter tensors that ``run()`` (a call of ``obj``'s model and guide) reads, by name:
-    ``obj``'s module parameters (``module.NAME``) and the unconstrained values of the
-    ``pyro.param`` sites it touches that are not among them (``param.NAME``), sorted by name;
-    and every touched param site by its Pyro name, as ``(unconstrained, constraint)``."""
-    with poutine.trace(param_only=True) as tr:
-        run()
-    params: dict[str, Tensor] = {}
-    seen: set[int] = set()
-    for name, p in named_parameters(obj):
-        params[f"module.{name}"] = p
-        seen.add(id(p))
-    unconstrained = {name: site["value"].unconstrained() for name, site in tr.trace.nodes.items()}
-    for name, p in unconstrained.items():
-        if id(p) not in seen:
-            params[f"param.{name}"] = p
-            seen.add(id(p))
-    constraint_of = pyro.get_param_store().get_state()["constraints"]
-    return dict(sorted(params.items())), {name: (p, constraint_of[name]) for name, p in unconstrained.items()}
-
-
 def _describe(t: Any) -> str:
     return f"{tuple(t.shape)} {t.dtype} on {t.device}" if torch.is_tensor(t) else type(t).__name__
 
 
-def check_batch(obj: Any, batch: tuple, device: torch.device | None = None) -> None:
-    """Run ``obj.guide`` and ``obj.model`` once on ``batch``; raise a clear error on bad input."""
+def check_batch(obj: Any, batch: tuple, device: torch.device | None = None, keep_params: bool = False) -> program.Probe:
+    """Probe ``obj``'s pair once on ``batch`` (:func:`ppmodels.program.probe`, with Pyro's
+    validation on); raise a clear error on bad input. The probe's facts are remembered
+    (:func:`ppmodels.program.remember`), so the program is not run again for them; the probe
+    is returned (its traces, and the ``pyro.param`` sites read); ``keep_params``: keep the
+    parameters it created (see :func:`ppmodels.program.probe`)."""
     name = model_name(obj)
     as_pair(obj)
     params = parameters(obj)
@@ -103,10 +75,9 @@ def check_batch(obj: Any, batch: tuple, device: torch.device | None = None) -> N
     if params and device is not None and params[0].device.type != device.type:
         raise PPModelsError(f"{name}: parameters are on {params[0].device}, expected {device}")
     try:
-        with pyro.validation_enabled(True), poutine.block(), torch.no_grad():
-            guide_trace = poutine.trace(obj.guide).get_trace(*batch)
-            model_trace = poutine.trace(poutine.replay(obj.model, trace=guide_trace)).get_trace(*batch)
-            for trace in (model_trace, guide_trace):
+        seen = program.probe(obj.model, obj.guide, batch, validate=True, keep_params=keep_params)
+        with torch.no_grad():
+            for trace in (seen.model_trace, seen.guide_trace):
                 for site_name, site in trace.nodes.items():
                     if site["type"] != "sample":
                         continue
@@ -122,8 +93,7 @@ def check_batch(obj: Any, batch: tuple, device: torch.device | None = None) -> N
                                 f"likelihood's support (expected {support}); e.g. binarize the "
                                 "data for a Bernoulli likelihood"
                             )
-            model_trace.compute_log_prob()
-            guide_trace.compute_log_prob()
+                trace.compute_log_prob()
     except PPModelsError as e:
         raise PPModelsError(first_line(e)) from e
     except Exception as e:  # noqa: BLE001 - re-raised with the model's name
@@ -131,33 +101,38 @@ def check_batch(obj: Any, batch: tuple, device: torch.device | None = None) -> N
             f"{name}: running model/guide on a batch of {[_describe(t) for t in batch]} failed: "
             f"{first_line(e, with_type=True)}"
         ) from e
+    program.remember(obj.model, obj.guide, batch, {}, seen)
+    return seen
 
 
 #: rows per pass of :func:`check_data`
 CHECK_ROWS = 1024
 
 
-def check_data(obj: Any, data: Any, what: str = "data", device: torch.device | None = None) -> None:
+def check_data(obj: Any, data: Any, what: str = "data", device: torch.device | None = None,
+               rows: int = CHECK_ROWS, keep_params: bool = False) -> program.Probe:
     """:func:`check_batch` on every row of ``data`` (a ``TensorData``), once. The model runs on
     the first :data:`CHECK_ROWS` rows; when every batch tensor is itself the value of an observed
     site (a VAE's ``obs=x``), the rest is checked tensor-wise against that site's support in one
     vectorized pass (a binarized image tensor needs none: its values are 0 and 1, from
     intensities checked when the ``TensorData`` was made); otherwise the model runs on every
-    pass of :data:`CHECK_ROWS` rows. A bad row is located (bisection) and the error names it."""
-    from .tracing import forked_rng
-
+    pass of :data:`CHECK_ROWS` rows. A bad row is located (bisection) and the error names it.
+    ``rows``: the rows of the first pass (``fit`` gives its batch size, so that the probe of
+    the first pass is the probe of its training batches). Returns the probe of the first pass
+    (its facts are remembered); ``keep_params``: that probe keeps the parameters it created."""
     n = len(data)
-    with forked_rng():
-        first = next(data.batches(min(CHECK_ROWS, n), shuffle=False))
-        _check_rows(obj, first, 0, what, device)
-        if n <= CHECK_ROWS:
-            return
-        supports = _observed_arguments(obj, tuple(t[:8] if torch.is_tensor(t) else t for t in first))
+    with program.forked_rng():
+        first = next(data.batches(min(rows, n), shuffle=False))
+        seen = _check_rows(obj, first, 0, what, device, keep_params)
+        if n <= len(first[0]):
+            return seen
+        observed = program.facts(obj.model, obj.guide, first).observed_arguments  # remembered: no new run
+        supports = dict(observed) if observed is not None else None
         if supports is not None:
             if getattr(data, "binarize", None) is not None:  # drawn in {0, 1} from checked intensities:
                 supports.pop(0, None)  # every row takes the values the first pass already passed
             if not supports:
-                return
+                return seen
             full = data.full()
             for i, support in supports.items():
                 t = full[i]
@@ -167,17 +142,19 @@ def check_data(obj: Any, data: Any, what: str = "data", device: torch.device | N
                     row = int((~ok).nonzero()[0])
                     _check_rows(obj, tuple(x[row : row + 1] if torch.is_tensor(x) else x for x in full), row, what, device)
                     raise PPModelsError(f"{what}, row {row}: values outside the support of the observed site")
-            return
+            return seen
         start = 0
         for batch in data.batches(min(CHECK_ROWS, n), shuffle=False):
             _check_rows(obj, batch, start, what, device)
             start += len(batch[0])
+    return seen
 
 
-def _check_rows(obj: Any, batch: tuple, start: int, what: str, device: torch.device | None) -> None:
+def _check_rows(obj: Any, batch: tuple, start: int, what: str, device: torch.device | None,
+                keep_params: bool = False) -> program.Probe:
     """:func:`check_batch`; on failure, the error names the first bad row (``start`` + its index)."""
     try:
-        check_batch(obj, batch, device)
+        return check_batch(obj, batch, device, keep_params)
     except PPModelsError:
         bad = _first_bad_row(obj, batch, device)
         try:
@@ -185,22 +162,6 @@ def _check_rows(obj: Any, batch: tuple, start: int, what: str, device: torch.dev
         except PPModelsError as e:
             raise PPModelsError(f"{what}, row {start + bad}: {e}") from e
         raise
-
-
-def _observed_arguments(obj: Any, batch: tuple) -> dict[int, Any] | None:
-    """``{argument index: support}`` when every tensor argument of ``batch`` is, as it is, the
-    value of an observed model site; else None."""
-    with pyro.validation_enabled(False), poutine.block(), torch.no_grad():
-        guide_trace = poutine.trace(obj.guide).get_trace(*batch)
-        model_trace = poutine.trace(poutine.replay(obj.model, trace=guide_trace)).get_trace(*batch)
-    found: dict[int, Any] = {}
-    for site in model_trace.nodes.values():
-        if site["type"] == "sample" and site["is_observed"]:
-            for i, t in enumerate(batch):
-                if site["value"] is t:
-                    found[i] = site["fn"].support
-    tensors = [i for i, t in enumerate(batch) if torch.is_tensor(t)]
-    return found if tensors and all(i in found for i in tensors) else None
 
 
 def _first_bad_row(obj: Any, batch: tuple, device: torch.device | None) -> int:

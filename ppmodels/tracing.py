@@ -9,22 +9,17 @@ same gradients, where asked). Anything that fails while tracing means: no fast p
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
 
+from .program.probe import forked_rng
+
 __all__ = ["trace_if_equal", "forked_rng"]
 
 CHECK_SEED = 12345
-
-
-def forked_rng() -> contextlib.AbstractContextManager:
-    """Run a block without advancing torch's CPU and (initialised) CUDA random streams."""
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-    return torch.random.fork_rng(devices=devices)
 
 
 def trace_if_equal(

@@ -87,8 +87,8 @@ def test_study_flags_a_deterministic_biased_estimator():
     from ppmodels.objectives import Iwae
 
     class DropsScoreTerm(Iwae):  # the pathwise part only: zero guide gradient at discrete sites
-        def surrogate_units(self, model, guide, *args, **kwargs):
-            bound, _ = super().surrogate_units(model, guide, *args, **kwargs)
+        def surrogate_terms(self, model, guide, *args, **kwargs):
+            bound, _ = super().surrogate_terms(model, guide, *args, **kwargs)
             return bound, bound
 
     m = CategoricalGaussian(3, 2, seed=0)
@@ -125,7 +125,7 @@ def test_both_batched_jacobians_equal_the_rows_one_by_one(lg):
     m, x = lg
     params = m.model_parameters() + m.guide_parameters()
     pyro.set_rng_seed(0)
-    _, s = make("iwae", num_particles=3).surrogate_units(m.model, m.guide, *_repeat((x,), 6))
+    _, s = make("iwae", num_particles=3).surrogate_terms(m.model, m.guide, *_repeat((x,), 6))
     S = -s.reshape(6, -1).sum(1)
     rows = torch.stack([torch.cat([g.reshape(-1) for g in torch.autograd.grad(S[r], params, retain_graph=True)])
                         for r in range(6)])
@@ -157,7 +157,7 @@ def test_linear_layer_per_replicate_gradients_equal_the_rows(name, K):
     R = 5
     fast, _ = replicate_gradients(make(name, num_particles=K), vae, (x,), params, R, seed=2)
     pyro.set_rng_seed(2)
-    _, s = make(name, num_particles=K).surrogate_units(vae.model, vae.guide, *_repeat((x,), R))
+    _, s = make(name, num_particles=K).surrogate_terms(vae.model, vae.guide, *_repeat((x,), R))
     rows = _jacobian(-s.reshape(R, -1).sum(1), params, "rows")
     assert torch.allclose(fast, rows, rtol=1e-4, atol=1e-5)
 

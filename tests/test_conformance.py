@@ -118,7 +118,7 @@ class _ScoreScaledLikeTheOldCore(Elbo):
 
     name = "elbo-biased"
 
-    def surrogate_units(self, model, guide, *args, **kwargs):
+    def surrogate_terms(self, model, guide, *args, **kwargs):
         lw, _ = self.draw(model, guide, args, kwargs)
         lw.rb = lw.rb / lw.scale
         return elbo_surrogate(lw)
@@ -129,7 +129,7 @@ class _NoScoreTerm(Elbo):
 
     name = "elbo-no-score"
 
-    def surrogate_units(self, model, guide, *args, **kwargs):
+    def surrogate_terms(self, model, guide, *args, **kwargs):
         lw, _ = self.draw(model, guide, args, kwargs)
         lw.rb = lw.rb * 0.0  # score-function term dropped
         return elbo_surrogate(lw)

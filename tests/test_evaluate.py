@@ -5,7 +5,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from ppmodels import evaluate
+from ppmodels import evaluate, program
 from ppmodels.data import TensorData
 from ppmodels.models.conjugate import LinearGaussian
 
@@ -59,16 +59,16 @@ def test_chunk_sizes_follow_the_budget():
 
     vae = VAE(x_dim=20, z_dim=3, hidden=(8,))
     x = torch.bernoulli(torch.full((8, 20), 0.5))
-    per_unit = evaluate._bytes_per_unit(vae, (x,), 1)
+    bytes_per_row = 16 * program.facts(vae.model, vae.guide, (x,)).numel_per_row  # bytes per (particle, datapoint)
     for units in (10, 640, 64 * 1000, 10**6):
-        B, k = evaluate.chunk_sizes(vae, (x,), 5000, 1000, budget=units * per_unit)
+        B, k = evaluate.chunk_sizes(vae, (x,), 5000, 1000, budget=units * bytes_per_row)
         assert 1 <= B <= 1000 and 1 <= k <= 5000
         assert B * k <= max(units, 1) or B == 1 and k == 1
         if units >= 64 * 1000:
             assert B == 1000  # every datapoint in one chunk once 64 particles each fit
         if units >= 640:
             assert k >= 64  # at least 64 particles a chunk when the budget allows
-    assert evaluate.chunk_sizes(vae, (x,), 5000, 1000, budget=10**6 * per_unit, batch_size=10) == (10, 5000)
+    assert evaluate.chunk_sizes(vae, (x,), 5000, 1000, budget=10**6 * bytes_per_row, batch_size=10) == (10, 5000)
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])

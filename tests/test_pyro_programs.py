@@ -56,12 +56,15 @@ def test_trains_with_elbo_at_one_particle(name):
     assert math.isfinite(history["train_loss"].iloc[-1])
 
 
-def test_a_program_written_for_one_sample_names_vectorize_particles():
+def test_a_program_written_for_one_sample_runs_its_particles_in_a_loop_by_itself():
+    """As Pyro's multi-particle ELBOs do: found out once, said once with the cost, then looped."""
     program = make_programs(0)["cvae"]
-    with pytest.raises(PPModelsError, match="vectorize_particles=False"):
-        make("iwae", num_particles=3).loss(program.model, program.guide, *program.data)
+    pyro.set_rng_seed(0)
+    with pytest.warns(UserWarning, match="fails under 3 vectorized particles.*loop.*vectorize_particles=False"):
+        found = make("iwae", num_particles=3).loss(program.model, program.guide, *program.data)
+    pyro.set_rng_seed(0)
     loop = make("iwae", num_particles=3, vectorize_particles=False)
-    assert math.isfinite(loop.loss(program.model, program.guide, *program.data))
+    assert loop.loss(program.model, program.guide, *program.data) == found  # the same draws as the loop chosen
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if n not in ("gmm_tutorial", "amortized_lda", "sparse_gamma")])

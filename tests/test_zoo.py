@@ -15,7 +15,7 @@ from ppmodels.models import ConditionalVAE, QuadrantBaseline, SemiSupervisedVAE
 from ppmodels.models.cvae import quadrant_mask
 from ppmodels.models.ssvae import semi_supervised
 from ppmodels.objectives import make
-from ppmodels.objectives.base import log_weights, particle_traces
+from ppmodels import program
 from ppmodels.utils import PPModelsError
 
 from helpers import assert_unbiased
@@ -183,8 +183,9 @@ def test_cvae_importance_weights_are_unbiased_for_the_conditional_likelihood():
     image, _ = _images(3)
     K = 20000
     with torch.no_grad(), pyro.validation_enabled(False):
-        traces = particle_traces(m.model, m.guide, (image,), {}, K, 1)
-        lw = log_weights(*traces, num_particles=K, max_plate_nesting=1).local  # (K, B)
+        found = program.facts(m.model, m.guide, (image,))
+        traces = program.run_pair(m.model, m.guide, (image,), num_particles=K, max_plate_nesting=found.max_plate_nesting)
+        lw = program.log_weights(*traces, found, num_particles=K).local  # (K, B)
         inputs, y = m.split(image, "test")
         context = m._context(inputs)
         loc, scale = m.prior_net(context)

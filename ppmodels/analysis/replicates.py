@@ -18,7 +18,11 @@ passes, whichever costs less:
   gradient is :math:`\sum_{\text{rows of } r} \delta a^\top` (its rows are its own datapoints'
   copies), an ``einsum`` per layer, in chunks of replicates that bound the (chunk, P) memory;
 - otherwise: the loop.
-Otherwise (global latents, objectives with U = 1): the loop path, R forward/backward passes.
+Otherwise (global latents, objectives with U = 1, objectives that learn between draws, programs
+whose batch plate subsamples: :func:`repeatable` decides from the program's facts before anything
+runs): the loop path, R forward/backward passes, each a draw as training takes it (a baseline
+updated by each). A vectorized attempt that fails anyway runs inside
+:func:`ppmodels.program.attempt`, so the loop starts from the state the attempt found.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import pyro
 import torch
 from torch import Tensor
 
+from .. import program
 from ..objectives import Objective, make
 from ..utils import PPModelsError
 
@@ -76,13 +81,15 @@ def replicate_gradients(
     P = sum(p.numel() for p in params)
     pyro.set_rng_seed(seed)
     with pyro.validation_enabled(False):
-        if vectorize and objective.per_unit:
+        if vectorize and repeatable(objective, obj, batch):
             try:
-                out = _vectorized(objective, obj, batch, params, replicates, chunk, B, P)
-            except (PPModelsError, RuntimeError, IndexError, ValueError):
-                out = None  # e.g. a guide with per-datapoint parameters meets the repeated batch
-            if out is not None:
+                with program.attempt():  # a failure leaves no state, param or random draw behind
+                    out = _vectorized(objective, obj, batch, params, replicates, chunk, B, P)
+                    if out is None:
+                        raise _NotPerDatapoint
                 return out
+            except (_NotPerDatapoint, PPModelsError, RuntimeError, IndexError, ValueError):
+                pass  # e.g. a guide with per-datapoint parameters meets the repeated batch
             pyro.set_rng_seed(seed)
         grads_list, bounds = [], []
         for _ in range(replicates):
@@ -91,6 +98,23 @@ def replicate_gradients(
             grads_list.append(flat_grad(grads, params))
             bounds.append(bound.detach())
         return torch.stack(grads_list), torch.stack(bounds)
+
+
+class _NotPerDatapoint(Exception):
+    """The repeated batch gave no per-datapoint terms: the loop it is."""
+
+
+def repeatable(objective: Objective, obj: Any, batch: tuple) -> bool:
+    """Whether R replicates may be drawn as one pass over the batch repeated R times, decided
+    from the program's facts before anything runs: the objective's terms are per datapoint and
+    it learns nothing between draws (a baseline's update would see R draws as one), the batch
+    plate holds every site, does not subsample, and takes its indices from no argument (a guide
+    that caches its plates, as Pyro's EasyGuide does, would keep the repeated indices)."""
+    if not objective.per_term or objective.state_names:
+        return False
+    found = objective.facts(obj.model, obj.guide, batch, {})
+    return (found.per_datapoint and not found.subsampled and not found.subsample_from_args
+            and not found.baseline_sites)
 
 
 def _vectorized(objective: Objective, obj: Any, batch: tuple, params: list[Tensor], replicates: int,
@@ -105,7 +129,7 @@ def _vectorized(objective: Objective, obj: Any, batch: tuple, params: list[Tenso
         for start in range(0, replicates, chunk):
             r = min(chunk, replicates - start)
             with _PerReplicate(linear, r * B) as rec:
-                bound, surrogate = objective.surrogate_units(obj.model, obj.guide, *_repeat(batch, r))
+                bound, surrogate = objective.surrogate_terms(obj.model, obj.guide, *_repeat(batch, r))
                 if surrogate.shape[0] != r * B:
                     break
                 (-surrogate.sum()).backward(inputs=params)
@@ -123,7 +147,7 @@ def _vectorized(objective: Objective, obj: Any, batch: tuple, params: list[Tenso
         out_g, out_b = [], []
         for start in range(0, replicates, chunk):
             r = min(chunk, replicates - start)
-            bound, surrogate = objective.surrogate_units(obj.model, obj.guide, *_repeat(batch, r))
+            bound, surrogate = objective.surrogate_terms(obj.model, obj.guide, *_repeat(batch, r))
             if surrogate.shape[0] != r * B:
                 break  # global latents: no per-datapoint units, use the loop
             out_g.append(_jacobian(-surrogate.reshape(r, B).sum(1), params))

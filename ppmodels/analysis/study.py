@@ -25,10 +25,12 @@ import torch
 from pyro import poutine
 from torch import Tensor
 
+from pyro.poutine.util import prune_subsample_sites
+
+from .. import program
 from ..objectives import Objective, make
-from ..objectives.base import trace_numel
 from ..protocol import ModelGuide
-from ..utils import PPModelsError, resolve_device
+from ..utils import PPModelsError, resolve_device, rng_state, set_rng_state
 from .replicates import FEW_PARAMETERS, ROWS_CHUNK, flat_grad, replicate_gradients
 from .stats import Moments, statistics
 
@@ -40,15 +42,20 @@ COLUMNS = ["objective", "num_particles", "group", "replicates", "mean_norm", "bi
 
 def parameter_groups(model: Callable, guide: Callable, *args: Any) -> dict[str, list[Tensor]]:
     """``{"model": [...], "guide": [...]}``: the parameters log p(x, z) depends on (z held
-    fixed) and those log q(z | x) depends on — decoder vs encoder, found by autograd."""
-    with poutine.trace(param_only=True) as pt:
-        guide_trace = poutine.trace(guide).get_trace(*args)
-        fixed = guide_trace.copy()  # z held fixed: the model sees detached latents
-        for site in fixed.nodes.values():
-            if site["type"] == "sample":
-                site["value"] = site["value"].detach()
+    fixed) and those log q(z | x) depends on — decoder vs encoder, found by autograd on one
+    probe of the program (:func:`ppmodels.program.probe`) and its model replayed against the
+    probe's latents, detached. Parameters reached only through sampled values (a Delta guide's
+    point, as ``AutoDelta`` has) count as the guide's."""
+    seen = program.probe(model, guide, args, grad=True, keep_params=True)
+    guide_trace = prune_subsample_sites(seen.guide_trace)
+    fixed = poutine.Trace()  # new site dicts: the probe's own trace keeps its values' gradients
+    for name, site in seen.guide_trace.nodes.items():
+        value = site.get("value")
+        fixed.add_node(name, **{**site, "value": value.detach() if torch.is_tensor(value) else value})
+    with program.forked_rng(), poutine.block():
         model_trace = poutine.trace(poutine.replay(model, trace=fixed)).get_trace(*args)
-    candidates = list({id(p): p for p in (s["value"].unconstrained() for s in pt.trace.nodes.values())}.values())
+    store = pyro.get_param_store().get_state()["params"]
+    candidates = list({id(p): p for p in (store[n] for n in seen.param_trace.nodes if n in store)}.values())
     owner = getattr(model, "__self__", None)
     if isinstance(owner, torch.nn.Module):
         known = {id(p) for p in candidates}
@@ -65,9 +72,8 @@ def parameter_groups(model: Callable, guide: Callable, *args: Any) -> dict[str, 
             continue  # no parameter reaches this side (a Delta guide's value, a fixed prior)
         grads = torch.autograd.grad(total, candidates, allow_unused=True, retain_graph=True)
         groups[name] = [p for p, g in zip(candidates, grads) if g is not None and bool(g.abs().sum() > 0)]
-    # parameters reached only through sampled values (a Delta guide's point) count as the guide's
-    seen = {id(p) for ps in groups.values() for p in ps}
-    groups["guide"] += [p for p in candidates if id(p) not in seen and _reaches_values(guide_trace, p)]
+    seen_ids = {id(p) for ps in groups.values() for p in ps}
+    groups["guide"] += [p for p in candidates if id(p) not in seen_ids and _reaches_values(guide_trace, p)]
     return groups
 
 
@@ -125,14 +131,15 @@ def _chunk(objective: Objective, model: Callable, guide: Callable, args: tuple, 
            memory: int) -> int:
     """Replicates per vectorized pass so that the traces and the batched backward over them
     (4 bytes × 4 a number, times the batch of the backward: P or the replicate chunk; see
-    :mod:`.replicates`) and the (chunk, P) gradients fit in ``memory``. Objectives whose
-    batch is one unit replicate in a loop: no chunking."""
-    if not objective.per_unit:
+    :mod:`.replicates`) and the (chunk, P) gradients fit in ``memory``; the numbers a pass holds
+    come from the program's facts. Objectives whose batch is one term replicate in a loop: no
+    chunking."""
+    if not objective.per_term:
         return replicates
-    with torch.no_grad():
-        _, pairs = objective.draw(model, guide, args, {})
+    found = objective.facts(model, guide, args, {})
     batched = P if P <= FEW_PARAMETERS else ROWS_CHUNK
-    per_replicate = 16 * batched * sum(trace_numel(*pair) for pair in pairs) + 8 * P
+    numel = found.numel_per_row * max(1, len(args[0]) if torch.is_tensor(args[0]) else 1) * objective.num_particles
+    per_replicate = 16 * batched * numel + 8 * P
     return int(max(1, min(replicates, memory // per_replicate)))
 
 
@@ -176,9 +183,24 @@ def gradient_study(
         owner.to(device)
     args = tuple(a.to(device) if torch.is_tensor(a) else a for a in args)
     pair = ModelGuide(model, guide)
-    pyro.set_rng_seed(seed)
-    with pyro.validation_enabled(False):
-        groups = _resolve_groups(params, owner, model, guide, args)
+    caller_rng, store = rng_state(), program.param_store_snapshot()
+    try:
+        pyro.set_rng_seed(seed)
+        with pyro.validation_enabled(False):
+            groups = _resolve_groups(params, owner, model, guide, args)
+        store = program.param_store_snapshot()  # with the program's params, as the probe made them
+        return _study(model, guide, args, owner, pair, groups, objectives, num_particles, replicates, exact,
+                      reference_replicates, device, seed, memory, progress, store)
+    finally:
+        program.restore_param_store(store)  # what the estimators learned during the study is not kept
+        set_rng_state(caller_rng)
+
+
+def _study(model, guide, args, owner, pair, groups, objectives, num_particles, replicates, exact,
+           reference_replicates, device, seed, memory, progress, store) -> "pandas.DataFrame":  # noqa: F821
+    """:func:`gradient_study` after its set-up; each objective starts from the param store ``store``."""
+    import pandas as pd
+
     groups = {k: v for k, v in groups.items() if v}
     if not groups:
         raise PPModelsError("gradient_study: no parameter group has parameters")
@@ -206,6 +228,7 @@ def gradient_study(
             label = objective.label
             if show:
                 print(f"gradient_study: {label} K={K}", file=sys.stderr)
+            program.restore_param_store(store)  # every estimator starts from the same state
             pyro.set_rng_seed(seed)
             moments = Moments(P, device)
             try:

@@ -28,7 +28,7 @@ from pyro import poutine
 from pyro.poutine.messenger import Messenger
 from torch import Tensor
 
-from .base import LogWeights, require_reparameterized, units
+from .base import LogWeights, require_reparameterized, terms
 from .iwae import Iwae
 
 __all__ = ["Dreg"]
@@ -71,10 +71,10 @@ class Dreg(Iwae):
     name = "dreg"
     jit_safe = True
 
-    def surrogate_units(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
+    def surrogate_terms(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
         lw, pairs = self.draw(model, guide, args, kwargs, detach_guide=True, guide_handler=_DeferredGradScale)
         require_reparameterized(lw, self.name, instead="vimco (discrete latents) or iwae")
-        log_w, _, scale = units(lw, self)
+        log_w, _, scale = terms(lw, self)
         bound = scale * self.bound_fn(log_w)
         w = torch.softmax(log_w.detach(), 0)  # (K, U)
         self._scale_guide_gradients(pairs, w, lw)
@@ -85,7 +85,7 @@ class Dreg(Iwae):
                                lw: LogWeights) -> None:
         """Fill every guide latent's buffer so the gradient reaching z_k (of unit u) is
         multiplied by w̃_ku: the weights placed at the particle dim and the batch plate's dim."""
-        ndim = self.max_plate_nesting + 1
+        ndim = lw.facts.max_plate_nesting + 1
         per_pair = w.shape[0] // len(pairs)
         vectorized = per_pair > 1
         for i, (_, guide_trace) in enumerate(pairs):

@@ -101,7 +101,7 @@ class Elbo(Objective):
             self.kl_weight = self.kl_weight.to(device)
         return self.kl_weight
 
-    def surrogate_units(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
+    def surrogate_terms(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
         beta = self._kl_weight(_device(args))
         lw, pairs = self.draw(model, guide, args, kwargs, detach_guide=self.detach_guide,
                               analytic_kl=self.analytic_kl, kl_weight=beta)

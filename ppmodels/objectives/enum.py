@@ -11,72 +11,53 @@ variance at enumerated sites: with only discrete latents it is exact.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable
 
 import torch
-from pyro import poutine
 from pyro.infer import TraceEnum_ELBO, config_enumerate
 from torch import Tensor
 
-from ..tracing import forked_rng
-from ..utils import PPModelsError
-from .base import Objective, _identity
+from .base import Objective
 
 __all__ = ["Enum"]
 
 
 class Enum(Objective):
-    """``"enum"``: TraceEnum_ELBO with the guide's discrete sites enumerated in parallel."""
+    """``"enum"``: TraceEnum_ELBO with the guide's discrete sites enumerated in parallel.
+
+    Stateless: each call builds Pyro's ``TraceEnum_ELBO`` with the program's plate nesting (from
+    its facts) and wraps the guide with ``config_enumerate``; both are cheap. A program with
+    nothing to enumerate (a labelled batch of a semi-supervised model, say) runs as Pyro runs it,
+    said once as a warning."""
 
     name = "enum"
     jit_safe = False
-    per_unit = False
+    per_term = False
     enumerates = True
 
-    def __init__(self, num_particles: int = 1, **kwargs: Any) -> None:
-        super().__init__(num_particles, **kwargs)
-        self._elbo: TraceEnum_ELBO | None = None
-        self._wrapped: dict[tuple, Callable] = {}
-
     def _setup(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> tuple[TraceEnum_ELBO, Callable]:
-        key = (_identity(model), _identity(guide))
-        if key not in self._wrapped:  # one wrapper per pair: checks and caches key on a stable guide
-            wrapped = config_enumerate(guide, default="parallel")
-            self._check(model, wrapped, args, kwargs)
-            self._wrapped[key] = wrapped
-        guide = self._wrapped[key]
-        if self._elbo is None:
-            self._elbo = TraceEnum_ELBO(
-                num_particles=self.num_particles,
-                vectorize_particles=self.vectorize_particles,
-                max_plate_nesting=self._plate_nesting(model, guide, args, kwargs),
-            )
-        return self._elbo, guide
-
-    @staticmethod
-    def _check(model: Callable, guide: Callable, args: tuple, kwargs: dict) -> None:
-        with forked_rng(), poutine.block():  # checking must not shift the random stream
-            gt = poutine.trace(guide).get_trace(*args, **kwargs)
-            mt = poutine.trace(poutine.replay(model, trace=gt)).get_trace(*args, **kwargs)
-        if not any(
-            s["type"] == "sample" and not s["is_observed"] and s["infer"].get("enumerate")
-            for t in (gt, mt) for s in t.nodes.values()
-        ):
-            raise PPModelsError(
-                "objective 'enum': the model has no discrete site to enumerate (no guide site "
-                "with enumerable support, no model site with infer={'enumerate': 'parallel'}); "
-                "use 'elbo' for continuous latents"
-            )
+        found = self.facts(model, guide, args, kwargs)
+        if not found.guide_enumerable and not found.model_enumerated:
+            self.warn_once(found, "objective 'enum': the program has no discrete site to enumerate (no guide site "
+                                  "with enumerable support, no model site with infer={'enumerate': 'parallel'}); "
+                                  "it runs as TraceEnum_ELBO runs it, as a Monte-Carlo ELBO")
+        elbo = TraceEnum_ELBO(num_particles=self.num_particles, vectorize_particles=self.vectorize_particles,
+                              max_plate_nesting=found.max_plate_nesting)
+        return elbo, config_enumerate(guide, default="parallel")
 
     def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> Tensor:
         elbo, guide = self._setup(model, guide, args, kwargs)
-        return elbo.differentiable_loss(model, guide, *args, **kwargs)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="TraceEnum_ELBO found no sample sites configured")
+            return elbo.differentiable_loss(model, guide, *args, **kwargs)
 
-    def surrogate_units(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
+    def surrogate_terms(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
         loss = self.differentiable_loss(model, guide, *args, **kwargs)
         return -loss.detach().reshape(1), -loss.reshape(1)
 
     def loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
         elbo, guide = self._setup(model, guide, args, kwargs)
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="TraceEnum_ELBO found no sample sites configured")
             return float(elbo.loss(model, guide, *args, **kwargs))

@@ -11,7 +11,12 @@ Pyro's ``TraceGraph_ELBO`` and ``RenyiELBO`` have no ``differentiable_loss``, on
 gradient buffers set aside for the call (the caller's ``.grad`` are restored), and returns
 :math:`-\hat{\mathcal L}` plus :math:`\sum_i \langle \theta_i, g_i\rangle` minus its value:
 a tensor whose value is the loss and whose gradient is Pyro's estimate :math:`g` (first
-order only). The batch is always one unit: replicates run as a loop.
+order only). The batch is always one term: replicates run as a loop.
+
+Pyro's ELBOs guess ``max_plate_nesting`` on their first call and keep the guess (state about
+the first program they saw). The adapter gives Pyro, for each call, a copy of the ELBO whose
+``max_plate_nesting`` is the program's own (from :func:`ppmodels.program.facts`) unless the
+wrapped instance was given one, so one wrapped instance serves many programs.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from pyro.infer import RenyiELBO, TraceEnum_ELBO
 from pyro.infer.elbo import ELBO
 from torch import Tensor
 
+from .. import program
 from .base import Objective
 
 __all__ = ["PyroElbo"]
@@ -33,7 +39,7 @@ __all__ = ["PyroElbo"]
 class PyroElbo(Objective):
     """A ``pyro.infer.ELBO`` instance behind the ppmodels objective interface."""
 
-    per_unit = False
+    per_term = False
     jit_safe = False
 
     def __init__(self, elbo: ELBO) -> None:
@@ -43,6 +49,7 @@ class PyroElbo(Objective):
         self.name = type(elbo).__name__
         self.enumerates = isinstance(elbo, TraceEnum_ELBO)
         super().__init__(int(elbo.num_particles), vectorize_particles=bool(elbo.vectorize_particles))
+        self._given_nesting = None if elbo.max_plate_nesting == float("inf") else elbo.max_plate_nesting
         self._native = type(elbo).__dict__.get("differentiable_loss") is not None or any(
             "differentiable_loss" in vars(k) for k in type(elbo).__mro__ if k not in (ELBO, object))
 
@@ -71,9 +78,18 @@ class PyroElbo(Objective):
         elbo.num_particles = num_particles
         return PyroElbo(elbo)
 
+    def _for(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> ELBO:
+        """The wrapped ELBO, as a copy set to this program's plate nesting (see module docstring)."""
+        if self._given_nesting is not None:
+            return self.elbo
+        found = program.facts(model, guide, args, kwargs, where=f"pyro:{self.name}")
+        elbo = copy.copy(self.elbo)
+        elbo.max_plate_nesting = found.max_plate_nesting
+        return elbo
+
     def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> Tensor:
         if self._native:
-            return self.elbo.differentiable_loss(model, guide, *args, **kwargs)
+            return self._for(model, guide, args, kwargs).differentiable_loss(model, guide, *args, **kwargs)
         return self._via_loss_and_grads(model, guide, args, kwargs)
 
     def _via_loss_and_grads(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> Tensor:
@@ -81,7 +97,7 @@ class PyroElbo(Objective):
         before = {name: p.grad for name, p in store.named_parameters()}
         for _, p in store.named_parameters():
             p.grad = None
-        loss = self.elbo.loss_and_grads(model, guide, *args, **kwargs)
+        loss = self._for(model, guide, args, kwargs).loss_and_grads(model, guide, *args, **kwargs)
         terms = []
         for name, p in store.named_parameters():
             if p.grad is not None:
@@ -93,12 +109,12 @@ class PyroElbo(Objective):
         linear = torch.stack(terms).sum()
         return value.to(linear) + linear - linear.detach()
 
-    def surrogate_units(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
+    def surrogate_terms(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
         loss = self.differentiable_loss(model, guide, *args, **kwargs)
         return -loss.detach().reshape(1), -loss.reshape(1)
 
     def loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
-        return float(self.elbo.loss(model, guide, *args, **kwargs))
+        return float(self._for(model, guide, args, kwargs).loss(model, guide, *args, **kwargs))
 
     def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
-        return float(self.elbo.loss_and_grads(model, guide, *args, **kwargs))
+        return float(self._for(model, guide, args, kwargs).loss_and_grads(model, guide, *args, **kwargs))

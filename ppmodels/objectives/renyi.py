@@ -19,7 +19,7 @@ from typing import Any, Callable
 from torch import Tensor
 
 from ..utils import PPModelsError
-from .base import Objective, log_mean_exp, units
+from .base import Objective, log_mean_exp, terms
 
 __all__ = ["Renyi", "multisample_surrogate"]
 
@@ -67,6 +67,6 @@ class Renyi(Objective):
     def bound_fn(self, log_w: Tensor) -> Tensor:
         return log_mean_exp((1 - self.alpha) * log_w, 0) / (1 - self.alpha)
 
-    def surrogate_units(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
+    def surrogate_terms(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
         lw, _ = self.draw(model, guide, args, kwargs)
-        return multisample_surrogate(self.bound_fn, *units(lw, self), lw.has_score)
+        return multisample_surrogate(self.bound_fn, *terms(lw, self), lw.has_score)

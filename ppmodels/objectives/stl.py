@@ -30,7 +30,7 @@ class Stl(Elbo):
     name = "stl"
     detach_guide = True
 
-    def surrogate_units(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
+    def surrogate_terms(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
         beta = self._kl_weight(_device(args))
         lw, pairs = self.draw(model, guide, args, kwargs, detach_guide=True, kl_weight=beta)
         require_reparameterized(lw, self.name, instead="elbo or reinforce")

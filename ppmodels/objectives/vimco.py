@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ..utils import PPModelsError
-from .base import log_mean_exp, units
+from .base import log_mean_exp, terms
 from .iwae import Iwae
 
 __all__ = ["Vimco", "leave_one_out_bounds"]
@@ -51,9 +51,9 @@ class Vimco(Iwae):
             )
         super().__init__(num_particles, **kwargs)
 
-    def surrogate_units(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
+    def surrogate_terms(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
         lw, _ = self.draw(model, guide, args, kwargs)
-        log_w, score, scale = units(lw, self)
+        log_w, score, scale = terms(lw, self)
         f = log_mean_exp(log_w, 0)  # (U,)
         bound = scale * f
         if not lw.has_score:
