@@ -123,6 +123,9 @@ class TrainSettings:
                                                                             for b in v),
         convert=tuple, trajectory=True, saved=list, adam=True)
     eps: float = setting(1e-8, "a positive number", _positive, trajectory=True, adam=True)
+    weight_decay: float = setting(
+        0.0, "a finite number >= 0", lambda v: isinstance(v, (int, float)) and 0 <= v < math.inf, trajectory=True,
+        adam=True, flag=Flag("--weight-decay", nonnegative, help="Adam's weight decay (default {default:g})"))
     clip_norm: float | None = setting(None, "None or a positive number", lambda v: v is None or _positive(v),
                                       trajectory=True)
     seed: int = setting(0, "an integer in [0, 2**63)", lambda v: _is_int(v) and 0 <= v < 2**63, trajectory=True,

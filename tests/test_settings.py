@@ -65,3 +65,54 @@ def test_settings_and_objective_options_are_told_apart():
         TrainSettings(steps=1, drop_last=1)
     with pytest.raises(PPModelsError, match=r"fit: give epochs=\.\.\. or steps=\.\.\.$"):
         TrainSettings()
+
+
+# -- a setting added in one place: Adam's weight_decay ----------------------------------------------
+def _decayed_runs(tmp_path, **options):
+    from ppmodels.fit import fit
+    from ppmodels.models import LinearGaussian
+    from ppmodels.rundir import load_checkpoint
+
+    x = LinearGaussian(5, 2, seed=0).sample_data(40, seed=1)
+    out = {}
+    for name, decay in (("plain", 0.0), ("decayed", 0.5)):
+        fit(LinearGaussian(5, 2, seed=0), x, epochs=1, batch_size=20, device="cpu", out=tmp_path / name,
+            weight_decay=decay, **options)
+        out[name] = load_checkpoint(tmp_path / name)
+    return x, out
+
+
+def test_weight_decay_reaches_adam_and_the_checkpoint(tmp_path):
+    _, ckpt = _decayed_runs(tmp_path)
+    assert [c["optimizer"]["param_groups"][0]["weight_decay"] for c in ckpt.values()] == [0.0, 0.5]
+    assert [c["settings"]["weight_decay"] for c in ckpt.values()] == [0.0, 0.5]
+    plain, decayed = ckpt["plain"]["params"], ckpt["decayed"]["params"]
+    assert any(not torch.equal(plain[k], decayed[k]) for k in plain)  # it changes the steps
+    assert make_optimizer([torch.zeros(1, requires_grad=True)], weight_decay=0.25).param_groups[0]["weight_decay"] == 0.25
+
+
+def test_a_resume_with_another_weight_decay_is_refused(tmp_path):
+    from ppmodels.fit import fit
+    from ppmodels.models import LinearGaussian
+
+    x, _ = _decayed_runs(tmp_path)
+    with pytest.raises(PPModelsError, match=r"settings differ .*\(weight_decay 0\.5 vs 0\.0\)"):
+        fit(LinearGaussian(5, 2, seed=0), x, epochs=2, batch_size=20, device="cpu", out=tmp_path / "decayed",
+            resume=True)
+    fit(LinearGaussian(5, 2, seed=0), x, epochs=2, batch_size=20, device="cpu", out=tmp_path / "decayed", resume=True,
+        weight_decay=0.5)
+
+
+@pytest.mark.parametrize("value", [-1.0, float("nan"), float("inf"), "0.1", None])
+def test_a_bad_weight_decay_is_one_line(value):
+    with pytest.raises(PPModelsError, match=r"^fit: weight_decay must be a finite number >= 0, got "):
+        TrainSettings(steps=1, weight_decay=value)
+
+
+def test_the_train_command_takes_weight_decay(capsys):
+    parse = build_parser().parse_args
+    assert parse(["train", "vae", "--out", "r"]).weight_decay == 0.0
+    assert parse(["train", "gmm", "--weight-decay", "1e-4", "--out", "r"]).weight_decay == 1e-4
+    with pytest.raises(SystemExit) as exit_:
+        parse(["train", "vae", "--weight-decay", "-1", "--out", "r"])
+    assert exit_.value.code == 2 and "expected a finite number >= 0, got '-1'" in capsys.readouterr().err
