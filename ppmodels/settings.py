@@ -95,6 +95,10 @@ def _positive(v: Any) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v) and v > 0
 
 
+def _betas(v: tuple) -> bool:
+    return len(v) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in v)
+
+
 def _epoch_numbers(values: Any) -> tuple:
     """Epoch numbers as a tuple (one number: one epoch); a string is not a list of them."""
     if isinstance(values, str):
@@ -118,10 +122,8 @@ class TrainSettings:
     lr_schedule: str | Callable[[int], float] | None = setting(
         None, f"one of {SCHEDULES} or a callable", lambda v: v is None or callable(v) or v in SCHEDULES,
         trajectory=True, saved=str, flag=Flag("--lr-schedule", choices=SCHEDULES, default="constant"))
-    betas: tuple[float, float] = setting(
-        (0.9, 0.999), "two numbers in [0, 1)", lambda v: len(v) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1
-                                                                            for b in v),
-        convert=tuple, trajectory=True, saved=list, adam=True)
+    betas: tuple[float, float] = setting((0.9, 0.999), "two numbers in [0, 1)", _betas, convert=tuple, trajectory=True,
+                                         saved=list, adam=True)
     eps: float = setting(1e-8, "a positive number", _positive, trajectory=True, adam=True)
     weight_decay: float = setting(
         0.0, "a finite number >= 0", lambda v: isinstance(v, (int, float)) and 0 <= v < math.inf, trajectory=True,
