@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 from .rundir import CHECKPOINT, NonFiniteState, atomic_copy, kept_checkpoint, remove_kept, save_checkpoint
+from .settings import SCHEDULES
 from .utils import PPModelsError, rng_state
 
 __all__ = ["FitState", "Callback", "KLAnnealing", "EarlyStopping", "TensorBoard", "CollapseDiagnostics", "HOOKS",
@@ -48,7 +49,6 @@ __all__ = ["FitState", "Callback", "KLAnnealing", "EarlyStopping", "TensorBoard"
            "lr_factor", "SCHEDULES", "ImportanceNLL"]
 
 HOOKS = ("on_fit_start", "on_epoch_start", "on_step_start", "on_step_end", "on_epoch_end", "on_fit_end")
-SCHEDULES = ("constant", "cosine", "burda", "burda-compressed")
 BURDA_STAGES = 8  # Burda et al.: 3^i passes at 10^(-i/7), i = 0..7 (3280 passes)
 
 

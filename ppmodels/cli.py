@@ -1,8 +1,9 @@
 """The ``ppmodels`` command: ``train``, ``evaluate``, ``sample``, ``variance``, ``compare``, ``data``.
 
 ``train MODEL`` is assembled from :mod:`ppmodels.families`: each family (one module there)
-declares its own options, its natural objective and how it trains and reports; this module adds
-the options every family takes and dispatches to the family.
+declares its own options, its natural objective and how it trains and reports; the parser
+(:mod:`ppmodels.parser`) adds the options every family takes, and this module dispatches to the
+family.
 
 Every command has ``--help``; a bad argument or a missing run directory prints one line
 ``ppmodels: error: ...`` and exits with code 2.
@@ -16,101 +17,9 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from .parser import build_parser
+
 __all__ = ["main", "build_parser"]
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit code 2
-        self.exit(2, f"ppmodels: error: {message} (see `{self.prog} --help`)\n")
-
-    def parse_known_args(self, args=None, namespace=None):
-        # the innermost parser reports what nothing recognized, so that the line points to the
-        # --help that lists the options, e.g. `ppmodels train vae --help`
-        namespace, extras = super().parse_known_args(args, namespace)
-        if extras:
-            self.error(f"unrecognized arguments: {' '.join(extras)}")
-        return namespace, extras
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from . import families
-    from .families.base import common_options
-    from .families.common import ints, positive
-
-    p = _Parser(prog="ppmodels", description="Latent-variable models as Pyro programs: train, evaluate, sample.")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    t = sub.add_parser("train", help="train a zoo model by SVI",
-                       description="Train a zoo model by SVI (on MNIST, or on a CSV file for gmm); writes "
-                       "history.csv, checkpoint.pt, report.json and image grids to --out and prints the test figures. "
-                       "`ppmodels train MODEL --help` lists a family's options.")
-    models = t.add_subparsers(dest="model", required=True, parser_class=_Parser, title="model families")
-    for name, family in families.FAMILIES.items():
-        f = models.add_parser(name, parents=[common_options(family)], help=family.help,
-                              description=family.description or family.help)
-        family.add_options(f)
-
-    e = sub.add_parser("evaluate", help="test ELBO and importance-sampled NLL of a run",
-                       description="Evaluate a trained run: test ELBO, importance-sampled NLL (K samples), active units.")
-    e.add_argument("run_dir", help="a run directory, or one of its checkpoint files (a kept checkpoint-epochN.pt)")
-    e.add_argument("--num-samples", type=positive(int), default=5000)
-    e.add_argument("--subset", type=positive(int), default=None, help="first N test images (default: all)")
-    e.add_argument("--device", default="auto")
-    e.add_argument("--seed", type=int, default=0)
-
-    s = sub.add_parser("sample", help="draw images from a trained run's prior",
-                       description="Decode prior draws of a trained run into an image grid.")
-    s.add_argument("run_dir", help="a run directory, or one of its checkpoint files (a kept checkpoint-epochN.pt)")
-    s.add_argument("-n", type=positive(int), default=64)
-    s.add_argument("--out", default=None, help="PNG path (default RUN_DIR/samples.png; for a file, samples-FILE.png beside it)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device", default="auto")
-
-    v = sub.add_parser("variance", help="bias, variance and SNR of objectives' gradient estimators",
-                       description="Study gradient estimators: R replicate gradients per objective and K, summarised "
-                       "per parameter group (model/guide) against the exact gradient where one is known. Writes "
-                       "study.csv and study.png to --out and prints the table.")
-    v.add_argument("--model", required=True,
-                   help="vae, dvae, linear-gaussian, categorical-gaussian, gaussian-toy, or a trained RUN_DIR")
-    v.add_argument("--objectives", default="elbo,iwae,dreg",
-                   help="comma-separated names; options after colons, e.g. renyi:alpha=0.5,reinforce:baseline=neural")
-    v.add_argument("--num-particles", type=ints, default=(1, 5, 50), help="K values, e.g. 1,5,50")
-    v.add_argument("--replicates", type=positive(int), default=500)
-    v.add_argument("--batch-size", type=positive(int), default=16, help="datapoints in the studied batch")
-    v.add_argument("--exact", default="auto", help="auto (closed form), none, or an objective name to estimate it")
-    v.add_argument("--reference-replicates", type=positive(int), default=2000,
-                   help="replicates of the --exact estimator (1 for a deterministic one such as enum)")
-    v.add_argument("--out", required=True)
-    v.add_argument("--device", default="auto")
-    v.add_argument("--seed", type=int, default=0)
-
-    c = sub.add_parser("compare", help="final metrics, settings and learning curves of several runs",
-                       description="Put runs side by side: one table of their final metrics and settings (printed, "
-                       "and written as CSV) and one figure of their learning curves.")
-    c.add_argument("runs", nargs="+", help="run directories")
-    c.add_argument("--out", default="compare.png", help="figure path (.png); the CSV is written beside it")
-
-    w = sub.add_parser("sweep", help="many runs: comma-separated values expanded into their product",
-                       description="Run a train or variance command for every combination of its comma-separated "
-                       "option values, e.g. `ppmodels sweep train vae --objective elbo,iwae -K 1,5 --seed 0,1 --out "
-                       "runs/grid`: one run directory per combination under --out, then summary.csv. Runs are Ray "
-                       "tasks when Ray is installed (pip install 'ppmodels[ray]'), else --workers local processes. "
-                       "The sweep options below may stand anywhere on the line.")
-    w.add_argument("--workers", type=positive(int), default=None,
-                   help="run on this many local processes (default: Ray if installed, else 1)")
-    w.add_argument("--address", default=None, help="join this Ray cluster (default: start Ray locally)")
-    w.add_argument("--max-concurrent", type=positive(int), default=None, help="Ray: runs in flight at most")
-    w.add_argument("--retries", type=int, default=2, help="retries of a failed run (default 2)")
-    w.add_argument("--threads", type=positive(int), default=1, help="torch threads per run (default 1)")
-    w.add_argument("--gpus-per-run", type=float, default=0, help="Ray: GPUs per run (default 0)")
-    w.add_argument("--out", default=None, help="the sweep's folder (one run directory per combination)")
-    w.add_argument("sweep_command", nargs=argparse.REMAINDER, metavar="COMMAND ...",
-                   help="train MODEL ... or variance ...")
-
-    d = sub.add_parser("data", help="fetch MNIST into the cache",
-                       description="Fetch MNIST into $PPMODELS_DATA (default ~/.cache/ppmodels) and report the sources.")
-    d.add_argument("--root", default=None)
-    return p
 
 
 def _load_run(run_dir: str, device: str):

@@ -16,7 +16,7 @@ import math
 import os
 import sys
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -27,12 +27,13 @@ from pyro import poutine
 from torch import Tensor
 
 from . import distributed, program
-from .callbacks import (HOOKS, SCHEDULES, Checkpoint, Evaluation, FitState, History, LearningRate, LossMonitor,
-                        NonFiniteLoss, ProgressBar, check_callbacks, lr_factor)
+from .callbacks import (HOOKS, Checkpoint, Evaluation, FitState, History, LearningRate, LossMonitor, NonFiniteLoss,
+                        ProgressBar, check_callbacks, lr_factor)
 from .data import TensorData, as_data
 from .objectives import Objective, PyroElbo, make
 from .protocol import ModelGuide, as_pair, check_batch, check_data
 from .rundir import CHECKPOINT, load_checkpoint, open_run, run_checkpoint
+from .settings import ADAM_DEFAULTS, TrainSettings, check_setting, describe, split_options
 from .tracing import trace_if_equal
 from .utils import PPModelsError, model_name, resolve_device, rng_state, set_rng_state, set_seed
 
@@ -148,12 +149,16 @@ def prepare(obj: Any, objective: Objective, batch: tuple, seen: program.Probe | 
     return params, ModelGuide(known(obj.model), known(obj.guide), model_name(obj))
 
 
-def make_optimizer(params: list[Tensor], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                   eps: float = 1e-8) -> torch.optim.Adam:
+def make_optimizer(params: list[Tensor], **adam: Any) -> torch.optim.Adam:
     """One Adam over every parameter: fused kernels on CUDA, multi-tensor (foreach) on the CPU
-    (``pyro.optim.Adam`` builds one optimizer per tensor)."""
+    (``pyro.optim.Adam`` builds one optimizer per tensor). ``adam``: the training settings
+    declared Adam's (:data:`ppmodels.settings.ADAM_DEFAULTS`: lr, betas, eps, ...), by name;
+    those not given keep their defaults."""
+    unknown = sorted(set(adam) - set(ADAM_DEFAULTS))
+    if unknown:
+        raise PPModelsError(f"make_optimizer: {unknown[0]!r} is not one of Adam's settings {sorted(ADAM_DEFAULTS)}")
     on_cuda = params[0].is_cuda
-    return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps, **({"fused": True} if on_cuda else {"foreach": True}))
+    return torch.optim.Adam(params, **{**ADAM_DEFAULTS, **adam}, **({"fused": True} if on_cuda else {"foreach": True}))
 
 
 def load_run(run_dir: str | os.PathLike, device: str | torch.device = "auto") -> tuple[Any, dict[str, Any]]:
@@ -181,34 +186,23 @@ def fit(
     train: TensorData | Tensor | tuple,
     *,
     objective: str | Objective | None = None,
-    epochs: int | None = None,
-    steps: int | None = None,
-    batch_size: int = 128,
-    lr: float = 1e-3,
-    lr_schedule: str | Callable[[int], float] | None = None,
-    betas: tuple[float, float] = (0.9, 0.999),
-    eps: float = 1e-8,
-    clip_norm: float | None = None,
-    seed: int = 0,
     device: str | torch.device = "auto",
     validation: TensorData | None = None,
     test: TensorData | None = None,
-    eval_particles: int = 1,
     out: str | os.PathLike | None = None,
     resume: bool | str | os.PathLike = False,
     overwrite: bool = False,
     meta: dict[str, Any] | None = None,
     progress: bool | None = None,
-    log_every: int = 50,
-    drop_last: bool = True,
     jit: bool | None = None,
     callbacks: Sequence[Any] | None = None,
-    keep_checkpoints: Sequence[int] = (),
-    **objective_options: Any,
+    **options: Any,
 ) -> pd.DataFrame:
     """Train ``obj`` (anything with ``model`` and ``guide``) by SVI; return the per-epoch history.
 
-    ``objective`` is a name for :func:`ppmodels.objectives.make` (with ``objective_options``),
+    ``options``: the training settings of :class:`ppmodels.settings.TrainSettings` (listed
+    below), and the objective's options. ``objective`` is a name for
+    :func:`ppmodels.objectives.make` (with the objective's options),
     a configured objective, or a ``pyro.infer.ELBO`` instance (run by Pyro's own code); None
     takes the model's natural objective (its ``default_objective``, else ``"elbo"``).
     ``seed`` seeds fit's own randomness (initial guide draws, batches, particles); the
@@ -229,31 +223,33 @@ def fit(
     changes between calls must not be traced). ``history.attrs["jit"]`` says which ran.
     ``callbacks``: objects with any of the hooks of :mod:`ppmodels.callbacks` (``on_fit_start``,
     ``on_step_start``, ``on_step_end``, ``on_epoch_end``, ``on_fit_end``), run in order.
+
+    Training settings (name=default: a good value; see :mod:`ppmodels.settings`):
+
     """
     obj = as_pair(obj)
+    options, objective_options = split_options(options)
     group, device = distributed.setup(resolve_device(device))
     if objective is None:
         objective = getattr(obj, "default_objective", "elbo")
     objective = make(objective, **objective_options)
     callbacks = check_callbacks(callbacks)
-    check_options(epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, betas=betas, eps=eps,
-                  clip_norm=clip_norm, seed=seed, eval_particles=eval_particles, log_every=log_every)
-    keep = _epochs(keep_checkpoints, "keep_checkpoints")
+    settings = TrainSettings(**options)
+    keep = frozenset(settings.keep_checkpoints)
     if keep and out is None:
         raise PPModelsError("fit: keep_checkpoints needs out=RUN_DIR to keep them in")
-    declared = [_epochs(getattr(cb, "keep_checkpoints", ()), f"{type(cb).__name__}.keep_checkpoints") for cb in callbacks]
-    if not callable(lr_schedule) and lr_schedule not in (None, *SCHEDULES):
-        raise PPModelsError(f"fit: lr_schedule must be one of {SCHEDULES} or a callable, got {lr_schedule!r}")
+    declared = [check_setting("keep_checkpoints", getattr(cb, "keep_checkpoints", ()),
+                              f"{type(cb).__name__}.keep_checkpoints") for cb in callbacks]
     train = as_data(train, "training data").to(device)
     validation = as_data(validation, "validation data").to(device) if validation is not None else None
     test = as_data(test, "test data").to(device) if test is not None else None
-    batch_size = min(batch_size, len(train))
+    batch_size = min(settings.batch_size, len(train))
     if group is not None and batch_size % group.world_size:
         capped = f" (capped at the {len(train)} rows of the data)" if batch_size == len(train) else ""
         raise PPModelsError(f"fit: batch_size {batch_size}{capped}, the global batch, must be a multiple of the "
                             f"{group.world_size} processes; each takes an equal shard")
-    steps_per_epoch = train.num_batches(batch_size, drop_last)
-    total_steps = steps if steps is not None else epochs * steps_per_epoch
+    steps_per_epoch = train.num_batches(batch_size, settings.drop_last)
+    total_steps = settings.steps if settings.steps is not None else settings.epochs * steps_per_epoch
     last_epoch = -(-total_steps // steps_per_epoch)
     if keep and max(keep) > last_epoch:
         raise PPModelsError(f"fit: keep_checkpoints asks for epoch {max(keep)}, but the run ends at epoch {last_epoch}")
@@ -262,9 +258,8 @@ def fit(
     if resume and out_dir is None and isinstance(resume, bool):
         raise PPModelsError("fit: resume=True needs out=RUN_DIR (or resume=PATH)")
     main = group is None or group.main  # rank 0 alone writes the run directory
-    run = Run(lr=lr, lr_schedule=lr_schedule, betas=tuple(betas), eps=eps, batch_size=batch_size, clip_norm=clip_norm,
-              seed=seed, drop_last=drop_last, log_every=log_every, eval_particles=eval_particles,
-              steps_per_epoch=steps_per_epoch, total_steps=total_steps, keep_checkpoints=keep)
+    run = Run.of(settings, batch_size=batch_size, keep_checkpoints=tuple(sorted(keep)), steps_per_epoch=steps_per_epoch,
+                 total_steps=total_steps)
     if isinstance(obj, torch.nn.Module):
         obj.to(device)
     caller_rng = rng_state()
@@ -272,7 +267,7 @@ def fit(
     try:
         # the run's parameters start here: created by the program's one probe, from the run's seed
         pyro.clear_param_store()
-        set_seed(seed if group is None else distributed.rank_seed(seed, group.rank))
+        set_seed(run.seed if group is None else distributed.rank_seed(run.seed, group.rank))
         seen = check_data(obj, train, "training data", device, keep_params=True,
                           rows=run.batch_size if group is None else run.batch_size // group.world_size)
         for what, data in (("validation data", validation), ("test data", test)):
@@ -287,41 +282,22 @@ def fit(
             lock.release()
 
 
-def _epochs(values: Any, what: str) -> frozenset[int]:
-    """A set of 1-based epoch numbers, or a one-line error naming ``what``."""
-    given = values
-    try:
-        values = list(values)
-    except TypeError:
-        values = [values]
-    if isinstance(given, str) or not all(_is_int(v) and v >= 1 for v in values):
-        raise PPModelsError(f"fit: {what} must be integer epoch numbers >= 1, got {given!r}")
-    return frozenset(values)
-
-
 @dataclass(frozen=True)
-class Run:
-    """fit's checked settings for one run."""
+class Run(TrainSettings):
+    """fit's checked settings for one run, as they come to on its data: ``batch_size`` capped at
+    its rows, ``keep_checkpoints`` with the callbacks' own; its steps."""
 
-    lr: float
-    lr_schedule: str | Callable[[int], float] | None
-    betas: tuple[float, float]
-    eps: float
-    batch_size: int
-    clip_norm: float | None
-    seed: int
-    drop_last: bool
-    log_every: int
-    eval_particles: int
-    steps_per_epoch: int
-    total_steps: int
-    keep_checkpoints: frozenset[int] = frozenset()  # not part of the trajectory: a resume may change it
+    steps_per_epoch: int = field(kw_only=True)
+    total_steps: int = field(kw_only=True)
 
-    def trajectory(self, objective: Objective) -> dict[str, Any]:
-        """The settings a resumed run must share with its checkpoint (as saved there)."""
-        out = {"objective": repr(objective), "lr": self.lr, "lr_schedule": str(self.lr_schedule),
-               "betas": list(self.betas), "eps": self.eps, "batch_size": self.batch_size,
-               "clip_norm": self.clip_norm, "seed": self.seed, "drop_last": self.drop_last}
+    @classmethod
+    def of(cls, settings: TrainSettings, **changes: Any) -> "Run":
+        return cls(**{**{f.name: getattr(settings, f.name) for f in fields(TrainSettings)}, **changes})
+
+    def trajectory(self, objective: Objective) -> dict[str, Any]:  # type: ignore[override]
+        """The settings a resumed run must share with its checkpoint (as saved there): the
+        objective and the settings declared part of the trajectory."""
+        out = {"objective": repr(objective), **super().trajectory()}
         if self.lr_schedule not in (None, "constant", "burda"):  # the schedule is spread over the run's length
             out["total_steps"] = self.total_steps
         return out
@@ -357,7 +333,7 @@ def _fit(obj, train, objective, device, run: Run, out_dir, resume, validation, t
     if compiled is not None and not run.drop_last and len(train) % run.batch_size:
         compiled = None  # the trace is specialised to full batches
     loss_fn = compiled or (lambda b: objective.differentiable_loss(fast.model, fast.guide, *b))
-    optimizer = make_optimizer(list(params.values()), lr=run.lr, betas=run.betas, eps=run.eps)
+    optimizer = make_optimizer(list(params.values()), **run.adam())
     after_backward = None
     if group is not None:
         buffers = list(obj.buffers()) if isinstance(obj, torch.nn.Module) else []
@@ -475,34 +451,13 @@ def _restore(state: FitState, path: Path | None, settings: dict[str, Any], devic
     state.history = pd.DataFrame(ckpt["history"]).to_dict("records")
 
 
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
+def check_options(**options: Any) -> TrainSettings:
+    """fit's training settings, checked before any work (one rule per setting, a short error):
+    :class:`ppmodels.settings.TrainSettings`."""
+    return TrainSettings(**options)
 
 
-def check_options(**options: Any) -> None:
-    """fit's numeric options, checked before any work: one rule per option, a short error."""
-    rules = {
-        "epochs": (lambda v: v is None or (_is_int(v) and v >= 1), "an integer >= 1"),
-        "steps": (lambda v: v is None or (_is_int(v) and v >= 1), "an integer >= 1"),
-        "batch_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-        "lr": (lambda v: isinstance(v, (int, float)) and math.isfinite(v) and v > 0, "a positive number"),
-        "betas": (lambda v: isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in v),
-                  "two numbers in [0, 1)"),
-        "eps": (lambda v: isinstance(v, (int, float)) and math.isfinite(v) and v > 0, "a positive number"),
-        "clip_norm": (lambda v: v is None or (isinstance(v, (int, float)) and math.isfinite(v) and v > 0),
-                      "None or a positive number"),
-        "seed": (lambda v: _is_int(v) and 0 <= v < 2**63, "an integer in [0, 2**63)"),
-        "eval_particles": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-        "log_every": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-    }
-    for key, value in options.items():
-        ok, want = rules[key]
-        if not ok(value):
-            raise PPModelsError(f"fit: {key} must be {want}, got {value!r}")
-    if options.get("epochs") is None and options.get("steps") is None:
-        raise PPModelsError("fit: give epochs=... or steps=...")
-    if options.get("epochs") is not None and options.get("steps") is not None:
-        raise PPModelsError("fit: give epochs=... or steps=..., not both")
+fit.__doc__ = f"{fit.__doc__.rstrip()}\n\n{describe()}\n"  # the declared settings, listed
 
 
 def _differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:

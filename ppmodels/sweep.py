@@ -14,11 +14,13 @@ re-running a sweep resumes it. Each run gets ``threads`` torch threads (``OMP_NU
 and with the same thread count its numbers are those of the same command run alone.
 
 Options that hold a list in a single run (``--hidden 200,200``; variance's ``--objectives``
-and ``--num-particles``) are not expanded. Ray is imported only when a sweep runs on it.
+and ``--num-particles``) are not expanded: the command's parser says which they are
+(:func:`ppmodels.argtypes.is_list_valued`). Ray is imported only when a sweep runs on it.
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import os
@@ -32,17 +34,31 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from .argtypes import is_list_valued
+from .parser import build_parser
 from .utils import PPModelsError
 
-__all__ = ["expand", "sweep", "LIST_VALUED"]
+__all__ = ["expand", "sweep", "list_valued_options"]
 
-LIST_VALUED = {"train": {"--hidden", "--nll-at"}, "variance": {"--objectives", "--num-particles"}}
 DONE = {"train": "report.json", "variance": "study.csv"}
 
 
-def expand(command: Sequence[str]) -> list[tuple[dict[str, str], list[str]]]:
+def list_valued_options(parser: argparse.ArgumentParser, command: Sequence[str]) -> set[str]:
+    """The options of ``command``'s sub-command (``train vae``: that family's parser) that hold a
+    list in one run, as :func:`ppmodels.argtypes.is_list_valued` says."""
+    for token in command:
+        sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        if sub is None or token not in sub.choices:
+            break
+        parser = sub.choices[token]
+    return {option for action in parser._actions if is_list_valued(action) for option in action.option_strings}
+
+
+def expand(command: Sequence[str],
+           parser: argparse.ArgumentParser | None = None) -> list[tuple[dict[str, str], list[str]]]:
     """The runs of ``command`` (without ``--out``): ``(swept values by option, argv)`` for each
-    element of the Cartesian product of its comma-separated option values."""
+    element of the Cartesian product of its comma-separated option values, but for the options
+    ``parser`` (default: the ``ppmodels`` command's) says hold a list in one run."""
     tokens: list[str] = []
     attached: set[int] = set()  # values given as --opt=value: they stay attached
     for token in command:
@@ -53,7 +69,7 @@ def expand(command: Sequence[str]) -> list[tuple[dict[str, str], list[str]]]:
             tokens.append(token)
     if not tokens or tokens[0] not in DONE:
         raise PPModelsError(f"sweep: expected a command, train or variance, got {tokens[:1] or 'nothing'}")
-    keep = LIST_VALUED[tokens[0]]
+    keep = list_valued_options(parser or build_parser(), tokens)
     slots: list[tuple[int, str, list[str]]] = []
     for i, token in enumerate(tokens):
         if i and tokens[i - 1].startswith("-") and tokens[i - 1] not in keep and "," in token \
@@ -144,8 +160,9 @@ def sweep(
             raise PPModelsError(f"sweep: {name} must be an integer >= {least}, got {value!r}")
     if not (isinstance(gpus_per_run, (int, float)) and gpus_per_run >= 0):
         raise PPModelsError(f"sweep: gpus_per_run must be a number >= 0, got {gpus_per_run!r}")
-    runs = expand(command)
-    _check(runs)
+    parser = build_parser()
+    runs = expand(command, parser)
+    _check(runs, parser)
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     done = DONE[runs[0][1][0]]
@@ -170,14 +187,11 @@ def sweep(
     return table
 
 
-def _check(runs: list[tuple[dict[str, str], list[str]]]) -> None:
+def _check(runs: list[tuple[dict[str, str], list[str]]], parser: argparse.ArgumentParser) -> None:
     """Every run's command line parsed before any runs: a bad value is one error now."""
     import contextlib
     import io
 
-    from .cli import build_parser
-
-    parser = build_parser()
     for _, argv in runs:
         said = io.StringIO()
         try:

@@ -104,6 +104,7 @@ CLI_CASES = [
     ("aux-loss-nan", lambda t, r: ["train", "ssvae", "--aux-loss", "nan", "--epochs", "1", "--out", t / "o"], "finite number"),
     ("particles-zero", lambda t, r: ["train", "vae", "-K", "0", "--epochs", "1", "--out", t / "o"], "positive"),
     ("batch-size-zero", lambda t, r: ["train", "vae", "--batch-size", "0", "--epochs", "1", "--out", t / "o"], "positive"),
+    ("weight-decay-negative", lambda t, r: ["train", "vae", "--weight-decay", "-1", "--epochs", "1", "--out", t / "o"], "finite number >= 0"),
     ("train-subset-zero", lambda t, r: ["train", "vae", "--train-subset", "0", "--epochs", "1", "--out", t / "o"], "positive"),
     ("alpha-one", lambda t, r: ["train", "vae", "--objective", "renyi", "--alpha", "1", "--steps", "1", "--out", t / "o", *SMALL], "alpha=1.0 is not allowed"),
     ("vimco-one-particle", lambda t, r: ["train", "dvae", "--objective", "vimco", "-K", "1", "--steps", "1", "--out", t / "o", *SMALL], "num_particles must be >= 2"),
@@ -200,7 +201,7 @@ def test_damaged_checkpoints_are_refused(how, expected, command, argv, trained, 
 # -- resume with other settings: refused, listing what differs -------------------------------------
 RESUME_CHANGES = [("hidden", ["--hidden", "8"], "module.decoder.0.bias (16,) vs (8,)"), ("lr", ["--lr", "0.01"], "lr"),
                   ("objective", ["--objective", "iwae"], "objective"), ("batch-size", ["--batch-size", "20"], "batch_size"),
-                  ("seed", ["--seed", "3"], "seed")]
+                  ("seed", ["--seed", "3"], "seed"), ("weight-decay", ["--weight-decay", "0.01"], "weight_decay 0.0 vs 0.01")]
 
 
 @pytest.mark.parametrize("what,extra,expected", RESUME_CHANGES, ids=[c[0] for c in RESUME_CHANGES])
@@ -252,6 +253,7 @@ API_CASES = [
     ("log-every-zero", lambda: fit(*_lg_data(), steps=1, log_every=0, device="cpu"), "log_every must be"),
     ("betas-out-of-range", lambda: fit(*_lg_data(), steps=1, betas=(1.5, 0.9), device="cpu"), "betas must be"),
     ("eps-zero", lambda: fit(*_lg_data(), steps=1, eps=0.0, device="cpu"), "eps must be"),
+    ("weight-decay-nan", lambda: fit(*_lg_data(), steps=1, weight_decay=float("nan"), device="cpu"), "weight_decay must be"),
     ("batch-size-float", lambda: fit(*_lg_data(), steps=1, batch_size=2.5, device="cpu"), "batch_size must be"),
     ("epochs-float", lambda: fit(*_lg_data(), epochs=1.5, device="cpu"), "epochs must be"),
     ("steps-zero", lambda: fit(*_lg_data(), steps=0, device="cpu"), "steps must be"),

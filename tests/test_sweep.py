@@ -38,6 +38,27 @@ def test_expand_is_the_cartesian_product_and_keeps_list_valued_options():
         expand(["fit", "vae"])
 
 
+def test_a_familys_list_valued_options_come_from_its_parser(monkeypatch):
+    from ppmodels import families
+    from ppmodels.argtypes import ints, list_valued
+    from ppmodels.families.base import Family
+
+    class Layers(Family):
+        name, help, default_objective = "layers", "a family with list options", "elbo"
+
+        def add_options(self, parser):
+            list_valued(parser.add_argument("--names", default="a"))  # marked
+            parser.add_argument("--widths", type=ints)  # comma-separated integers
+            parser.add_argument("--width", type=int)
+
+    monkeypatch.setattr(families, "FAMILIES", {**families.FAMILIES, "layers": Layers()})
+    runs = expand(["train", "layers", "--names", "x,y", "--widths=3,4", "--width", "5,6", "--seed", "0,1"])
+    assert [s for s, _ in runs] == [{"width": w, "seed": s} for w in ("5", "6") for s in ("0", "1")]
+    assert runs[0][1] == ["train", "layers", "--names", "x,y", "--widths=3,4", "--width", "5", "--seed", "0"]
+    # the list options are the named family's: vae's --nll-at is one, a family without it sweeps its values
+    assert len(expand(["train", "vae", "--nll-at", "1,2"])) == 1 and len(expand(["train", "layers", "--nll-at", "1,2"])) == 2
+
+
 def test_a_run_directory_of_another_command_is_not_taken_for_done(tmp_path):
     (tmp_path / "s" / "seed=0").mkdir(parents=True)
     (tmp_path / "s" / "seed=0" / "sweep.json").write_text(json.dumps({"argv": ["train", "gmm", "--seed", "0"]}))

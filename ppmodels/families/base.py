@@ -15,19 +15,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..settings import add_flags
 from .common import (evaluation_report, fit_stage, ints, network_config, nonnegative, positive, save_grid,
                      unlabelled, check_seed)
 
 __all__ = ["Family", "ImageFamily", "TrainingRun", "common_options", "add_network_options"]
 
-#: choices of --lr-schedule
-LR_SCHEDULES = ("constant", "cosine", "burda", "burda-compressed")
-
 
 class Family:
     """A model family of ``ppmodels train NAME``: its options, its natural objective, its training
     and report. A module of :mod:`ppmodels.families` makes one available by defining a
-    module-level ``FAMILY = SomeFamily()``."""
+    module-level ``FAMILY = SomeFamily()``.
+
+    A family changes the command-line default of a training setting NAME of
+    :class:`ppmodels.settings.TrainSettings` (e.g. ``lr``) with an attribute ``default_NAME``,
+    and its help with ``NAME_help`` (see :func:`ppmodels.settings.add_flags`)."""
 
     #: the sub-command, ``ppmodels train NAME``
     name: str = ""
@@ -38,11 +40,6 @@ class Family:
     help: str = ""
     #: the top of ``ppmodels train NAME --help``
     description: str = ""
-    #: default of --lr
-    default_lr: float = 1e-3
-    #: default of --batch-size (None: the family decides, see :attr:`batch_size_help`)
-    default_batch_size: int | None = 128
-    batch_size_help: str = "default 128"
 
     @property
     def model_key(self) -> str:
@@ -72,7 +69,8 @@ class Family:
 
 def common_options(family: Family) -> argparse.ArgumentParser:
     """The parent parser of the options every ``ppmodels train NAME`` takes, with ``family``'s
-    defaults (objective, learning rate, batch size)."""
+    defaults (objective; training settings, see :class:`Family`). The training settings' flags
+    are those :mod:`ppmodels.settings` declares."""
     from ..objectives import names
 
     t = argparse.ArgumentParser(add_help=False)
@@ -90,17 +88,11 @@ def common_options(family: Family) -> argparse.ArgumentParser:
     t.add_argument("--kl-cycles", type=positive(int), default=1, help="cyclical annealing: cycles over --kl-warmup")
     t.add_argument("--tensorboard", nargs="?", const="", default=None, metavar="DIR",
                    help="write TensorBoard event files (default DIR: RUN_DIR/tensorboard); needs ppmodels[tensorboard]")
-    t.add_argument("--epochs", type=positive(int), default=None)
-    t.add_argument("--steps", type=positive(int), default=None)
-    t.add_argument("--batch-size", type=positive(int), default=family.default_batch_size, help=family.batch_size_help)
-    t.add_argument("--lr", type=positive(float), default=family.default_lr,
-                   help=f"learning rate (default {family.default_lr:g})")
-    t.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant")
+    add_flags(t, family)  # --epochs, --steps, --batch-size, --lr, ...
     t.add_argument("--binarize", choices=["dynamic", "fixed"], default="dynamic")
     t.add_argument("--validation", type=int, default=0, help="hold out this many training images")
     t.add_argument("--train-subset", type=positive(int), default=None, help="train on the first N images only")
     t.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
-    t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", required=True, help="run directory")
     t.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace the run already in --out")

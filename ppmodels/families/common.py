@@ -1,6 +1,7 @@
-"""Helpers shared by the families and by the other ``ppmodels`` commands: argument types, image
-grids, the test figures of a run, the callbacks and objective options the train flags ask for,
-and :func:`fit_stage`, the one call of the SVI loop with a command's settings.
+"""Helpers shared by the families and by the other ``ppmodels`` commands: argument types (those of
+:mod:`ppmodels.argtypes`), image grids, the test figures of a run, the callbacks and objective
+options the train flags ask for, and :func:`fit_stage`, the one call of the SVI loop with a
+command's settings.
 
 Nothing here imports torch at module level, so that building the parser stays cheap.
 """
@@ -10,48 +11,12 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
+
+from ..argtypes import ints, nonnegative, positive
 
 __all__ = ["ints", "positive", "nonnegative", "save_grid", "evaluation_report", "unlabelled", "network_config",
            "check_seed", "callbacks", "objective_options", "fit_stage"]
-
-
-# -- argument types -------------------------------------------------------------------------------
-def ints(text: str) -> tuple[int, ...]:
-    """``"200,200"`` -> ``(200, 200)``: comma-separated positive integers."""
-    try:
-        values = tuple(int(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}") from None
-    if not values or any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
-    return values
-
-
-def positive(kind: type) -> Callable[[str], Any]:
-    """An argument type: a positive, finite ``kind`` (int or float)."""
-
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
-        if not value > 0 or value == float("inf"):  # NaN and inf too
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
-        return value
-
-    return parse
-
-
-def nonnegative(text: str) -> float:
-    """An argument type: a finite number >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
 
 
 # -- outputs --------------------------------------------------------------------------------------
@@ -147,22 +112,27 @@ def objective_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def fit_stage(model, train, test, args: argparse.Namespace, out: Path, family: str, config: dict[str, Any],
               objective: str, epochs: int | None, diagnose=None, extra_callbacks: Sequence[Any] = ()):
-    """One call of the SVI loop with the command's settings; returns (history, seconds).
-    ``family`` and ``config`` go into the checkpoint (``meta``), so that ``evaluate`` and
-    ``sample`` can rebuild the model (``family`` is a :data:`ppmodels.models.REGISTRY` key)."""
+    """One call of the SVI loop with the command's settings; returns (history, seconds). The
+    training settings are the attributes of ``args`` named after one
+    (:class:`ppmodels.settings.TrainSettings`: the flags, and what a recipe set); ``epochs``
+    (else --steps) is the stage's length. ``family`` and ``config`` go into the checkpoint
+    (``meta``), so that ``evaluate`` and ``sample`` can rebuild the model (``family`` is a
+    :data:`ppmodels.models.REGISTRY` key)."""
+    from dataclasses import fields
+
     from ..fit import fit
     from ..rundir import CHECKPOINT
+    from ..settings import TrainSettings
 
     # --resume: a stage with a checkpoint continues it; a later stage not begun starts (the
     # command's run directory was checked before the first stage)
     resume = args.resume and (Path(out) / CHECKPOINT).exists()
+    settings = {f.name: getattr(args, f.name) for f in fields(TrainSettings) if hasattr(args, f.name)}
+    settings.update(epochs=epochs, steps=args.steps if epochs is None else None)
     t0 = time.perf_counter()
     history = fit(
-        model, train, objective=objective, epochs=epochs, steps=args.steps if epochs is None else None,
-        batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule, seed=args.seed,
-        eps=getattr(args, "adam_eps", 1e-8),
-        device=args.device, test=test, out=out, resume=resume, overwrite=args.overwrite,
-        progress=False if args.quiet else None,
+        model, train, objective=objective, **settings, device=args.device, test=test, out=out, resume=resume,
+        overwrite=args.overwrite, progress=False if args.quiet else None,
         jit=False if args.no_jit else None, callbacks=callbacks(args, out, diagnose, extra_callbacks),
         meta={"family": family, "config": config, "args": {k: str(v) for k, v in vars(args).items()}},
         **objective_options(args),

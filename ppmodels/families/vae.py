@@ -85,7 +85,7 @@ def _burda2016(args: argparse.Namespace) -> None:
         raise PPModelsError(f"train vae: --recipe burda2016 is for --preset burda or burda2, not {args.preset}")
     args.preset = args.preset or "burda"
     args.epochs = args.passes or 3280
-    args.batch_size, args.lr, args.adam_eps = BURDA2016["batch_size"], BURDA2016["lr"], BURDA2016["eps"]
+    args.batch_size, args.lr, args.eps = BURDA2016["batch_size"], BURDA2016["lr"], BURDA2016["eps"]
     args.lr_schedule = BURDA2016["lr_schedule"]
     args.binarize = "dynamic"
     if args.num_samples == 1000:  # the command's defaults: the paper's evaluation instead
