@@ -21,7 +21,7 @@ from torch import Tensor
 from . import program
 from .data import TensorData, as_data
 from .program import ProgramFacts
-from .protocol import as_pair, check_batch
+from .protocol import CHECK_ROWS, as_pair, check_batch, check_data
 from .tracing import forked_rng, trace_if_equal
 from .utils import PPModelsError, model_name
 
@@ -75,9 +75,21 @@ def _local_log_weights(obj: Any, batch: tuple, num_particles: int, found: Progra
 
 
 def _probe(obj: Any, data: TensorData, batch_size: int | None, generator: torch.Generator | None) -> tuple[tuple, int | None]:
-    """A first batch that the pair runs on, checked (:func:`check_batch`, the program's probe):
-    8 rows, or, for a guide with per-datapoint parameters (AutoNormal, say) that only runs on the
-    whole data, every row (then the evaluation runs in one batch)."""
+    """Check every row of ``data`` as ``fit`` does (:func:`ppmodels.protocol.check_data`: the
+    first bad row is named in a one-line error), and return a first batch that the pair runs
+    on: 8 rows, or, for a guide with per-datapoint parameters (AutoNormal, say) that only runs
+    on the whole data, every row (then the evaluation runs in one batch)."""
+    try:
+        check_data(obj, data, "data")
+    except PPModelsError as bad:
+        if batch_size is not None or len(data) <= CHECK_ROWS:
+            raise
+        whole = next(data.batches(len(data), shuffle=False, generator=generator))
+        try:
+            check_batch(obj, whole)
+        except PPModelsError:
+            raise bad from None
+        return whole, len(data)
     rows = min(len(data), batch_size or 8)
     first = next(data.batches(rows, shuffle=False, generator=generator))
     try:

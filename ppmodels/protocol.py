@@ -16,7 +16,7 @@ from . import program
 from .program import named_parameters, parameters
 from .utils import PPModelsError, first_line, model_name
 
-__all__ = ["ModelGuide", "as_pair", "check_batch", "check_data", "parameters", "named_parameters"]
+__all__ = ["ModelGuide", "as_pair", "check_batch", "check_data", "check_rows", "parameters", "named_parameters"]
 
 
 class ModelGuide:
@@ -123,7 +123,7 @@ def check_data(obj: Any, data: Any, what: str = "data", device: torch.device | N
     n = len(data)
     with program.forked_rng():
         first = next(data.batches(min(rows, n), shuffle=False))
-        seen = _check_rows(obj, first, 0, what, device, keep_params)
+        seen = check_rows(obj, first, 0, what, device, keep_params)
         if n <= len(first[0]):
             return seen
         observed = program.facts(obj.model, obj.guide, first).observed_arguments  # remembered: no new run
@@ -140,17 +140,17 @@ def check_data(obj: Any, data: Any, what: str = "data", device: torch.device | N
                 ok = ok & support.check(t).reshape(n, -1).all(1)
                 if not bool(ok.all()):
                     row = int((~ok).nonzero()[0])
-                    _check_rows(obj, tuple(x[row : row + 1] if torch.is_tensor(x) else x for x in full), row, what, device)
+                    check_rows(obj, tuple(x[row : row + 1] if torch.is_tensor(x) else x for x in full), row, what, device)
                     raise PPModelsError(f"{what}, row {row}: values outside the support of the observed site")
             return seen
         start = 0
         for batch in data.batches(min(CHECK_ROWS, n), shuffle=False):
-            _check_rows(obj, batch, start, what, device)
+            check_rows(obj, batch, start, what, device)
             start += len(batch[0])
     return seen
 
 
-def _check_rows(obj: Any, batch: tuple, start: int, what: str, device: torch.device | None,
+def check_rows(obj: Any, batch: tuple, start: int, what: str, device: torch.device | None,
                 keep_params: bool = False) -> program.Probe:
     """:func:`check_batch`; on failure, the error names the first bad row (``start`` + its index)."""
     try:

@@ -178,3 +178,30 @@ def test_is_log_likelihood_agrees_under_two_guides_of_one_decoder():
     for est in estimates:
         assert (est - exact).abs().max() < 0.05
     assert abs(float(elbos[0] - elbos[1])) > 1e-3  # two different guides
+
+
+@pytest.mark.parametrize("bad", [255.0, 0.5, -5.0, float("nan")])
+def test_every_evaluation_entry_point_refuses_a_bad_row_as_fit_does(bad):
+    """A row past the first batch holding a value outside a Bernoulli's support (or NaN) is a
+    one-line error naming the row, in log_likelihood, elbo, gradient_study and fit alike."""
+    from ppmodels.analysis import gradient_study
+    from ppmodels.fit import fit
+    from ppmodels.models import VAE
+    from ppmodels.utils import PPModelsError
+
+    torch.manual_seed(0)
+    vae = VAE(x_dim=20, z_dim=3, hidden=(8,))
+    x = torch.bernoulli(torch.full((300, 20), 0.5))
+    x[100, 7] = bad
+    for run in (lambda: evaluate.log_likelihood(vae, x, num_samples=4),
+                lambda: evaluate.elbo(vae, x),
+                lambda: fit(vae, x, steps=1, batch_size=50, device="cpu")):
+        with pytest.raises(PPModelsError, match="row 100") as e:
+            run()
+        assert "\n" not in str(e.value)
+    with pytest.raises(PPModelsError, match="gradient_study's data, row 10") as e:
+        gradient_study(vae.model, vae.guide, x[90:110], objectives=["elbo"], num_particles=(1,), replicates=2,
+                       exact=None, device="cpu", progress=False)
+    assert "\n" not in str(e.value)
+    x[100, 7] = 1.0  # the same data with the row mended: every entry point runs
+    assert torch.isfinite(evaluate.log_likelihood(vae, x, num_samples=4)).all()

@@ -29,7 +29,7 @@ from pyro.poutine.util import prune_subsample_sites
 
 from .. import program
 from ..objectives import Objective, make
-from ..protocol import ModelGuide
+from ..protocol import ModelGuide, check_rows
 from ..utils import PPModelsError, resolve_device, rng_state, set_rng_state
 from .replicates import FEW_PARAMETERS, ROWS_CHUNK, flat_grad, replicate_gradients
 from .stats import Moments, statistics
@@ -183,6 +183,7 @@ def gradient_study(
         owner.to(device)
     args = tuple(a.to(device) if torch.is_tensor(a) else a for a in args)
     pair = ModelGuide(model, guide)
+    check_rows(pair, args, 0, "gradient_study's data", device)  # as fit checks: the first bad row named
     caller_rng, store = rng_state(), program.param_store_snapshot()
     try:
         pyro.set_rng_seed(seed)
