@@ -396,23 +396,35 @@ def test_hmm_with_markov_and_model_side_enumeration_matches_trace_enum_and_enter
     assert set(df["group"]) == {"guide"} and df["total_variance"].max() < 1e-8  # AutoDelta's params found
 
 
-def test_scanvi_mixed_loop_runs_labelled_and_unlabelled_batches_with_one_objective():
+def test_scanvi_mixed_loop_runs_labelled_and_unlabelled_batches_in_pyros_svi_with_our_enum():
+    """scANVI's own loop: one pyro.infer.SVI over labelled batches (nothing to enumerate) and
+    unlabelled ones (the label enumerated), with ppmodels' ``enum`` as its loss."""
     p = make_tutorial_programs(0)["scanvi_mixed"]
-    obj = make("enum")
-    optimizer = None
+    svi = pyro.infer.SVI(p.model, p.guide, pyro.optim.Adam({"lr": 1e-2}), loss=make("enum"))
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        for step in range(8):
-            batch = p.batches[step % len(p.batches)]
-            loss = obj.differentiable_loss(p.model, p.guide, *batch)
-            params = [v.unconstrained() for v in pyro.get_param_store().values()]
-            optimizer = optimizer or torch.optim.Adam(params, lr=1e-2)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            assert torch.isfinite(loss)
+        losses = [svi.step(*p.batches[step % len(p.batches)]) for step in range(8)]
+    assert all(math.isfinite(v) for v in losses)
     said = [w for w in record if "no discrete site to enumerate" in str(w.message)]
     assert len(said) == 1  # once for the labelled batches' program, not each step
+    for batch in p.batches[:2]:  # a labelled and an unlabelled batch enter the lab
+        df = gradient_study(p.model, p.guide, *batch, objectives=["enum"], num_particles=(1,), replicates=3,
+                            exact=None, device="cpu", progress=False)
+        assert not df.empty and (df["total_variance"] >= 0).all()
+
+
+def test_prodlda_is_evaluated_per_document():
+    p = make_tutorial_programs(0)["prodlda"]
+    pair = ModelGuide(p.model, p.guide, "prodlda")
+    (docs,) = p.batches[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit(pair, docs, objective="meanfield", steps=5, batch_size=len(docs), lr=p.lr, device="cpu")
+        p.model.__self__.eval()
+        ll = evaluate.log_likelihood(pair, docs, num_samples=16)
+        el = evaluate.elbo(pair, docs, num_particles=4)
+    assert ll.shape == (len(docs),) and torch.isfinite(ll).all()
+    assert float(ll.mean()) > float(el.mean()) - 1.0  # the IS bound above the ELBO, up to noise
 
 
 def test_facts_are_frozen_and_computed_once_per_program_and_shape():
