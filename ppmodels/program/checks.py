@@ -10,8 +10,12 @@ once; checking them is a few set operations, so every call may check.
 
 from __future__ import annotations
 
+import weakref
+
 from ..utils import PPModelsError
 from .facts import ProgramFacts, warn_once
+
+_PASSED: "weakref.WeakKeyDictionary[ProgramFacts, set[tuple[str, bool]]]" = weakref.WeakKeyDictionary()
 
 __all__ = ["check_program"]
 
@@ -19,7 +23,11 @@ __all__ = ["check_program"]
 def check_program(found: ProgramFacts, *, where: str, enumerates: bool = False) -> None:
     """Raise a one-line :class:`PPModelsError` for the first structure problem of ``found``;
     ``enumerates``: the objective sums out model-side enumerated latents (and guide sites
-    marked for enumeration), so they need no guide site and no declared shape."""
+    marked for enumeration), so they need no guide site and no declared shape. A check that
+    passed is not repeated for the same facts (every draw calls this)."""
+    passed = _PASSED.setdefault(found, set())
+    if (where, enumerates) in passed:
+        return
     for kind, detail in found.problems:
         if kind == "stray_plate":
             plate, site = detail
@@ -50,6 +58,7 @@ def check_program(found: ProgramFacts, *, where: str, enumerates: bool = False) 
         for name in found.guide_marked:
             warn_once(found, f"{where}: guide site {name!r} is marked for enumeration, which this objective does "
                              "not do: it is sampled; use objective 'enum' to enumerate it")
+    passed.add((where, enumerates))
 
 
 def _check_sites(guide_latents: set, model_latents: set, aux: set, enumerated: set, where: str) -> None:
