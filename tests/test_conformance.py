@@ -37,6 +37,8 @@ def objectives_for(shape) -> list[tuple[str, dict]]:
            ("elbo", {"reparameterized": False})]
     if shape.reparam:
         out += [("stl", {}), ("dreg", {"num_particles": 1})]
+    else:  # score-function sites: the leave-one-out estimator's expectation is Pyro's too
+        out += [("rloo", {"num_particles": 2, **loop})]
     if shape.enumerable:
         out += [("enum", {})]
     return out

@@ -142,10 +142,12 @@ def test_dreg_and_iwae_agree_in_expectation_away_from_posterior(lg):
     ("renyi", {"num_particles": 3, "alpha": 0.5}, lambda K: renyi_f(K, 0.5)),
     ("vimco", {"num_particles": 3}, iwae_f),
     ("vimco", {"num_particles": 4}, iwae_f),
+    ("rloo", {"num_particles": 2}, lambda K: (lambda lw: lw[0])),
+    ("rloo", {"num_particles": 4}, lambda K: (lambda lw: lw[0])),
 ])
 def test_discrete_latent_gradients_are_unbiased(cg, name, options, f):
     m, x = cg
-    K = options.get("num_particles", 1)
+    K = options.get("num_particles", 1) if name != "rloo" else 1  # rloo: the ELBO, whatever its K
     params = params_of(m)
     exact = exact_grad(-m.exact_bound(x, K, f(K)).sum(), params)
     reps = R if make(name, **options).per_term else R // 2  # the loop path is slower
@@ -159,6 +161,33 @@ def test_enum_gradient_is_exact(cg):
     exact = exact_grad(-m.exact_elbo(x).sum(), params)
     grads, _ = replicate_gradients("enum", m, (x,), params, 5, seed=11)
     assert torch.allclose(grads, exact.expand_as(grads), atol=1e-4)
+
+
+def test_rloo_has_lower_guide_variance_than_reinforce_at_the_same_particles(cg):
+    m, x = cg
+    a, _ = replicate_gradients(make("reinforce", baseline="none", num_particles=4), m, (x,), m.guide_parameters(), R,
+                               seed=13)
+    b, _ = replicate_gradients(make("rloo", num_particles=4), m, (x,), m.guide_parameters(), R, seed=13)
+    assert b.var(0).sum() < 0.5 * a.var(0).sum()
+
+
+def test_power_a_baseline_that_sees_its_own_particle_is_detected(cg):
+    """The same z-test rejects the 'batch average including itself' baseline, which scales the
+    score-function part by (K-1)/K: biased."""
+    from ppmodels.objectives.elbo import elbo_surrogate
+    from ppmodels.objectives.rloo import Rloo
+
+    class WithSelf(Rloo):
+        def surrogate_terms(self, model, guide, *args, **kwargs):
+            lw, _ = self.draw(model, guide, args, kwargs)
+            signal = (lw.log_w - lw.log_w.mean(0, keepdim=True)).detach()
+            return lw.scale * lw.log_w.mean(0), lw.scale * (lw.pathwise + lw.score * signal).mean(0)
+
+    m, x = cg
+    exact = exact_grad(-m.exact_bound(x, 1, lambda lw: lw[0]).sum(), m.guide_parameters())
+    grads, _ = replicate_gradients(WithSelf(num_particles=2), m, (x,), m.guide_parameters(), R, seed=10)
+    with pytest.raises(AssertionError, match="max \\|z\\|"):
+        assert_unbiased(grads, exact, what="rloo with its own particle in the baseline")
 
 
 def test_vimco_has_lower_guide_variance_than_plain_iwae_score_function(cg):
@@ -337,7 +366,7 @@ def test_linear_gaussian_gradients_on_cuda(name, options):
 def test_discrete_latent_gradients_on_cuda(name, options, f):
     m = CategoricalGaussian(3, 2, seed=0).cuda()
     x = (m.locs.detach()[torch.tensor([0, 1, 2], device="cuda")] + 0.5)
-    K = options.get("num_particles", 1)
+    K = options.get("num_particles", 1) if name != "rloo" else 1  # rloo: the ELBO, whatever its K
     params = params_of(m)
     exact = exact_grad(-m.exact_bound(x, K, f(K)).sum(), params)
     grads, _ = replicate_gradients(make(name, **options), m, (x,), params, R, seed=10)
