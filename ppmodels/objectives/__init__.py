@@ -14,6 +14,7 @@ from pyro.infer.elbo import ELBO
 
 from ..utils import PPModelsError
 from .base import LogWeights, Objective, log_mean_exp, log_weights
+from .disarm import Arm, Disarm
 from .dreg import Dreg
 from .elbo import Elbo
 from .enum import Enum
@@ -27,10 +28,10 @@ from .stl import Stl
 from .vimco import Vimco
 
 __all__ = ["make", "names", "REGISTRY", "Objective", "LogWeights", "log_weights", "log_mean_exp",
-           "PyroElbo", "Elbo", "MeanFieldElbo", "Reinforce", "Rloo", "Enum", "Renyi", "Iwae", "Dreg", "Stl", "Vimco"]
+           "PyroElbo", "Elbo", "MeanFieldElbo", "Reinforce", "Rloo", "Arm", "Disarm", "Enum", "Renyi", "Iwae", "Dreg", "Stl", "Vimco"]
 
 REGISTRY: dict[str, type[Objective]] = {
-    cls.name: cls for cls in (Elbo, MeanFieldElbo, Reinforce, Rloo, Enum, Renyi, Iwae, Dreg, Stl, Vimco)
+    cls.name: cls for cls in (Elbo, MeanFieldElbo, Reinforce, Rloo, Arm, Disarm, Enum, Renyi, Iwae, Dreg, Stl, Vimco)
 }
 
 

@@ -28,6 +28,7 @@ from pyro import poutine
 from pyro.poutine.messenger import Messenger
 from torch import Tensor
 
+from ..program.weights import at_site
 from .base import LogWeights, require_reparameterized, terms
 from .iwae import Iwae
 
@@ -85,23 +86,11 @@ class Dreg(Iwae):
                                lw: LogWeights) -> None:
         """Fill every guide latent's buffer so the gradient reaching z_k (of unit u) is
         multiplied by w̃_ku: the weights placed at the particle dim and the batch plate's dim."""
-        ndim = lw.facts.max_plate_nesting + 1
         per_pair = w.shape[0] // len(pairs)
         vectorized = per_pair > 1
         for i, (_, guide_trace) in enumerate(pairs):
             wi = w[i * per_pair : (i + 1) * per_pair]  # (k, U)
             for site in guide_trace.nodes.values():
-                if site["type"] != "sample" or WEIGHTS not in site["infer"]:
-                    continue
-                buffer = site["infer"][WEIGHTS]
-                shape = [1] * ndim
-                if vectorized:
-                    shape[0] = wi.shape[0]
-                if lw.per_datapoint:
-                    frame = next(f for f in site["cond_indep_stack"] if f.name == lw.data_plate)
-                    shape[ndim + frame.dim] = wi.shape[1]
-                factor = wi.reshape(shape) if vectorized else wi.reshape(shape[1:])
-                event_dim = site["fn"].event_dim
-                batch_dims = site["value"].dim() - event_dim
-                factor = factor.reshape(factor.shape[factor.dim() - batch_dims :] + (1,) * event_dim)
-                buffer.copy_(factor.expand_as(buffer))
+                if site["type"] == "sample" and WEIGHTS in site["infer"]:
+                    buffer = site["infer"][WEIGHTS]
+                    buffer.copy_(at_site(wi, site, lw.facts, vectorized).expand_as(buffer))

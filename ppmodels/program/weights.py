@@ -33,7 +33,7 @@ from torch import Tensor
 from ..utils import PPModelsError
 from .facts import ProgramFacts, plate_scale, sample_sites, vectorized_frames
 
-__all__ = ["LogWeights", "log_weights", "draw", "terms", "to_terms", "downstream_costs", "log_mean_exp", "require_reparameterized"]
+__all__ = ["LogWeights", "log_weights", "draw", "at_site", "terms", "to_terms", "downstream_costs", "log_mean_exp", "require_reparameterized"]
 
 
 @dataclass
@@ -302,3 +302,20 @@ def draw(model: Callable, guide: Callable, args: tuple, kwargs: dict, facts: Pro
     pairs = [one(1) for _ in range(K)]
     parts = [log_weights(*pair, facts, num_particles=1, **options) for pair in pairs]
     return (parts[0] if len(parts) == 1 else LogWeights.cat(parts)), pairs
+
+
+def at_site(w: Tensor, site: dict, facts: ProgramFacts, vectorized: bool) -> Tensor:
+    """A per-term tensor ``w`` (k, U) laid out to broadcast against a site's value: k at the
+    particle dimension (when ``vectorized``), U at the batch plate's dimension (when terms are
+    per datapoint), ones at the site's event dimensions."""
+    ndim = facts.max_plate_nesting + 1
+    shape = [1] * ndim
+    if vectorized:
+        shape[0] = w.shape[0]
+    if facts.per_datapoint:
+        frame = next(f for f in site["cond_indep_stack"] if f.name == facts.data_plate)
+        shape[ndim + frame.dim] = w.shape[1]
+    factor = w.reshape(shape) if vectorized else w.reshape(shape[1:])
+    event_dim = site["fn"].event_dim
+    batch_dims = site["value"].dim() - event_dim
+    return factor.reshape(factor.shape[factor.dim() - batch_dims :] + (1,) * event_dim)
