@@ -44,7 +44,7 @@ from .rundir import CHECKPOINT, NonFiniteState, atomic_copy, kept_checkpoint, re
 from .settings import SCHEDULES
 from .utils import PPModelsError, rng_state
 
-__all__ = ["FitState", "Callback", "KLAnnealing", "EarlyStopping", "TensorBoard", "CollapseDiagnostics", "HOOKS",
+__all__ = ["FitState", "Callback", "KLAnnealing", "TemperatureAnnealing", "EarlyStopping", "TensorBoard", "CollapseDiagnostics", "HOOKS",
            "LearningRate", "LossMonitor", "Evaluation", "History", "Checkpoint", "ProgressBar", "NonFiniteLoss",
            "lr_factor", "SCHEDULES", "ImportanceNLL"]
 
@@ -162,6 +162,37 @@ class KLAnnealing(Callback):
 
     def on_epoch_end(self, state: FitState) -> None:
         state.row["kl_weight"] = self.weight(max(state.step - 1, 0))
+
+
+class TemperatureAnnealing(Callback):
+    r"""Set a relaxed objective's temperature τ before each step (``gumbel``, ``st-gumbel``):
+    Jang et al.'s schedule :math:`\tau_t = \max(\text{end}, \text{start}\cdot e^{-\text{rate}\,t})`.
+    τ depends on the step alone, so a resumed run continues the same schedule."""
+
+    def __init__(self, start: float = 1.0, end: float = 0.5, rate: float = 3e-5) -> None:
+        for name, v in (("start", start), ("end", end), ("rate", rate)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 \
+                    or (v == 0 and name != "rate"):
+                raise PPModelsError(f"TemperatureAnnealing: {name} must be a finite number "
+                                    f"{'>= 0' if name == 'rate' else '> 0'}, got {v!r}")
+        if end > start:
+            raise PPModelsError(f"TemperatureAnnealing: end {end!r} must not exceed start {start!r}")
+        self.start, self.end, self.rate = float(start), float(end), float(rate)
+
+    def temperature(self, step: int) -> float:
+        """τ at ``step`` (0-based)."""
+        return max(self.end, self.start * math.exp(-self.rate * step))
+
+    def on_fit_start(self, state: FitState) -> None:
+        if not hasattr(state.objective, "temperature"):
+            raise PPModelsError(f"TemperatureAnnealing: objective {state.objective.name!r} has no temperature; "
+                                "use gumbel or st-gumbel")
+
+    def on_step_start(self, state: FitState) -> None:
+        state.objective.temperature = self.temperature(state.step)
+
+    def on_epoch_end(self, state: FitState) -> None:
+        state.row["temperature"] = self.temperature(max(state.step - 1, 0))
 
 
 class EarlyStopping(Callback):

@@ -9,6 +9,7 @@ that a biased variant fails the same test.
 """
 
 import itertools
+import math
 
 import pyro
 import pyro.distributions as dist
@@ -22,7 +23,7 @@ from ppmodels.objectives import make
 from ppmodels.objectives.disarm import Disarm
 from ppmodels.utils import PPModelsError
 
-from helpers import assert_unbiased
+from helpers import Z_BOUND, assert_unbiased
 
 R = 2000
 D, X = 8, 4
@@ -123,3 +124,58 @@ def test_arm_and_disarm_refuse_what_they_cannot_do():
     c = CategoricalGaussian()
     with pytest.raises(PPModelsError, match="not Bernoulli.*rloo"):
         make("disarm").loss(c.model, c.guide, torch.randn(4, 2))
+
+
+# -- the relaxed estimators show their bias ---------------------------------------------------------
+def _bias_z(m, x, objective, reps=1000):
+    grads, _ = replicate_gradients(objective, m, (x,), list(m.parameters()), reps, seed=6)
+    exact = exact_gradient(m, x)
+    se = (grads.var(0) / reps).sqrt()
+    return float(((grads.mean(0) - exact) / se).abs().max()), float((grads.mean(0) - exact).norm()), grads
+
+
+def test_gumbel_softmax_is_biased_and_its_bias_shrinks_with_the_temperature(belief):
+    m, x = belief
+    z_hot, bias_hot, _ = _bias_z(m, x, make("gumbel", temperature=2.0))
+    z_cold, bias_cold, cold = _bias_z(m, x, make("gumbel", temperature=0.1))
+    assert z_hot > 2 * Z_BOUND  # the z-test the unbiased estimators pass rejects it
+    assert bias_cold < 0.5 * bias_hot, (bias_cold, bias_hot)
+    _, _, hot = _bias_z(m, x, make("gumbel", temperature=2.0))
+    assert cold.var(0).sum() > hot.var(0).sum()  # and the variance grows as it cools
+
+
+def test_straight_through_values_are_unbiased_elbo_estimates_and_its_gradient_is_not(belief):
+    m, x = belief
+    obj = make("st-gumbel", temperature=0.5)
+    pyro.set_rng_seed(7)
+    with torch.no_grad():
+        values = obj.with_particles(4000).log_weights(m.model, m.guide, x).log_w.sum(-1)  # 4000 hard draws
+    exact = float(m.exact_elbo(x))
+    assert abs(float(values.mean()) - exact) < Z_BOUND * float(values.std()) / 4000 ** 0.5
+    z, _, _ = _bias_z(m, x, obj)
+    assert z > Z_BOUND
+
+
+def test_gumbel_refuses_an_index_coded_categorical_and_a_bad_temperature():
+    c = CategoricalGaussian()
+    with pytest.raises(PPModelsError, match="no one-hot or binary value to relax"):
+        make("gumbel").loss(c.model, c.guide, torch.randn(4, 2))
+    with pytest.raises(PPModelsError, match="temperature must be a finite number > 0"):
+        make("gumbel", temperature=0)
+
+
+def test_temperature_annealing_sets_the_temperature_each_step(belief):
+    from ppmodels.callbacks import TemperatureAnnealing
+    from ppmodels.fit import fit
+
+    m, x = belief
+    obj = make("gumbel", temperature=1.0)
+    history = fit(m, torch.randn(40, X), objective=obj, steps=20, batch_size=4, device="cpu",
+                  callbacks=[TemperatureAnnealing(start=1.0, end=0.2, rate=0.1)])
+    assert obj.temperature == pytest.approx(max(0.2, math.exp(-0.1 * 19)))
+    assert history["temperature"].iloc[-1] == pytest.approx(max(0.2, math.exp(-0.1 * 19)))
+    with pytest.raises(PPModelsError, match="end 2.0 must not exceed start"):
+        TemperatureAnnealing(start=1.0, end=2.0)
+    with pytest.raises(PPModelsError, match="has no temperature"):
+        fit(m, torch.randn(40, X), objective="elbo", steps=1, batch_size=4, device="cpu",
+            callbacks=[TemperatureAnnealing()])

@@ -18,6 +18,7 @@ from .disarm import Arm, Disarm
 from .dreg import Dreg
 from .elbo import Elbo
 from .enum import Enum
+from .gumbel import Gumbel, StraightThroughGumbel
 from .interop import PyroElbo
 from .iwae import Iwae
 from .meanfield import MeanFieldElbo
@@ -28,10 +29,10 @@ from .stl import Stl
 from .vimco import Vimco
 
 __all__ = ["make", "names", "REGISTRY", "Objective", "LogWeights", "log_weights", "log_mean_exp",
-           "PyroElbo", "Elbo", "MeanFieldElbo", "Reinforce", "Rloo", "Arm", "Disarm", "Enum", "Renyi", "Iwae", "Dreg", "Stl", "Vimco"]
+           "PyroElbo", "Elbo", "MeanFieldElbo", "Reinforce", "Rloo", "Arm", "Disarm", "Gumbel", "StraightThroughGumbel", "Enum", "Renyi", "Iwae", "Dreg", "Stl", "Vimco"]
 
 REGISTRY: dict[str, type[Objective]] = {
-    cls.name: cls for cls in (Elbo, MeanFieldElbo, Reinforce, Rloo, Arm, Disarm, Enum, Renyi, Iwae, Dreg, Stl, Vimco)
+    cls.name: cls for cls in (Elbo, MeanFieldElbo, Reinforce, Rloo, Arm, Disarm, Gumbel, StraightThroughGumbel, Enum, Renyi, Iwae, Dreg, Stl, Vimco)
 }
 
 
