@@ -94,7 +94,7 @@ def _study_target(args: argparse.Namespace):
     import torch
 
     from . import data
-    from .models import CategoricalGaussian, DiscreteVAE, LinearGaussian, VAE
+    from .models import BernoulliBelief, CategoricalGaussian, DiscreteVAE, LinearGaussian, VAE
     from .models.conjugate import gaussian_toy
     from .utils import PPModelsError, resolve_device
 
@@ -107,6 +107,9 @@ def _study_target(args: argparse.Namespace):
     if name == "categorical-gaussian":
         m = CategoricalGaussian(3, 2, seed=args.seed)
         return m, (torch.randn(B, 2, generator=torch.Generator().manual_seed(args.seed)) * 2,), None
+    if name == "bernoulli-belief":
+        m = BernoulliBelief(8, 4, seed=args.seed)
+        return m, (m.sample_data(B, seed=args.seed + 1),), None
     if name == "gaussian-toy":
         m, x = gaussian_toy(seed=args.seed)
         return m, (x[:B],), {"model": [m.b], "guide": [m.A, m.c]}
@@ -119,7 +122,7 @@ def _study_target(args: argparse.Namespace):
         test = data.mnist(binarize="fixed", device=dev)["test"]
         return m, (test.subset(B).full()[0],), None
     raise PPModelsError(f"--model {name!r}: expected vae, dvae, linear-gaussian, categorical-gaussian, "
-                        "gaussian-toy or a run directory")
+                        "bernoulli-belief, gaussian-toy or a run directory")
 
 
 def _variance(args: argparse.Namespace) -> None:

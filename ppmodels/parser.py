@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "per parameter group (model/guide) against the exact gradient where one is known. Writes "
                        "study.csv and study.png to --out and prints the table.")
     v.add_argument("--model", required=True,
-                   help="vae, dvae, linear-gaussian, categorical-gaussian, gaussian-toy, or a trained RUN_DIR")
+                   help="vae, dvae, linear-gaussian, categorical-gaussian, bernoulli-belief, gaussian-toy, or a trained RUN_DIR")
     list_valued(v.add_argument("--objectives", default="elbo,iwae,dreg",
                                help="comma-separated names; options after colons, e.g. "
                                     "renyi:alpha=0.5,reinforce:baseline=neural"))

@@ -1,6 +1,6 @@
 """The zoo: one family per module, each with its model, guide and any closed forms."""
 
-from .conjugate import CategoricalGaussian, LinearGaussian
+from .conjugate import BernoulliBelief, CategoricalGaussian, LinearGaussian
 from .cvae import ConditionalVAE, QuadrantBaseline
 from .discrete_vae import DiscreteVAE
 from .mixture import GaussianMixture
@@ -8,7 +8,7 @@ from .ssvae import SemiSupervisedVAE
 from .vae import PRESETS, VAE
 
 __all__ = ["VAE", "PRESETS", "DiscreteVAE", "SemiSupervisedVAE", "ConditionalVAE", "QuadrantBaseline",
-           "GaussianMixture", "LinearGaussian", "CategoricalGaussian"]
+           "GaussianMixture", "LinearGaussian", "CategoricalGaussian", "BernoulliBelief"]
 
 from typing import Any
 

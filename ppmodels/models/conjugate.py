@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from ..utils import PPModelsError
 
-__all__ = ["LinearGaussian", "CategoricalGaussian", "gaussian_toy"]
+__all__ = ["LinearGaussian", "CategoricalGaussian", "BernoulliBelief", "gaussian_toy"]
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -250,3 +250,56 @@ def gaussian_toy(dim: int = 20, n: int = 1024, seed: int = 0, noise: float = 0.0
         model.A.copy_(torch.eye(dim) / 2 + noise * torch.randn(dim, dim, generator=g))
         model.c.copy_(-mu / 2 + noise * torch.randn(dim, generator=g))
     return model, x
+
+
+class BernoulliBelief(nn.Module):
+    r"""A one-layer sigmoid belief net small enough to enumerate: the exact reference for the
+    Bernoulli estimators (``arm``, ``disarm``, ``rloo``, ``reinforce``, the relaxed ones' bias).
+
+    .. math:: z \sim \prod_i \mathrm{Bern}(\sigma(a_i)),\quad x \mid z \sim \mathcal N(Wz + b, \sigma^2 I),
+              \quad q(z \mid x) = \prod_i \mathrm{Bern}(\sigma(Ax + c)_i)
+
+    with ``z_dim`` ≤ 12 binary latents, whose ELBO is a sum over the :math:`2^{d}` states."""
+
+    default_objective = "disarm"
+
+    def __init__(self, z_dim: int = 8, x_dim: int = 4, *, seed: int = 0, noise: float = 0.5) -> None:
+        super().__init__()
+        if not 1 <= z_dim <= 12:
+            raise PPModelsError(f"BernoulliBelief: z_dim must be in 1..12 (2^z_dim states are enumerated), got {z_dim}")
+        g = torch.Generator().manual_seed(seed)
+        self.z_dim, self.x_dim, self.noise = z_dim, x_dim, noise
+        self.prior_logits = nn.Parameter(torch.randn(z_dim, generator=g) * 0.5)
+        self.W = nn.Parameter(torch.randn(x_dim, z_dim, generator=g))
+        self.b = nn.Parameter(torch.randn(x_dim, generator=g) * 0.3)
+        self.A = nn.Parameter(torch.randn(z_dim, x_dim, generator=g) * 0.5)
+        self.c = nn.Parameter(torch.randn(z_dim, generator=g) * 0.3)
+
+    def model(self, x: Tensor) -> None:
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Bernoulli(logits=self.prior_logits).to_event(1))
+            pyro.sample("x", dist.Normal(z @ self.W.T + self.b, self.noise).to_event(1), obs=x)
+
+    def guide(self, x: Tensor) -> None:
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Bernoulli(logits=x @ self.A.T + self.c).to_event(1))
+
+    def sample_data(self, n: int, seed: int = 0) -> Tensor:
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            z = (torch.rand(n, self.z_dim, generator=g) < torch.sigmoid(self.prior_logits)).float()
+            return z @ self.W.T + self.b + self.noise * torch.randn(n, self.x_dim, generator=g)
+
+    def exact_elbo(self, x: Tensor) -> Tensor:
+        """The ELBO per datapoint, by enumerating the 2^z_dim states of z."""
+        states = torch.tensor(list(itertools.product([0.0, 1.0], repeat=self.z_dim)), device=x.device)
+        log_q = dist.Bernoulli(logits=(x @ self.A.T + self.c)[:, None, :]).log_prob(states).sum(-1)  # (B, S)
+        log_prior = dist.Bernoulli(logits=self.prior_logits).log_prob(states).sum(-1)  # (S,)
+        log_lik = dist.Normal(states @ self.W.T + self.b, self.noise).log_prob(x[:, None, :]).sum(-1)  # (B, S)
+        return (log_q.exp() * (log_prior + log_lik - log_q)).sum(-1)
+
+    def exact_objective(self, objective, x: Tensor) -> Tensor | None:
+        """The ELBO, for every estimator of it (the relaxed ones are held to it: their bias shows)."""
+        if objective.bound[0] == "elbo" or getattr(objective, "num_particles", 1) == 1:
+            return self.exact_elbo(x).sum()
+        return None

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
+import pyro
 import pyro.distributions as dist
 import torch
 from pyro.poutine.messenger import Messenger
@@ -90,8 +91,9 @@ class Gumbel(Elbo):
         return {**super().options(), "temperature": self.temperature}
 
     def surrogate_terms(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
-        lw, pairs = self.draw(model, guide, args, kwargs, kl_weight=self._kl_weight(_device(args)),
-                              guide_handler=lambda: _Relax(self.temperature, self.straight_through))
+        with pyro.validation_enabled(False):  # discrete densities at relaxed values: outside their support on purpose
+            lw, pairs = self.draw(model, guide, args, kwargs, kl_weight=self._kl_weight(_device(args)),
+                                  guide_handler=lambda: _Relax(self.temperature, self.straight_through))
         for _, guide_trace in pairs[:1]:
             for name, site in guide_trace.nodes.items():
                 if site["type"] == "sample" and not site["is_observed"] and RELAXED not in site["infer"] \
