@@ -64,6 +64,56 @@ def test_arviz_takes_the_log_weights_themselves_along_the_last_axis():
     np.testing.assert_allclose(k0, khat[3:4]) and np.testing.assert_allclose(one, smoothed[3:4])
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_khat_matches_the_closed_form_tails(device):
+    """ρ = 1/2 and ρ = 0.7 give k = 0.75 and 0.51: each within its tolerance, and the tolerance
+    is less than half their gap, so either check would reject the other's tail (power).
+    The log weights' negation fails the check (sign). ρ = 1.5: bounded weights, k-hat < 0.
+    The exact posterior: flat weights, k-hat = -inf, log p(x) exact, ESS = S."""
+    results = {}
+    for rho, k in ((0.5, 0.75), (0.7, 0.51)):
+        m, x = _lg(rho, device)
+        torch.manual_seed(0)
+        table = evaluate.importance_diagnostics(m, x, S)
+        ok, mean, tol = _within(table["khat"].to_numpy(), k)
+        assert ok, (rho, mean, tol)
+        assert tol < (0.75 - 0.51) / 2  # the check can tell the two tails apart
+        results[rho] = table
+        exact = m.log_marginal(x).detach().cpu().numpy()
+        gap = exact - table["log_lik"].to_numpy()  # IS is unbiased in p, so log p-hat is low on average
+        assert abs(gap.mean()) < 5 * gap.std() / math.sqrt(N) + 0.05
+    assert results[0.5]["khat"].mean() > results[0.7]["khat"].mean() + 0.1
+    assert (1 <= results[0.5]["ess"]).all() and (results[0.5]["ess"] < results[0.7]["ess"].median()).mean() > 0.5
+
+    m, x = _lg(1.5, device)
+    torch.manual_seed(0)
+    bounded = evaluate.importance_diagnostics(m, x, S)["khat"].to_numpy()
+    assert np.isfinite(bounded).all() and bounded.mean() < 0 and (bounded < psis.khat_threshold(S)).all()
+
+    m, x = _lg(1.0, device)
+    torch.manual_seed(0)
+    table = evaluate.importance_diagnostics(m, x, S)
+    assert (table["khat"] == -np.inf).all()
+    np.testing.assert_allclose(table["log_lik"], m.log_marginal(x).detach().cpu().numpy(), atol=1e-3)
+    np.testing.assert_allclose(table["ess"], S, rtol=1e-6)
+
+
+def test_a_single_datapoint_agrees_with_pyros_psis_diagnostic():
+    """With one datapoint the whole model's weights are that datapoint's: Pyro's k-hat, drawn
+    under the same seed (the draws are shared: one vectorized particle plate), is ours."""
+    from pyro.infer.importance import psis_diagnostic
+
+    m, x = _lg(0.5)
+    ours, theirs = [], []
+    for seed in range(8):
+        torch.manual_seed(seed)
+        theirs.append(psis_diagnostic(m.model, m.guide, x[:1], num_particles=S, max_plate_nesting=1))
+        torch.manual_seed(seed)
+        ours.append(float(evaluate.importance_diagnostics(m, x[:1], S)["khat"].iloc[0]))
+    np.testing.assert_allclose(ours, theirs, atol=1e-4)
+    assert np.std(ours) > 0.02  # eight different draws, not one number
+
+
 def test_the_threshold_is_sample_size_aware():
     assert psis.khat_threshold(100) == pytest.approx(0.5)
     assert psis.khat_threshold(1000) == pytest.approx(2 / 3)
@@ -75,6 +125,19 @@ def test_the_threshold_is_sample_size_aware():
     assert values == sorted(values)
     with pytest.raises(PPModelsError, match="num_samples"):
         psis.khat_threshold(0)
+
+
+def test_the_summary_counts_unfitted_rows_as_unreliable():
+    khat = np.array([0.1, 0.5, 0.69, 0.71, np.inf, np.nan, -np.inf, 0.3])
+    log_lik = -np.arange(1.0, 9.0)
+    out = psis.summarize(khat, log_lik, 5000)  # threshold 0.7
+    assert out["khat_threshold"] == 0.7 and out["num_data"] == 8 and out["num_reliable"] == 5
+    assert out["frac_above_threshold"] == pytest.approx(3 / 8)
+    assert out["nll"] == pytest.approx(4.5)
+    assert out["nll_reliable"] == pytest.approx(np.mean([1, 2, 3, 7, 8]))
+    assert psis.summarize(np.array([0.9]), np.array([-1.0]), 5000)["nll_reliable"] is None
+    assert evaluate.importance_summary(__import__("pandas").DataFrame({"khat": khat, "log_lik": log_lik}),
+                                       num_samples=5000) == out
 
 
 def test_flat_and_broken_rows_beside_fitted_ones():
@@ -98,3 +161,29 @@ def test_ess_of_normalized_weights():
     assert psis.effective_sample_size(flat)[0] == pytest.approx(50)
     one = np.log(np.array([[1 - 1e-12] + [1e-12 / 49] * 49]))
     assert psis.effective_sample_size(one)[0] == pytest.approx(1.0)
+
+
+def test_a_batch_holds_all_draws_of_its_rows_within_the_budget(monkeypatch):
+    """All S log weights of a row go to ArviZ at once, (B, S), with B from the budget."""
+    shapes = []
+    smooth = psis.pareto_smooth
+    monkeypatch.setattr(psis, "pareto_smooth", lambda lw: (shapes.append(lw.shape), smooth(lw))[1])
+    m, x = _lg(0.5)
+    budget = evaluate.WEIGHT_BYTES_PER_DRAW * S * 70
+    torch.manual_seed(0)
+    small = evaluate.importance_diagnostics(m, x, S, budget=budget)
+    assert {s[1] for s in shapes} == {S} and max(s[0] for s in shapes) == 70 and sum(s[0] for s in shapes) == N
+    shapes.clear()
+    torch.manual_seed(0)
+    chunked = evaluate.importance_diagnostics(m, x, S, batch_size=45, particle_chunk=300)
+    assert max(s[0] for s in shapes) == 45 and len(chunked) == N
+    d = small["khat"].to_numpy() - chunked["khat"].to_numpy()  # other draws, the same law
+    assert abs(d.mean()) < 4 * d.std() / math.sqrt(N)
+
+
+def test_too_few_draws_for_a_fit_is_one_line():
+    m, x = _lg(0.5)
+    with pytest.raises(PPModelsError, match="at least 21"):
+        evaluate.importance_diagnostics(m, x, 20)
+    with pytest.raises(PPModelsError, match="batch_size"):
+        evaluate.importance_diagnostics(m, x, 100, batch_size=0)
