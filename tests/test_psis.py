@@ -187,3 +187,41 @@ def test_too_few_draws_for_a_fit_is_one_line():
         evaluate.importance_diagnostics(m, x, 20)
     with pytest.raises(PPModelsError, match="batch_size"):
         evaluate.importance_diagnostics(m, x, 100, batch_size=0)
+
+
+def test_evaluate_diagnostics_writes_its_key_and_figure(fake_mnist, tmp_path, capsys):
+    from ppmodels.cli import main
+
+    out_dir = tmp_path / "run"
+    tiny = ["--epochs", "1", "--train-subset", "100", "--batch-size", "50", "--hidden", "16", "--z-dim", "2",
+            "--quiet", "--num-samples", "5", "--eval-subset", "5", "--device", "cpu"]
+    assert main(["train", "vae", "--out", str(out_dir), *tiny]) == 0
+    before = json.loads((out_dir / "report.json").read_text())
+    capsys.readouterr()
+    evaluate_ = ["evaluate", str(out_dir), "--num-samples", "40", "--subset", "12", "--device", "cpu", "--diagnostics"]
+    assert main(evaluate_) == 0
+    out, err = capsys.readouterr()
+    printed = json.loads(out)["importance_diagnostics"]
+    assert printed["num_data"] == 12 and printed["khat_threshold"] == pytest.approx(1 - 1 / math.log10(40))
+    assert 0 <= printed["frac_above_threshold"] <= 1 and "khat.png" in err
+    report = json.loads((out_dir / "report.json").read_text())
+    assert {k: v for k, v in report.items() if k != "importance_diagnostics"} == before  # nothing else touched
+    assert report["importance_diagnostics"]["checkpoint.pt"]["figure"] == "khat.png"
+    assert (out_dir / "khat.png").stat().st_size > 0
+    assert main(evaluate_) == 0  # its own figure: replaced
+    capsys.readouterr()
+
+    (out_dir / "khat-checkpoint-epoch1.pt.png").write_bytes(b"")  # not in the way: another name
+    (out_dir / "khat.png").rename(out_dir / "kept.png")
+    (out_dir / "khat.png").write_bytes(b"someone else's")
+    report.pop("importance_diagnostics")
+    (out_dir / "report.json").write_text(json.dumps(report))
+    for args, message in ((evaluate_, "was not written by evaluate --diagnostics"),
+                          ([*evaluate_[:3], "20", *evaluate_[4:]], "at least 21")):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+    assert (out_dir / "khat.png").read_bytes() == b"someone else's"
+    (out_dir / "report.json").unlink()
+    (out_dir / "khat.png").unlink()
+    assert main(evaluate_) == 2 and "has no report.json" in capsys.readouterr().err
