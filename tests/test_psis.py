@@ -189,6 +189,40 @@ def test_too_few_draws_for_a_fit_is_one_line():
         evaluate.importance_diagnostics(m, x, 100, batch_size=0)
 
 
+def test_importance_nll_records_the_fraction_above_the_threshold():
+    from ppmodels.callbacks import ImportanceNLL
+    from ppmodels.fit import fit
+
+    m, x = _lg(0.5)
+    history = fit(m, x[:100], epochs=2, batch_size=50, device="cpu", lr=1e-3,
+                  callbacks=[ImportanceNLL(x[:100], [1, 2], num_samples=200)])
+    assert history["khat_above"].between(0, 1).all() and history["test_nll"].notna().all()
+    history = fit(m, x[:40], epochs=1, batch_size=20, device="cpu",
+                  callbacks=[ImportanceNLL(x[:40], [1], num_samples=8)])  # too few draws: no column
+    assert "khat_above" not in history and history["test_nll"].notna().all()
+
+
+def test_importance_nll_diagnostics_split_the_rows_across_ranks(monkeypatch):
+    """Rank 1 of 2 (its all-reduce the identity): its block's NLL, and its block's count of rows
+    above the threshold over all rows (what the sum over ranks divides)."""
+    from ppmodels import distributed
+    from ppmodels.callbacks import FitState, ImportanceNLL
+    from ppmodels.data import TensorData
+
+    group = distributed.Group(1, 2)
+    monkeypatch.setattr(group, "sum", lambda values, device: [float(v) for v in values])
+    m, x = _lg(0.5)
+    data = TensorData(x[:40])
+    state = FitState(model=m, objective=None, optimizer=None, params={}, total_steps=1, steps_per_epoch=1, group=group)
+    torch.manual_seed(5)
+    ImportanceNLL(data, [1], num_samples=300, seed=3).on_epoch_end(state)
+    torch.manual_seed(5)
+    block = evaluate.importance_diagnostics(m, data.subset(slice(20, 40)), 300)
+    assert state.row["test_nll"] == pytest.approx(-block["log_lik"].mean(), abs=1e-6)
+    above = (~(block["khat"] <= psis.khat_threshold(300))).sum()
+    assert state.row["khat_above"] == pytest.approx(above / 40)
+
+
 def test_evaluate_diagnostics_writes_its_key_and_figure(fake_mnist, tmp_path, capsys):
     from ppmodels.cli import main
 
