@@ -86,7 +86,7 @@ def _evaluate_diagnostics(args: argparse.Namespace) -> None:
         sub = test.subset(args.subset) if args.subset else test
         pyro.set_rng_seed(args.seed)
         t0 = time.perf_counter()
-        # the rows the report's NLL would use: its generator, seeded alike, binarizes them first
+        # the data's generator seeded as the report's is (dynamic binarization draws from it)
         table = evaluate.importance_diagnostics(model, sub, args.num_samples,
                                                 generator=torch.Generator(device=dev).manual_seed(args.seed))
         seconds = time.perf_counter() - t0

@@ -132,7 +132,7 @@ def plot_khat(khat: np.ndarray, num_samples: int, path: str | Path, title: str =
     shown = khat[np.isfinite(khat)]
     above = float(np.mean(~(khat <= threshold))) if len(khat) else float("nan")
     fig, ax = plt.subplots(figsize=(5.0, 3.4))
-    ax.hist(shown, bins=min(60, max(10, int(np.sqrt(max(len(shown), 1))))), color="0.6")
+    ax.hist(shown, bins=min(60, max(20, int(2 * np.sqrt(len(shown))))), color="0.6")
     ax.axvline(threshold, color="C3", linestyle="--", label=f"threshold {threshold:.3g} (S = {num_samples})")
     hidden = len(khat) - len(shown)
     ax.set_xlabel(r"Pareto $\hat k$ per datapoint" + (f" ({hidden} not finite, not shown)" if hidden else ""))

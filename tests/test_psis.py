@@ -244,9 +244,16 @@ def test_evaluate_diagnostics_writes_its_key_and_figure(fake_mnist, tmp_path, ca
     assert report["importance_diagnostics"]["checkpoint.pt"]["figure"] == "khat.png"
     assert (out_dir / "khat.png").stat().st_size > 0
     assert main(evaluate_) == 0  # its own figure: replaced
-    capsys.readouterr()
+    import shutil
 
-    (out_dir / "khat-checkpoint-epoch1.pt.png").write_bytes(b"")  # not in the way: another name
+    shutil.copyfile(out_dir / "checkpoint.pt", out_dir / "checkpoint-epoch1.pt")  # as a kept checkpoint
+    assert main([evaluate_[0], str(out_dir / "checkpoint-epoch1.pt"), *evaluate_[2:]]) == 0
+    capsys.readouterr()
+    entries = json.loads((out_dir / "report.json").read_text())["importance_diagnostics"]
+    assert set(entries) == {"checkpoint.pt", "checkpoint-epoch1.pt"}
+    assert entries["checkpoint-epoch1.pt"]["figure"] == "khat-checkpoint-epoch1.png"
+    assert (out_dir / "khat-checkpoint-epoch1.png").exists()
+
     (out_dir / "khat.png").rename(out_dir / "kept.png")
     (out_dir / "khat.png").write_bytes(b"someone else's")
     report.pop("importance_diagnostics")
