@@ -550,12 +550,22 @@ class ImportanceNLL(Callback):
     training's is not shifted. Also ``active_units`` (Burda et al.'s criterion) at those epochs.
     Data-parallel, the ranks split the rows of the NLL. In a run directory, the checkpoints of
     those epochs are kept (``keep_checkpoints``, see :func:`ppmodels.fit.fit`), so that the points
-    can be measured again, e.g. on more images; ``keep_checkpoints=False`` keeps none."""
+    can be measured again, e.g. on more images; ``keep_checkpoints=False`` keeps none.
+
+    ``khat_above``: with ``diagnostics`` (the default) and at least 21 samples, the same draws
+    also give each datapoint's Pareto k-hat (:func:`ppmodels.evaluate.importance_diagnostics`),
+    and the column holds the fraction of datapoints whose k-hat is above the threshold for
+    ``num_samples`` draws: the share of the NLL that the draws cannot vouch for. (That pass
+    holds all draws of a row at once and is not traced; ``diagnostics=False`` is the plain
+    :func:`~ppmodels.evaluate.log_likelihood`.)"""
 
     def __init__(self, data: Any, at_epochs: Any, num_samples: int = 5000, seed: int = 0,
-                 keep_checkpoints: bool = True) -> None:
+                 keep_checkpoints: bool = True, diagnostics: bool = True) -> None:
+        from .psis import MIN_DRAWS
+
         self.data, self.at, self.num_samples, self.seed = data, {int(e) for e in at_epochs}, num_samples, seed
         self.keep_checkpoints = frozenset(e for e in self.at if e >= 1) if keep_checkpoints else frozenset()
+        self.diagnostics = diagnostics and num_samples >= MIN_DRAWS
 
     def on_epoch_end(self, state: FitState) -> None:
         if state.epoch + 1 not in self.at:
@@ -567,8 +577,33 @@ class ImportanceNLL(Callback):
             rank = 0 if state.group is None else state.group.rank
             g = torch.Generator(device=self.data.device).manual_seed(self.seed + rank)
             t0 = time.perf_counter()
-            state.row["test_nll"] = evaluate.mean_nll(state.model, self.data, self.num_samples, generator=g,
-                                                      group=state.group)
+            if self.diagnostics:
+                state.row["test_nll"], state.row["khat_above"] = self._diagnosed_nll(state, g)
+            else:
+                state.row["test_nll"] = evaluate.mean_nll(state.model, self.data, self.num_samples, generator=g,
+                                                          group=state.group)
             state.row["nll_seconds"] = time.perf_counter() - t0
             if state.group is None or state.group.main:  # the row other ranks fill is not kept
                 state.row["active_units"] = sum(evaluate.active_units(state.model, self.data, generator=g).values())
+
+    def _diagnosed_nll(self, state: FitState, generator: torch.Generator) -> tuple[float, float]:
+        """``(test_nll, khat_above)`` from one pass of importance_diagnostics (the rows split
+        across ranks, data-parallel)."""
+        from . import evaluate
+        from .psis import khat_threshold
+
+        threshold = khat_threshold(self.num_samples)
+        above: list[float] = []
+
+        def per_row(part: Any) -> Tensor:
+            table = evaluate.importance_diagnostics(state.model, part, self.num_samples, generator=generator)
+            above.append(float((~(table["khat"] <= threshold)).sum()))
+            return -torch.tensor(table["log_lik"].to_numpy())
+
+        if state.group is None:
+            rows = per_row(self.data)
+            return float(rows.mean()), above[0] / max(len(rows), 1)
+        nll = float(state.group.mean_over_rows(per_row, self.data, self.data.device))
+        (count,) = state.group.sum([sum(above)], self.data.device)
+        return nll, count / max(len(self.data), 1)
+

@@ -40,10 +40,68 @@ def _evaluate(args: argparse.Namespace) -> None:
     from . import data
     from .families.common import evaluation_report
 
+    if args.diagnostics:
+        return _evaluate_diagnostics(args)
     model, ckpt, dev = _load_run(args.run_dir, args.device)
     test = data.mnist(binarize=ckpt["meta"].get("args", {}).get("binarize", "dynamic"), device=dev)["test"]
     report = evaluation_report(model, test, args.num_samples, args.subset, args.seed)
     print(json.dumps(report, indent=2))
+
+
+#: the key of report.json that ``evaluate --diagnostics`` writes: one entry per checkpoint file
+DIAGNOSTICS_KEY = "importance_diagnostics"
+
+
+def _evaluate_diagnostics(args: argparse.Namespace) -> None:
+    """``evaluate --diagnostics``: the report, with the NLL from the diagnostics' draws, and
+    their summary, printed; the summary under report.json's own key (per checkpoint file) and
+    the k-hat histogram beside it (khat.png, or khat-FILE.png for a kept checkpoint). A figure
+    of that name is only replaced if that key records it."""
+    import time
+
+    import pyro
+    import torch
+
+    from . import data, evaluate, psis
+    from .families.common import evaluation_report
+    from .rundir import CHECKPOINT, RunLock, read_report, run_checkpoint, strict_json, write_report
+    from .utils import PPModelsError
+
+    source = run_checkpoint(args.run_dir)  # before any work: one-line errors
+    run_dir = source.parent
+    if args.num_samples < psis.MIN_DRAWS:
+        raise PPModelsError(f"evaluate --diagnostics: --num-samples {args.num_samples} leaves too few draws for a "
+                            f"Pareto fit; use at least {psis.MIN_DRAWS} (1000 or more for a k-hat worth reading)")
+    figure = run_dir / ("khat.png" if source.name == CHECKPOINT else f"khat-{source.stem}.png")
+    with RunLock(run_dir):  # no training rewrites report.json meanwhile
+        entries = read_report(run_dir).get(DIAGNOSTICS_KEY, {})
+        if not isinstance(entries, dict):
+            raise PPModelsError(f"{run_dir / 'report.json'}: its {DIAGNOSTICS_KEY!r} is not an object, so it was not "
+                                "written by evaluate --diagnostics; rename that key and run again")
+        if figure.exists() and figure.name not in {e.get("figure") for e in entries.values() if isinstance(e, dict)}:
+            raise PPModelsError(f"{figure} exists and was not written by evaluate --diagnostics; move it away and run "
+                                "again")
+        model, ckpt, dev = _load_run(str(source), args.device)
+        test = data.mnist(binarize=ckpt["meta"].get("args", {}).get("binarize", "dynamic"), device=dev)["test"]
+        sub = test.subset(args.subset) if args.subset else test
+        pyro.set_rng_seed(args.seed)
+        t0 = time.perf_counter()
+        # the data's generator seeded as the report's is (dynamic binarization draws from it)
+        table = evaluate.importance_diagnostics(model, sub, args.num_samples,
+                                                generator=torch.Generator(device=dev).manual_seed(args.seed))
+        seconds = time.perf_counter() - t0
+        report = {**evaluation_report(model, test, args.num_samples, args.subset, args.seed, table=table),
+                  "nll_seconds": seconds}
+        summary = {**evaluate.importance_summary(table), "seed": args.seed, "figure": figure.name}
+        report[DIAGNOSTICS_KEY] = summary
+        stored = read_report(run_dir)
+        stored[DIAGNOSTICS_KEY] = {**stored.get(DIAGNOSTICS_KEY, {}), source.name: summary}
+        write_report(run_dir, stored)  # first: a figure is only drawn once the report records it
+        psis.plot_khat(table["khat"].to_numpy(), args.num_samples, figure,
+                       title=f"{run_dir.name}/{source.name}: {summary['frac_above_threshold']:.1%} of "
+                             f"{summary['num_data']} images above k-hat {summary['khat_threshold']:.2f}")
+    print(json.dumps(strict_json(report), indent=2))
+    print(f"wrote {run_dir / 'report.json'} ({DIAGNOSTICS_KEY}, {source.name}) and {figure}", file=sys.stderr)
 
 
 def _sample(args: argparse.Namespace) -> None:

@@ -6,13 +6,15 @@ The importance-sampled estimate (Burda et al. 2016, with K up to 5000):
           \qquad z_k \sim q(z \mid x)
 
 per datapoint, batched over data and particles, and chunked over both to a memory budget;
-the particle chunks are combined with a running log-sum-exp.
+the particle chunks are combined with a running log-sum-exp. :func:`importance_diagnostics`
+says, per datapoint, how far that estimate can be trusted: the Pareto :math:`\hat k` of its
+importance weights and their effective sample size (:mod:`ppmodels.psis`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import pyro
 import torch
@@ -25,12 +27,22 @@ from .protocol import CHECK_ROWS, as_pair, check_batch, check_data
 from .tracing import forked_rng, trace_if_equal
 from .utils import PPModelsError, model_name
 
-__all__ = ["log_likelihood", "mean_nll", "elbo", "active_units", "kl_per_unit", "memory_budget", "chunk_sizes"]
+if TYPE_CHECKING:
+    import pandas
+
+__all__ = ["log_likelihood", "mean_nll", "importance_diagnostics", "importance_summary", "elbo", "active_units",
+           "kl_per_unit", "memory_budget", "chunk_sizes"]
 
 #: Bytes one evaluation chunk may use on the CPU. Chunks near the size of the last-level cache
 #: beat larger ones: on a 32 MiB-L3 EPYC, 1 GiB chunks ran the K = 5000 evaluation 1.5-1.7x
 #: slower than 64 MiB ones, 32 MiB about as fast (``python benchmarks/is_chunks.py``).
 CPU_CHUNK_BYTES = 64 << 20
+#: Bytes per draw that the (B, S) log weights of one batch take at their peak on their way
+#: through ArviZ's PSIS: a float64 copy, ArviZ's copy and output, the smoothed weights, the ESS's
+#: temporaries (about 40 counted).
+WEIGHT_BYTES_PER_DRAW = 48
+#: The most bytes those log weights may take, whatever the device's budget: they go through the CPU.
+WEIGHTS_BUDGET = 256 << 20
 #: Full-size chunks from which ``log_likelihood`` traces one (tracing costs about three chunks).
 TRACE_MIN_CHUNKS = 16
 
@@ -202,6 +214,87 @@ def mean_nll(obj: Any, data: TensorData, num_samples: int = 5000, *, generator: 
         return -float(log_likelihood(obj, data, num_samples, generator=generator).mean())
     per_row = lambda part: log_likelihood(obj, part, num_samples, generator=generator)  # noqa: E731
     return -float(group.mean_over_rows(per_row, data, data.device))
+
+
+def importance_diagnostics(
+    obj: Any,
+    data: TensorData | Tensor | tuple,
+    num_samples: int = 5000,
+    *,
+    batch_size: int | None = None,
+    particle_chunk: int | None = None,
+    budget: int | None = None,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+    data_plate: str | None = None,
+    vectorize_particles: bool = True,
+) -> "pandas.DataFrame":
+    r"""One row per datapoint: ``log_lik``, the importance-sampled :math:`\log\hat p(x)` with
+    ``num_samples`` draws from the guide (the estimator of :func:`log_likelihood`), ``khat``,
+    the Pareto :math:`\hat k` of those draws' importance weights (ArviZ's PSIS, see
+    :mod:`ppmodels.psis`), and ``ess``, their effective sample size :math:`1/\sum \tilde w^2`
+    (of the smoothed normalized weights). ``df.attrs["num_samples"]`` holds S;
+    :func:`importance_summary` gives the threshold and the fraction of datapoints above it.
+
+    All S log weights of a batch are held at once: a batch has as many rows as fit
+    ``WEIGHT_BYTES_PER_DRAW * S`` bytes each into ``budget`` (at most :data:`WEIGHTS_BUDGET`),
+    and its draws are made ``particle_chunk`` at a time, as :func:`log_likelihood` makes them.
+    Any device: the draws stay on the data's device, the log weights go to the CPU for ArviZ.
+    ``num_samples`` must be at least :data:`ppmodels.psis.MIN_DRAWS` (21) for a fit, and a
+    thousand or more for a :math:`\hat k` worth reading."""
+    import numpy as np
+    import pandas as pd
+
+    from . import psis
+
+    obj = as_pair(obj)
+    data = as_data(data)
+    for key, value in (("num_samples", num_samples), ("batch_size", batch_size), ("particle_chunk", particle_chunk)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise PPModelsError(f"importance_diagnostics: {key} must be an integer >= 1, got {value!r}")
+    if num_samples < psis.MIN_DRAWS:
+        raise PPModelsError(f"importance_diagnostics: num_samples={num_samples} leaves too few draws in the tail for a "
+                            f"Pareto fit; use at least {psis.MIN_DRAWS} (1000 or more for a k-hat worth reading)")
+    first, batch_size = _probe(obj, data, batch_size, generator)
+    found = _per_datapoint_facts(obj, first, data_plate)
+    device = next((t.device for t in first if torch.is_tensor(t)), torch.device("cpu"))
+    budget = budget or memory_budget(device)
+    if batch_size is None:
+        rows, _ = chunk_sizes(obj, first, num_samples, len(data), budget=budget)
+        batch_size = max(1, min(rows, min(budget, WEIGHTS_BUDGET) // (WEIGHT_BYTES_PER_DRAW * num_samples)))
+    if particle_chunk is None:
+        _, particle_chunk = chunk_sizes(obj, first, num_samples, len(data), budget=budget, batch_size=batch_size)
+    columns: dict[str, list] = {"log_lik": [], "khat": [], "ess": []}
+    with torch.no_grad(), pyro.validation_enabled(False):
+        batches = data.batches(batch_size, shuffle=False, generator=generator)
+        if progress:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, total=data.num_batches(batch_size), desc="k-hat")
+        for batch in batches:
+            sizes = [min(particle_chunk, num_samples - start) for start in range(0, num_samples, particle_chunk)]
+            chunks = [_local_log_weights(obj, batch, k, found, vectorize_particles) for k in sizes]
+            lw = torch.cat(chunks, 0).T.to("cpu", torch.float64)  # (B, S): ArviZ smooths the last axis
+            del chunks
+            columns["log_lik"].append((torch.logsumexp(lw, 1) - math.log(num_samples)).numpy())
+            smoothed, khat = psis.pareto_smooth(lw.numpy())
+            columns["khat"].append(khat)
+            columns["ess"].append(psis.effective_sample_size(smoothed))
+    table = pd.DataFrame({key: np.concatenate(parts) for key, parts in columns.items()})
+    table.attrs["num_samples"] = num_samples
+    return table
+
+
+def importance_summary(table: "pandas.DataFrame", num_samples: int | None = None) -> dict[str, Any]:
+    """The summary of an :func:`importance_diagnostics` table (see :func:`ppmodels.psis.summarize`):
+    the threshold for its S draws, the fraction of datapoints above it, the NLL over all and over
+    the reliable datapoints. ``num_samples``: S, if the table lost its ``attrs``."""
+    from . import psis
+
+    num_samples = num_samples or table.attrs.get("num_samples")
+    if not num_samples:
+        raise PPModelsError("importance_summary: the table does not say its number of draws; pass num_samples=S")
+    return psis.summarize(table["khat"].to_numpy(), table["log_lik"].to_numpy(), int(num_samples))
 
 
 def elbo(

@@ -50,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--subset", type=positive(int), default=None, help="first N test images (default: all)")
     e.add_argument("--device", default="auto")
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--diagnostics", action="store_true",
+                   help="also each image's Pareto k-hat of its importance weights and their ESS: print the summary "
+                        "(fraction above the threshold min(1 - 1/log10 S, 0.7), NLL over all and over the reliable "
+                        "images), add it to RUN/report.json and draw RUN/khat.png")
 
     s = sub.add_parser("sample", help="draw images from a trained run's prior",
                        description="Decode prior draws of a trained run into an image grid.")

@@ -12,6 +12,9 @@
   removes them (:func:`remove_kept`).
 - :func:`load_checkpoint` reads with ``weights_only=True`` and verifies the checksum: a
   truncated, corrupted or foreign file is one clear error, never a silent load.
+- :func:`read_report` and :func:`write_report`: a finished run's ``report.json``, read with
+  one-line errors and replaced atomically (a temporary file and one rename), so that a command
+  adding its own key (``evaluate --diagnostics``) never leaves half a report.
 """
 
 from __future__ import annotations
@@ -30,12 +33,14 @@ import torch
 from .utils import PPModelsError
 
 __all__ = ["open_run", "RunLock", "save_checkpoint", "load_checkpoint", "checksum", "CHECKPOINT", "PREVIOUS",
-           "NonFiniteState", "kept_checkpoint", "remove_kept", "atomic_copy", "run_checkpoint"]
+           "NonFiniteState", "kept_checkpoint", "remove_kept", "atomic_copy", "run_checkpoint", "read_report",
+           "write_report", "strict_json", "REPORT"]
 
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"
 #: files whose presence means a directory holds a run
-RUN_FILES = (CHECKPOINT, "history.csv", "report.json")
+REPORT = "report.json"
+RUN_FILES = (CHECKPOINT, "history.csv", REPORT)
 
 
 #: a kept checkpoint's file name (the epoch, then ".tmp" for a partial copy)
@@ -242,3 +247,51 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     if expected is not None and checksum(state) != expected:
         raise PPModelsError(f"checkpoint {path} is corrupted (checksum mismatch); use {PREVIOUS} beside it, or train again")
     return state
+
+
+def read_report(directory: str | os.PathLike) -> dict[str, Any]:
+    """The ``report.json`` of the run in ``directory`` (written when its training finished), as
+    a dict; a one-line error if there is none or it is not a JSON object."""
+    import json
+
+    path = Path(directory) / REPORT
+    if not path.is_file():
+        raise PPModelsError(f"{Path(directory)} has no {REPORT} (its training has not finished); finish or resume "
+                            "the training first")
+    try:
+        report = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise PPModelsError(f"{path} is not valid JSON ({e}); restore it or train again") from None
+    if not isinstance(report, dict):
+        raise PPModelsError(f"{path} holds a JSON {type(report).__name__}, not an object; restore it or train again")
+    return report
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` with every non-finite float in it (nested dicts and lists too) as the string
+    "inf", "-inf" or "nan": what strict JSON can hold."""
+    import math
+
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
+
+
+def write_report(directory: str | os.PathLike, report: dict[str, Any]) -> Path:
+    """Replace ``directory/report.json`` by ``report`` at once: through a temporary file, synced,
+    and one rename. Non-finite numbers are written as the strings "inf", "-inf", "nan" (strict
+    JSON has none)."""
+    import json
+
+    path = Path(directory) / REPORT
+    staged = path.with_name(REPORT + ".tmp")
+    with open(staged, "w") as f:
+        f.write(json.dumps(strict_json(report), indent=2, allow_nan=False))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(staged, path)
+    return path

@@ -27,9 +27,12 @@ def save_grid(images, path: Path, nrow: int = 8) -> None:
     save_image(images.reshape(-1, 1, 28, 28).float().cpu(), path, nrow=nrow)
 
 
-def evaluation_report(model, test, num_samples: int, subset: int | None, seed: int, group=None) -> dict[str, float]:
+def evaluation_report(model, test, num_samples: int, subset: int | None, seed: int, group=None,
+                      table=None) -> dict[str, float]:
     """Test ELBO (all of ``test``), importance-sampled NLL (its first ``subset`` rows), active units.
-    Data-parallel (``group``), the ELBO and the NLL split the rows across ranks and gather."""
+    Data-parallel (``group``), the ELBO and the NLL split the rows across ranks and gather.
+    ``table``: an :func:`ppmodels.evaluate.importance_diagnostics` table of those rows with
+    ``num_samples`` draws, whose NLL is reported instead of drawing anew."""
     import torch
 
     from .. import evaluate
@@ -42,7 +45,10 @@ def evaluation_report(model, test, num_samples: int, subset: int | None, seed: i
     t0 = time.perf_counter()
     if group is not None:
         g.manual_seed(seed + group.rank)
-    nll = evaluate.mean_nll(model, sub, num_samples, generator=g, group=group)
+    if table is not None:
+        nll = -float(table["log_lik"].mean())
+    else:
+        nll = evaluate.mean_nll(model, sub, num_samples, generator=g, group=group)
     if group is None:
         test_elbo = evaluate.elbo(model, test, generator=g).mean().item()
     else:
