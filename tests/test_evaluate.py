@@ -183,7 +183,8 @@ def test_is_log_likelihood_agrees_under_two_guides_of_one_decoder():
 @pytest.mark.parametrize("bad", [255.0, 0.5, -5.0, float("nan")])
 def test_every_evaluation_entry_point_refuses_a_bad_row_as_fit_does(bad):
     """A row past the first batch holding a value outside a Bernoulli's support (or NaN) is a
-    one-line error naming the row, in log_likelihood, elbo, gradient_study and fit alike."""
+    one-line error naming the row, in log_likelihood, elbo, importance_diagnostics,
+    gradient_study and fit alike."""
     from ppmodels.analysis import gradient_study
     from ppmodels.fit import fit
     from ppmodels.models import VAE
@@ -195,6 +196,7 @@ def test_every_evaluation_entry_point_refuses_a_bad_row_as_fit_does(bad):
     x[100, 7] = bad
     for run in (lambda: evaluate.log_likelihood(vae, x, num_samples=4),
                 lambda: evaluate.elbo(vae, x),
+                lambda: evaluate.importance_diagnostics(vae, x, num_samples=25),
                 lambda: fit(vae, x, steps=1, batch_size=50, device="cpu")):
         with pytest.raises(PPModelsError, match="row 100") as e:
             run()
