@@ -387,9 +387,9 @@ def test_closed_form_elbo_matches_a_precise_monte_carlo_estimate(lg):
 
 @pytest.mark.parametrize("name", objectives.names())
 def test_with_particles_keeps_a_given_plate_nesting_and_a_call_sets_none(name, lg):
-    given = objectives.make(name, max_plate_nesting=2).with_particles(3)
-    assert (given.num_particles, given.max_plate_nesting) == (3, 2)
-    fresh = objectives.make(name, **({"num_particles": 2} if name == "vimco" else {}))
+    given = objectives.make(name, max_plate_nesting=2).with_particles(4)  # 4: valid for every estimator
+    assert (given.num_particles, given.max_plate_nesting) == (4, 2)
+    fresh = objectives.make(name, **({"num_particles": 2} if name in ("vimco", "rloo", "arm", "disarm") else {}))
     m, x = lg
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -398,4 +398,4 @@ def test_with_particles_keeps_a_given_plate_nesting_and_a_call_sets_none(name, l
         except PPModelsError:
             pass  # an objective this model does not suit: what matters is what the call left behind
     assert fresh.max_plate_nesting is None  # the program's nesting is a fact of the program, not kept here
-    assert fresh.with_particles(3).max_plate_nesting is None
+    assert fresh.with_particles(4).max_plate_nesting is None
