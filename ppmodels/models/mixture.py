@@ -16,6 +16,13 @@ Closed forms: :meth:`GaussianMixture.log_likelihood` (exact, per datapoint, by l
 components), :meth:`GaussianMixture.responsibilities`, and :meth:`GaussianMixture.fit_map`,
 which optimizes many random restarts at once (a leading restart dimension, one Adam) on the
 same MAP objective the Pyro program defines.
+
+Initialisation: :func:`ppmodels.fit.fit` calls :meth:`GaussianMixture.init_from_data` on the
+first fit of a fresh model (not on a resume, and not once its parameters were set, loaded or
+trained): k-means++ seeding and Lloyd iterations, as scikit-learn's ``init_params="kmeans"``,
+give the locations, and the clusters' sizes and spread the weights and scales. The
+constructor's ``locs = randn(K, D)`` ignores the data's location and scale and can leave the
+fit in a local optimum.
 """
 
 from __future__ import annotations
