@@ -187,7 +187,7 @@ class GaussianMixture(nn.Module):
         on ``x``'s device, vectorized over the datapoints. Returns True when it initialised."""
         if not force and not self.is_fresh():
             return False
-        check_rows(x, self.D, "GaussianMixture.init_from_data", "x", rows="N")
+        check_rows(x, self.D, "GaussianMixture.init_from_data", "obs", rows="N")
         if x.shape[0] == 0:
             raise PPModelsError("GaussianMixture.init_from_data: no datapoints")
         x = x.detach().to(self.locs.dtype)
