@@ -314,6 +314,8 @@ def _fit(obj, train, objective, device, run: Run, out_dir, resume, validation, t
         distributed.refuse_nonlinear(objective)
         probe = group.shard(probe)
     seen = seen if seen is not None else check_batch(obj, probe, device, keep_params=True)
+    if not resume and callable(getattr(obj, "init_from_data", None)):  # a fresh model starts from the data (e.g. k-means++)
+        obj.init_from_data(train.tensors[0], torch.Generator().manual_seed(run.seed))
     if isinstance(objective, PyroElbo):  # Pyro's code reads the param store itself: no shortcuts
         params, _ = _collect_params(obj, objective, probe, seen)
         fast = ModelGuide(obj.model, obj.guide, name)

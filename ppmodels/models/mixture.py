@@ -16,6 +16,13 @@ Closed forms: :meth:`GaussianMixture.log_likelihood` (exact, per datapoint, by l
 components), :meth:`GaussianMixture.responsibilities`, and :meth:`GaussianMixture.fit_map`,
 which optimizes many random restarts at once (a leading restart dimension, one Adam) on the
 same MAP objective the Pyro program defines.
+
+Initialisation: :func:`ppmodels.fit.fit` calls :meth:`GaussianMixture.init_from_data` on the
+first fit of a fresh model (not on a resume, and not once its parameters were set, loaded or
+trained): k-means++ seeding and Lloyd iterations, as scikit-learn's ``init_params="kmeans"``,
+give the locations, and the clusters' sizes and spread the weights and scales. The
+constructor's ``locs = randn(K, D)`` ignores the data's location and scale and can leave the
+fit in a local optimum.
 """
 
 from __future__ import annotations
@@ -75,6 +82,9 @@ class GaussianMixture(nn.Module):
             self.log_concentration = nn.Parameter(torch.zeros(K))
             self.loc_log_scale = nn.Parameter(torch.full((K, D), -1.0))
             self.scale_log_scale = nn.Parameter(torch.full(scale_shape, -1.0))
+        # the constructor's values, to tell a fresh model (initialised from the data on the first
+        # fit) from one whose parameters were set, loaded or trained (a tuple: no module state)
+        self._initial_values = tuple(p.detach().clone() for p in self.parameters())
 
     # -- shared pieces --------------------------------------------------------------------------
     def _corr_cholesky(self) -> Tensor | None:
@@ -153,6 +163,42 @@ class GaussianMixture(nn.Module):
             corr = torch.linalg.cholesky(cov) / scales[..., :, None]
             raw = torch.distributions.transform_to(constraints.corr_cholesky).inv(corr)
             self.corr_raw.copy_(raw.reshape(self.corr_raw.shape))
+
+    def is_fresh(self) -> bool:
+        """Whether every parameter still holds the value the constructor gave it (not set with
+        :meth:`set_parameters`, loaded, trained, or written by hand)."""
+        params = list(self.parameters())
+        return len(params) == len(self._initial_values) and all(
+            p.shape == v.shape and torch.equal(p.detach(), v.to(p.device, p.dtype))
+            for p, v in zip(params, self._initial_values))
+
+    @torch.no_grad()
+    def init_from_data(self, x: Tensor, generator: torch.Generator | None = None, *, iterations: int = 50,
+                       force: bool = False) -> bool:
+        """Start the guide's centre from the data, as scikit-learn's ``init_params="kmeans"``:
+        k-means++ seeding (greedy D² sampling, ``2 + log K`` candidates per centre), then Lloyd
+        iterations (at most ``iterations``, until the assignments stop changing); the locations
+        are the clusters' means, the covariances their spread (each cluster's, shrunk towards
+        the pooled within-cluster covariance by one datapoint's worth, so that a cluster of one
+        point keeps a finite density), the weights their sizes. ``fit`` calls this before
+        training a model; it does nothing (and returns False) unless the model is fresh
+        (:meth:`is_fresh`) or ``force``. The random draws (``2 + log K`` uniforms per centre)
+        come from ``generator`` (any device; the global torch RNG if None); the arithmetic runs
+        on ``x``'s device, vectorized over the datapoints. Returns True when it initialised."""
+        if not force and not self.is_fresh():
+            return False
+        check_rows(x, self.D, "GaussianMixture.init_from_data", "obs", rows="N")
+        if x.shape[0] == 0:
+            raise PPModelsError("GaussianMixture.init_from_data: no datapoints")
+        x = x.detach().to(self.locs.dtype)
+        centres = _kmeans_plus_plus(x - x.mean(0), self.K, generator) + x.mean(0)
+        centres, labels = _lloyd(x, centres, iterations)
+        weights, locs, cov = _cluster_moments(x, labels, centres, self.K, self.covariance)
+        self.set_parameters(weights, locs, cov)
+        if self.guide_type == "bayes":  # the Dirichlet posterior of hard assignments: alpha + N_k
+            counts = weights * x.shape[0]
+            self.log_concentration.copy_(((self.alpha + counts - 1e-3) / 10).clamp_min(1e-6).log())
+        return True
 
     def posterior_samples(self, num_samples: int) -> dict[str, Tensor]:
         """Independent draws of the global latents from the guide, each (num_samples, ...)."""
@@ -275,6 +321,84 @@ class GaussianMixture(nn.Module):
             if corr_raw is not None:
                 self.corr_raw.copy_(corr_raw[best])
         return values.detach()
+
+
+def _sq_distances(x: Tensor, centres: Tensor) -> Tensor:
+    """Squared Euclidean distances (N, C) between rows of ``x`` (N, D) and ``centres`` (C, D),
+    in O(N C) memory; ``x`` should be centred (no cancellation far from the origin)."""
+    d2 = (x * x).sum(-1, keepdim=True) - 2 * x @ centres.T + (centres * centres).sum(-1)
+    return d2.clamp_min(0.0)
+
+
+def _uniform(n: int, generator: torch.Generator | None, like: Tensor) -> Tensor:
+    device = generator.device if generator is not None else torch.device("cpu")
+    return torch.rand(n, generator=generator, device=device, dtype=like.dtype).to(like.device)
+
+
+def _kmeans_plus_plus(x: Tensor, k: int, generator: torch.Generator | None) -> Tensor:
+    """k-means++ seeding (Arthur & Vassilvitskii 2007), greedy as scikit-learn's: each new
+    centre is the best, by the resulting potential, of ``2 + log k`` candidates drawn with
+    probability proportional to the squared distance to the nearest centre so far. (k, D)."""
+    n = x.shape[0]
+    trials = 2 + int(math.log(k))
+    first = (_uniform(1, generator, x) * n).long().clamp_max(n - 1)
+    centres = [x[first[0]]]
+    d2 = _sq_distances(x, x[first])[:, 0]  # (N,) to the nearest centre so far
+    for _ in range(1, k):
+        cdf = d2.cumsum(0)
+        # inverse-CDF draws; with every point on a centre already (cdf all 0) they take the last
+        cand = torch.searchsorted(cdf, _uniform(trials, generator, x) * cdf[-1], right=True).clamp_max(n - 1)
+        new_d2 = torch.minimum(d2, _sq_distances(x, x[cand]).T)  # (trials, N)
+        best = new_d2.sum(-1).argmin()
+        centres.append(x[cand[best]])
+        d2 = new_d2[best]
+    return torch.stack(centres)
+
+
+def _lloyd(x: Tensor, centres: Tensor, iterations: int) -> tuple[Tensor, Tensor]:
+    """Lloyd's iterations from ``centres`` until the assignments stop changing (at most
+    ``iterations``); an empty cluster keeps its centre. Returns the centres and the labels."""
+    mean = x.mean(0)
+    xc, k = x - mean, centres.shape[0]
+    centres = centres - mean
+    labels = _sq_distances(xc, centres).argmin(-1)
+    for _ in range(iterations):
+        onehot = torch.nn.functional.one_hot(labels, k).to(x.dtype)  # (N, k)
+        counts = onehot.sum(0)
+        centres = torch.where(counts[:, None] > 0, onehot.T @ xc / counts.clamp_min(1)[:, None], centres)
+        new = _sq_distances(xc, centres).argmin(-1)
+        if torch.equal(new, labels):
+            break
+        labels = new
+    return centres + mean, labels
+
+
+def _cluster_moments(x: Tensor, labels: Tensor, centres: Tensor, k: int, covariance: str
+                     ) -> tuple[Tensor, Tensor, Tensor]:
+    """Weights, means and covariances (scikit-learn's layout for ``covariance``) of the hard
+    clusters ``labels``. Each cluster's covariance is shrunk towards the pooled within-cluster
+    one, ``(N_k S_k + S) / (N_k + 1)``, and all get a small ridge (1e-6 of the data's variance)."""
+    n, d = x.shape
+    counts = torch.bincount(labels, minlength=k).to(x.dtype)
+    sums = torch.zeros(k, d, dtype=x.dtype, device=x.device).index_add_(0, labels, x)
+    means = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], centres)
+    scatter = torch.empty(k, d, d, dtype=x.dtype, device=x.device)
+    for j in range(k):  # a loop over the components; each is vectorized over the datapoints
+        diff = (x - means[j]) * (labels == j).to(x.dtype)[:, None]
+        scatter[j] = diff.T @ diff
+    pooled = scatter.sum(0) / n
+    ridge = (1e-6 * x.var(0, unbiased=False).mean()).clamp_min(1e-10) * torch.eye(d, dtype=x.dtype, device=x.device)
+    full = (scatter + pooled) / (counts + 1)[:, None, None] + ridge
+    weights = counts.clamp_min(1) / counts.clamp_min(1).sum()
+    if covariance == "full":
+        cov = full
+    elif covariance == "tied":
+        cov = pooled + ridge
+    elif covariance == "diag":
+        cov = torch.diagonal(full, dim1=-2, dim2=-1)
+    else:  # spherical
+        cov = torch.diagonal(full, dim1=-2, dim2=-1).mean(-1)
+    return weights, means, cov
 
 
 def _pick(scales: Tensor, c: Tensor, covariance: str) -> Tensor:
