@@ -274,15 +274,15 @@ def test_the_objective_baseline_serves_sites_without_options_and_site_options_wi
 
 
 def test_a_decaying_site_baseline_cuts_the_coin_gradient_variance_as_in_pyro():
-    """The variance over 400 consecutive draws (after 50 of warm-up), ours and Pyro's, with
-    and without the option: within 25% of each other, and the option cuts it at least 5-fold."""
+    """The variance over 150 consecutive draws (after 20 of warm-up), ours and Pyro's, with and
+    without the option: the same draws, so the same variance; the option cuts it at least 5-fold."""
     variances = {}
     for key, options in (("with", coin_baseline_variants()["coin"]), ("without", None)):
         for who, elbo in (("ours", make("reinforce", baseline="none")), ("pyro", TraceGraph_ELBO())):
-            grads = torch.stack([g for _, g in _coin_grads(elbo, coin_program(options), 450, seed=5)[50:]])
+            grads = torch.stack([g for _, g in _coin_grads(elbo, coin_program(options), 170, seed=5)[20:]])
             variances[key, who] = float(grads.var(0).sum())
     for key in ("with", "without"):
-        assert abs(math.log(variances[key, "ours"] / variances[key, "pyro"])) < math.log(1.25), variances
+        assert variances[key, "ours"] == pytest.approx(variances[key, "pyro"], rel=1e-3), variances
     assert variances["without", "ours"] > 5 * variances["with", "ours"], variances
 
 
