@@ -481,3 +481,23 @@ def test_a_per_datapoint_site_baseline_under_vectorized_particles_equals_tracegr
     ours = grads(make("reinforce", baseline="none", num_particles=K))
     theirs = grads(TraceGraph_ELBO(num_particles=K, vectorize_particles=True, max_plate_nesting=1))
     assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_a_stateful_objective_on_a_per_datapoint_program_is_studied_as_its_loop_of_draws():
+    """A per-datapoint program would allow the repeated-batch path, but REINFORCE's decaying
+    baseline learns between draws: the study must be the loop a user writes, draw for draw."""
+    m, x = CategoricalGaussian(), torch.randn(4, 2)
+    R = 50
+    pyro.clear_param_store()
+    df = gradient_study(m.model, m.guide, x, objectives=["reinforce"], num_particles=(1,), replicates=R,
+                        exact=None, device="cpu", seed=3, progress=False)
+    from ppmodels.analysis import parameter_groups
+
+    params = [p for ps in parameter_groups(m.model, m.guide, x).values() for p in ps]
+    obj = make("reinforce")
+    pyro.clear_param_store()
+    pyro.set_rng_seed(3)
+    grads = torch.stack([flat_grad(torch.autograd.grad(-obj.surrogate(m.model, m.guide, x)[1], params,
+                                                       allow_unused=True), params) for _ in range(R)])
+    assert df["total_variance"].sum() == pytest.approx(float(grads.var(0).sum()), rel=1e-4)
+
