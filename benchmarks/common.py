@@ -72,3 +72,23 @@ def print_table(rows: list[dict]) -> None:
 
 def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def ppmodels_step(model, objective, x, optimizer, kind: str = "graph"):
+    """ppmodels' training step for ``model`` on batches shaped like ``x``, as ``fit`` builds it:
+    the plain step, or the fast path's ``kind`` (``"graph"``, ``"compiled"``) where it is proven
+    equal (see ``ppmodels.compiled``). Returns (step, what ran)."""
+    import pyro
+
+    from ppmodels import compiled
+    from ppmodels.fit import prepare, svi_step
+
+    pyro.clear_param_store()
+    params, pair = prepare(model, objective, (x,))
+    plain_loss = lambda b: objective.differentiable_loss(pair.model, pair.guide, *b)  # noqa: E731
+    plain = lambda b: svi_step(plain_loss, optimizer, b)  # noqa: E731
+    if kind == "plain":
+        return plain, "plain"
+    step, info = compiled.build_step(lambda *b: plain_loss(b), (x,), list(params.values()), optimizer, kind=kind,
+                                     plain_step=plain)
+    return (step or plain), info.kind

@@ -14,10 +14,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import handwritten  # noqa: E402
-from common import RESULTS, environment, interleaved, print_table, write_csv  # noqa: E402
+from common import RESULTS, environment, interleaved, ppmodels_step, print_table, write_csv  # noqa: E402
 
 from ppmodels.evaluate import memory_budget  # noqa: E402
-from ppmodels.fit import compile_loss, make_optimizer, prepare, svi_step  # noqa: E402
+from ppmodels.fit import make_optimizer  # noqa: E402
 from ppmodels.models import VAE  # noqa: E402
 from ppmodels.objectives import make  # noqa: E402
 from ppmodels import program  # noqa: E402
@@ -40,11 +40,9 @@ for sweep, B, K in sweeps:
     x = torch.bernoulli(torch.rand(B, 784, device=device) * 0.3)
     name = "elbo" if sweep == "batch" else "iwae"
     obj = make(name, num_particles=K)
-    pyro.clear_param_store()
-    params, pair = prepare(ours, obj, (x,))
-    loss_fn = compile_loss(pair, obj, params, (x,)) or (lambda b: obj.differentiable_loss(pair.model, pair.guide, *b))
+    step, _ = ppmodels_step(ours, obj, x, o1)
     times = interleaved({
-        "ppmodels": lambda: [svi_step(loss_fn, o1, (x,)) for _ in range(args.steps)],
+        "ppmodels": lambda: [step((x,)) for _ in range(args.steps)],
         "torch": lambda: [handwritten.step(theirs, o2, x, name, K) for _ in range(args.steps)],
     }, rounds=args.rounds, device=device)
     rows.append({"sweep": sweep, "batch": B, "K": K, "objective": name,

@@ -16,11 +16,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import handwritten  # noqa: E402
-from common import environment, interleaved, print_table, ratio, write_csv  # noqa: E402
+from common import environment, interleaved, ppmodels_step, print_table, ratio, write_csv  # noqa: E402
 
 from ppmodels import evaluate  # noqa: E402
 from ppmodels.data import synthetic_images  # noqa: E402
-from ppmodels.fit import compile_loss, make_optimizer, prepare, svi_step  # noqa: E402
+from ppmodels.fit import fit, make_optimizer  # noqa: E402
 from ppmodels.models import VAE  # noqa: E402
 from ppmodels.objectives import make  # noqa: E402
 from ppmodels.utils import resolve_device  # noqa: E402
@@ -63,14 +63,11 @@ def svi_rows() -> list[dict]:
         opt_ours = opt_theirs = make_optimizer(list(ours.parameters()))
         objective = make(name, num_particles=K)
         x = batch_of(B)
-        pyro.clear_param_store()
-        params, pair = prepare(ours, objective, (x,))  # as fit does
-        compiled = compile_loss(pair, objective, params, (x,)) if not args.no_jit else None
-        loss_fn = compiled or (lambda b: objective.differentiable_loss(pair.model, pair.guide, *b))
+        step, kind = ppmodels_step(ours, objective, x, opt_ours, "plain" if args.no_jit else "graph")  # as fit does
 
         def run_ours():
             for _ in range(args.steps):
-                svi_step(loss_fn, opt_ours, (x,))
+                step((x,))
 
         def run_theirs():
             for _ in range(args.steps):
@@ -78,7 +75,7 @@ def svi_rows() -> list[dict]:
 
         times = interleaved({"ppmodels": run_ours, "torch": run_theirs}, rounds=args.rounds, device=device, warmup=2)
         med, lo, hi = ratio(times["ppmodels"], times["torch"])
-        rows.append({"bench": "svi_step" + (" (jit)" if compiled else ""), "preset": preset, "batch": B,
+        rows.append({"bench": f"svi_step ({kind})", "preset": preset, "batch": B,
                      "objective": name, "K": K,
                      "ppmodels_ms": 1e3 * min(times["ppmodels"]) / args.steps,
                      "torch_ms": 1e3 * min(times["torch"]) / args.steps,

@@ -277,7 +277,7 @@ class CollapseDiagnostics(Callback):
 
     def on_epoch_end(self, state: FitState) -> None:
         from . import evaluate
-        from .tracing import forked_rng
+        from .program.probe import forked_rng
 
         with forked_rng():  # diagnostics do not shift training's random stream
             kls = evaluate.kl_per_unit(state.model, self.data)
@@ -571,7 +571,7 @@ class ImportanceNLL(Callback):
         if state.epoch + 1 not in self.at:
             return
         from . import evaluate
-        from .tracing import forked_rng
+        from .program.probe import forked_rng
 
         with forked_rng():
             rank = 0 if state.group is None else state.group.rank

@@ -24,7 +24,7 @@ from . import program
 from .data import TensorData, as_data
 from .program import ProgramFacts
 from .protocol import CHECK_ROWS, as_pair, check_batch, check_data
-from .tracing import forked_rng, trace_if_equal
+from .compiled import forked_rng, graph_of_call
 from .utils import PPModelsError, model_name
 
 if TYPE_CHECKING:
@@ -43,8 +43,10 @@ CPU_CHUNK_BYTES = 64 << 20
 WEIGHT_BYTES_PER_DRAW = 48
 #: The most bytes those log weights may take, whatever the device's budget: they go through the CPU.
 WEIGHTS_BUDGET = 256 << 20
-#: Full-size chunks from which ``log_likelihood`` traces one (tracing costs about three chunks).
-TRACE_MIN_CHUNKS = 16
+#: Full-size chunks from which ``log_likelihood`` captures one as a graph (the first capture in a
+#: process imports TorchDynamo, about 1.5 s), and from which it compiles that graph.
+CAPTURE_MIN_CHUNKS = 64
+COMPILE_MIN_CHUNKS = 2000
 
 
 def memory_budget(device: torch.device) -> int:
@@ -151,10 +153,11 @@ def log_likelihood(
 
     Returns a tensor of shape (N,). Chunk sizes come from ``budget`` bytes (default
     :func:`memory_budget`) unless given. ``jit=True``: run the chunks of ``particle_chunk``
-    particles through a trace of one such chunk per batch size (see :mod:`ppmodels.tracing`),
-    used only if it returns what the plain chunk does; the default, None, does so for models
-    that declare ``static_structure = True``, for batch sizes that run at least
-    :data:`TRACE_MIN_CHUNKS` chunks. ``data_plate``: the batch plate's name (None: found).
+    particles through a captured graph of one such chunk per batch size (see
+    :mod:`ppmodels.compiled`; compiled when :data:`COMPILE_MIN_CHUNKS` chunks or more will use
+    it), used only if it returns what the plain chunk does; the default, None, does so for
+    models that declare ``static_structure = True``, for batch sizes that run at least
+    :data:`CAPTURE_MIN_CHUNKS` chunks. ``data_plate``: the batch plate's name (None: found).
     ``vectorize_particles=False``: one pass per particle, for models written for one sample.
     """
     obj = as_pair(obj)
@@ -176,7 +179,7 @@ def log_likelihood(
 
         per_batch = num_samples // particle_chunk  # full particle chunks per batch
         may_trace = (bool(getattr(obj, "static_structure", False)) if jit is None else jit) and vectorize_particles
-        min_uses = 1 if jit else TRACE_MIN_CHUNKS  # a trace costs about three chunks
+        min_uses = 1 if jit else CAPTURE_MIN_CHUNKS
         params: list[Tensor] | None = None
         traced: dict[int, Callable | None] = {}  # by batch size (the last batch may be smaller)
         out = []
@@ -194,7 +197,9 @@ def log_likelihood(
                     n = len(batch)
                     if params is None:
                         params = list(program.read_parameters(obj, program.probe(obj.model, obj.guide, batch, keep_params=True).param_trace)[0].values())
-                    traced[size] = trace_if_equal(lambda *inputs: chunk(inputs[:n], particle_chunk), (*batch, *params))
+                    kind = "compiled" if uses >= COMPILE_MIN_CHUNKS else "graph"
+                    traced[size], _ = graph_of_call(lambda *inputs: chunk(inputs[:n], particle_chunk), (*batch, *params),
+                                                    kind)
             fast = traced.get(size)
             acc = None
             for start in range(0, num_samples, particle_chunk):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 import os
 import sys
-import weakref
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -34,10 +33,10 @@ from .objectives import Objective, PyroElbo, make
 from .protocol import ModelGuide, as_pair, check_batch, check_data
 from .rundir import CHECKPOINT, load_checkpoint, open_run, run_checkpoint
 from .settings import ADAM_DEFAULTS, TrainSettings, check_setting, describe, split_options
-from .tracing import trace_if_equal
+from . import compiled as fastpath
 from .utils import PPModelsError, model_name, resolve_device, rng_state, set_rng_state, set_seed
 
-__all__ = ["fit", "train_loop", "Run", "svi_step", "compile_loss", "prepare", "make_optimizer", "NonFiniteLoss", "load_checkpoint", "load_run",
+__all__ = ["fit", "train_loop", "Run", "svi_step", "fast_step", "prepare", "make_optimizer", "NonFiniteLoss", "load_checkpoint", "load_run",
            "lr_factor", "check_options", "CHECKPOINT"]
 
 def _collect_params(obj: Any, objective: Objective, batch: tuple, seen: program.Probe
@@ -72,70 +71,6 @@ def svi_step(
         torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], clip_norm)
     optimizer.step()
     return loss.detach()
-
-
-#: each model's latest trace, with its key (objective, inputs, parameters, the model's state),
-#: weakly (it goes with the model); it is checked again before it is reused
-_TRACES: "weakref.WeakKeyDictionary[Any, tuple[tuple, Callable]]" = weakref.WeakKeyDictionary()
-
-
-def _state_key(owner: Any) -> tuple:
-    """What a trace may have recorded as constants of ``owner``, as it stands: its buffers and
-    tensor attributes (identity and in-place version) and its public scalar attributes. A
-    reused trace is checked against the plain loss as well; this catches what a check on one
-    batch could miss (a tiny change, one that only some rows see)."""
-    if owner is None:
-        return ()
-    out = []
-    tensors = dict(owner.named_buffers()) if isinstance(owner, torch.nn.Module) else {}
-    for name, value in sorted(getattr(owner, "__dict__", {}).items()):
-        if torch.is_tensor(value):
-            tensors[name] = value
-        elif not name.startswith("_") and isinstance(value, (bool, int, float, str)):
-            out.append((name, value))
-    out += [(name, id(t), t._version) for name, t in sorted(tensors.items())]
-    return tuple(out)
-
-
-def compile_loss(
-    pair: ModelGuide, objective: Objective, params: dict[str, Tensor], batch: tuple, owner: Any = None
-) -> Callable[[tuple], Tensor] | None:
-    """The differentiable loss as a ``torch.jit.trace`` of one call (Python and Pyro overhead
-    gone), or None. Only for objectives marked ``jit_safe`` (no gradient hooks or state kept
-    between calls), and only if, on ``batch`` and under one seed, the traced loss and its
-    gradients equal the plain ones: the fast path is used only where it is proven equal here.
-    The trace is specialised to the batch shape (training drops the ragged last batch).
-    ``owner`` (the model): a trace an earlier call made for it, with the same objective, input
-    shapes and parameter tensors, is checked the same way and reused (a new trace costs about
-    0.1 s: tracing, and the graph executor's optimisation in its first two calls)."""
-    if not getattr(objective, "jit_safe", False):
-        return None
-    plist = list(params.values())
-    n = len(batch)
-
-    def loss_fn(*inputs: Tensor) -> Tensor:
-        return objective.differentiable_loss(pair.model, pair.guide, *inputs[:n])
-
-    extra = []  # a scheduled or non-unit KL weight is an input of the trace, not a constant
-    if torch.is_tensor(getattr(objective, "kl_weight", None)) and (objective.kl_scheduled or objective._beta != 1.0):
-        objective._kl_weight(batch[0].device)
-        extra = [objective.kl_weight]
-    inputs = (*batch, *plist, *extra)
-    key = (type(objective), repr(objective), len(extra), tuple(map(id, plist)), _state_key(owner),
-           tuple((t.shape, t.dtype, t.device, t.requires_grad) for t in inputs if torch.is_tensor(t)))
-    try:
-        earlier_key, earlier = _TRACES.pop(owner, ((), None))
-    except TypeError:  # None, or not weakly referenceable: no reuse
-        owner, earlier_key, earlier = None, (), None
-    traced = trace_if_equal(loss_fn, inputs, wrt=plist, reuse=earlier if earlier_key == key else None)
-    if traced is None:
-        return None
-    if owner is not None:
-        # torch keeps the traced Python function on the trace; it reaches the model through the
-        # loss's closure and would keep the (weak) key alive for ever
-        vars(traced).pop("_torchdynamo_inline", None)
-        _TRACES[owner] = (key, traced)
-    return lambda batch: traced(*batch, *plist, *extra)
 
 
 def prepare(obj: Any, objective: Objective, batch: tuple, seen: program.Probe | None = None
@@ -216,11 +151,13 @@ def fit(
     a learning curve's points again later; with ``out``, a callback's own ``keep_checkpoints``
     (:class:`ppmodels.callbacks.ImportanceNLL`'s epochs) are kept too.
     History columns: epoch, step, train_loss (minus the objective per datapoint), val_elbo,
-    test_elbo (per datapoint), lr, seconds (cumulative wall time). ``jit=True`` uses the traced
-    loss of :func:`compile_loss` where it is proven equal on the first batch (and falls back
-    to the plain loss otherwise); the default, ``None``, does so only for models that declare
-    ``static_structure = True`` (a trace freezes Python control flow: a model whose structure
-    changes between calls must not be traced). ``history.attrs["jit"]`` says which ran.
+    test_elbo (per datapoint), lr, seconds (cumulative wall time). The fast path
+    (:func:`fast_step`, :mod:`ppmodels.compiled`): the whole step captured as one graph, and
+    compiled by ``torch.compile`` for calls of ``compile_min_steps`` steps or more, used only
+    where it equals the plain step on the first batch. ``jit=True`` tries it for any model,
+    ``False`` never; the default, ``None``, only for models that declare ``static_structure =
+    True`` (a graph freezes Python control flow). ``history.attrs`` says which ran and why
+    (``fast_path``, ``fast_path_reason``) and its ``capture_seconds`` and ``compile_seconds``.
     ``callbacks``: objects with any of the hooks of :mod:`ppmodels.callbacks` (``on_fit_start``,
     ``on_step_start``, ``on_step_end``, ``on_epoch_end``, ``on_fit_end``), run in order.
 
@@ -327,14 +264,9 @@ def _fit(obj, train, objective, device, run: Run, out_dir, resume, validation, t
         if not group.average:  # per-row losses summed over ranks: global sites counted once
             outside = distributed.ScaleOutside(plate, 1.0 / group.world_size)
             fast = ModelGuide(outside(fast.model), outside(fast.guide), name)
-    if jit is None:
-        jit = bool(getattr(obj, "static_structure", False))
     if any(getattr(cb, "schedules_kl_weight", False) for cb in callbacks):
-        objective.kl_scheduled = True  # β stays a tensor the traced loss reads
-    compiled = compile_loss(fast, objective, params, probe, owner=obj) if jit else None
-    if compiled is not None and not run.drop_last and len(train) % run.batch_size:
-        compiled = None  # the trace is specialised to full batches
-    loss_fn = compiled or (lambda b: objective.differentiable_loss(fast.model, fast.guide, *b))
+        objective.kl_scheduled = True  # β stays a tensor that a captured step reads
+    plain_loss = lambda b: objective.differentiable_loss(fast.model, fast.guide, *b)  # noqa: E731
     optimizer = make_optimizer(list(params.values()), **run.adam())
     after_backward = None
     if group is not None:
@@ -357,6 +289,12 @@ def _fit(obj, train, objective, device, run: Run, out_dir, resume, validation, t
         if group is not None and group.rank > 0:  # rank 0 continues the checkpoint's stream, others their own
             set_seed(distributed.rank_seed(run.seed, group.rank) ^ state.step)
 
+    plain_step = lambda b: svi_step(plain_loss, optimizer, b, run.clip_norm, after_backward)  # noqa: E731
+    step, path = fast_step(obj, objective, plain_loss, probe, params, optimizer, run, state.step, jit, group)
+    step = step or plain_step
+    if path.kind != "plain" and not run.drop_last and len(train) % run.batch_size:
+        full, fast_fn = run.batch_size, step  # the graph is specialised to full batches: the ragged one runs plain
+        step = lambda b: fast_fn(b) if len(b[0]) == full else plain_step(b)  # noqa: E731
     monitor = LossMonitor(run.log_every, group)
     record = {"settings": settings, "meta": meta or {}, "seed": run.seed}
     builtin_before = [LearningRate(run.lr, run.lr_schedule), monitor,
@@ -371,12 +309,41 @@ def _fit(obj, train, objective, device, run: Run, out_dir, resume, validation, t
         return served if group is None else group.shards(served)
 
     with pyro.validation_enabled(False):
-        train_loop(state, batches, lambda b: svi_step(loss_fn, optimizer, b, run.clip_norm, after_backward),
-                   [*builtin_before, *callbacks, *builtin_after])
+        train_loop(state, batches, step, [*builtin_before, *callbacks, *builtin_after])
     df = pd.DataFrame(state.history)
     df.attrs.update({"model": name, "objective": repr(objective), "device": str(device), "seed": run.seed,
-                     "jit": compiled is not None, "checkpoint": str(state.checkpoint) if state.checkpoint else None})
+                     "jit": path.kind != "plain", **path.as_dict(), "checkpoint": str(state.checkpoint) if state.checkpoint else None})
     return df
+
+
+def fast_step(obj: Any, objective: Objective, plain_loss: Callable[[tuple], Tensor], batch: tuple,
+              params: dict[str, Tensor], optimizer: torch.optim.Optimizer, run: "Run", done: int, jit: bool | None,
+              group: distributed.Group | None = None) -> tuple[Callable[[tuple], Tensor] | None, fastpath.FastPath]:
+    """The whole training step (loss, backward, Adam's update) as a captured or compiled graph
+    (:mod:`ppmodels.compiled`), where it may be used and is proven equal to the plain step on
+    ``batch``; else None. The kind is chosen by the steps the call has left after ``done``
+    (:func:`ppmodels.compiled.choose`, ``run.compile_min_steps``). ``jit``: False never, True
+    always (the graph at least), None (default) for models that declare ``static_structure =
+    True`` (a graph freezes Python control flow). Returns the step with its
+    :class:`~ppmodels.compiled.FastPath` (what ran and why)."""
+    kind = fastpath.choose(run.total_steps - done, run.compile_min_steps, jit)
+    if jit is None and not getattr(obj, "static_structure", False):
+        return None, fastpath.FastPath("plain", "the model does not declare static_structure = True")
+    if kind == "plain":
+        why = "asked (jit=False)" if jit is False else (
+            f"{run.total_steps - done} steps: fewer than {fastpath.CAPTURE_MIN_STEPS} pay back a capture")
+        return None, fastpath.FastPath("plain", why)
+    if not getattr(objective, "jit_safe", False):
+        return None, fastpath.FastPath("plain", f"objective {objective.name!r} keeps state or hooks between calls")
+    if group is not None:
+        return None, fastpath.FastPath("plain", "data-parallel: gradients are all-reduced between backward and step")
+    extra = []  # a scheduled or non-unit KL weight is an input of the graph, not a constant
+    if torch.is_tensor(getattr(objective, "kl_weight", None)) and (objective.kl_scheduled or objective._beta != 1.0):
+        objective._kl_weight(batch[0].device)
+        extra = [objective.kl_weight]
+    plain_step = lambda b: svi_step(plain_loss, optimizer, b, run.clip_norm)  # noqa: E731
+    return fastpath.build_step(lambda *b: plain_loss(b), batch, list(params.values()), optimizer,
+                               clip_norm=run.clip_norm, extra=extra, kind=kind, plain_step=plain_step)
 
 
 def train_loop(state: FitState, batches: Callable[[int], Any], step: Callable[[tuple], Tensor],

@@ -135,6 +135,10 @@ class TrainSettings:
     drop_last: bool = setting(True, "True or False", lambda v: isinstance(v, bool), trajectory=True)
     log_every: int = setting(50, "an integer >= 1", _count)
     eval_particles: int = setting(1, "an integer >= 1", _count)
+    compile_min_steps: int = setting(
+        5000, "an integer >= 0", lambda v: _is_int(v) and v >= 0,
+        flag=Flag("--compile-min-steps", int, help="compile the training step (torch.compile) when a call runs at least "
+                  "this many steps; 0: never (default {default})"))
     keep_checkpoints: tuple[int, ...] = setting((), "integer epoch numbers >= 1", lambda v: all(map(_count, v)),
                                                 convert=_epoch_numbers)  # a resume may change them
 

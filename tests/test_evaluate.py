@@ -72,20 +72,19 @@ def test_chunk_sizes_follow_the_budget():
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
-def test_traced_evaluation_equals_the_plain_one(monkeypatch, device):
-    """The fast path (full chunks through a trace) draws the same particles as the plain one."""
+def test_captured_evaluation_equals_the_plain_one(monkeypatch, device):
+    """The fast path (full chunks through a captured graph) draws the same particles as the plain one."""
+    from ppmodels.compiled import graph_of_call
     from ppmodels.models import VAE
 
     used = []
 
-    def spy(fn, inputs, **kw):
-        traced = trace_if_equal(fn, inputs, **kw)
-        used.append(traced is not None)
-        return traced
+    def spy(fn, inputs, kind="graph", **kw):
+        call, info = graph_of_call(fn, inputs, kind, **kw)
+        used.append(call is not None)
+        return call, info
 
-    from ppmodels.tracing import trace_if_equal
-
-    monkeypatch.setattr(evaluate, "trace_if_equal", spy)
+    monkeypatch.setattr(evaluate, "graph_of_call", spy)
     torch.manual_seed(0)
     vae = VAE(x_dim=20, z_dim=3, hidden=(8,)).to(device)
     x = torch.bernoulli(torch.full((45, 20), 0.3)).to(device)  # batches of 10: a ragged last batch
@@ -93,7 +92,7 @@ def test_traced_evaluation_equals_the_plain_one(monkeypatch, device):
     for jit in (True, False):
         torch.manual_seed(5)
         results.append(evaluate.log_likelihood(vae, x, 100, batch_size=10, particle_chunk=30, jit=jit))
-    assert used == [True, True]  # one trace per batch size: 10, and the ragged 5
+    assert used == [True, True]  # one graph per batch size: 10, and the ragged 5
     assert torch.allclose(results[0], results[1], rtol=1e-5, atol=1e-5)
 
 

@@ -1,6 +1,8 @@
+import copy
 import math
 
 import pandas as pd
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -168,36 +170,36 @@ def test_linear_gaussian_trains_with_every_reparameterized_objective():
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
-def test_jit_fast_path_is_used_only_where_proven_equal(images, device):
-    from ppmodels.fit import compile_loss, prepare
-    from ppmodels.objectives import make
-
-    x = images[0].full(torch.Generator().manual_seed(0))[0][:50].to(device)
-    for name, expected in [("elbo", True), ("iwae", True), ("stl", True), ("dreg", True), ("reinforce", False)]:
-        vae = small_vae().to(device)
-        obj = make(name, num_particles=3) if name in ("iwae", "dreg") else make(name)
-        pyro.clear_param_store()
-        params, pair = prepare(vae, obj, (x,))
-        compiled = compile_loss(pair, obj, params, (x,))
-        assert (compiled is not None) == expected, name
-        if compiled is None:
-            continue
-        torch.manual_seed(7)
-        a = obj.differentiable_loss(pair.model, pair.guide, x)
-        ga = torch.autograd.grad(a, list(params.values()))
-        torch.manual_seed(7)
-        b = compiled((x,))
-        gb = torch.autograd.grad(b, list(params.values()))
-        assert torch.allclose(a, b, rtol=1e-5)
-        assert all(torch.allclose(u, v, rtol=1e-4, atol=1e-6) for u, v in zip(ga, gb))
+def test_fast_path_is_used_only_where_proven_equal(images, device):
+    """jit=True: the captured step for the objectives that keep no state, equal to the plain
+    step run for run (losses and parameters); REINFORCE keeps state: plain, and the history
+    says why."""
+    x = images[0].full(torch.Generator().manual_seed(0))[0][:60].to(device)
+    for name, expected in [("elbo", "graph"), ("iwae", "graph"), ("stl", "graph"), ("dreg", "graph"),
+                           ("reinforce", "plain")]:
+        opts = {"num_particles": 3} if name in ("iwae", "dreg") else {}
+        runs = []
+        for jit in (True, False):
+            vae = small_vae().to(device)
+            history = fit(vae, x, objective=name, steps=4, batch_size=20, lr=1e-2, device=device, jit=jit, seed=2,
+                          **opts)
+            runs.append((history, [p.detach().clone() for p in vae.parameters()]))
+        (fast, p_fast), (plain, p_plain) = runs
+        assert fast.attrs["fast_path"] == expected, (name, fast.attrs["fast_path_reason"])
+        assert plain.attrs["fast_path"] == "plain" and plain.attrs["fast_path_reason"] == "asked (jit=False)"
+        if expected == "plain":
+            assert "keeps state" in fast.attrs["fast_path_reason"]
+        assert np.allclose(fast["train_loss"], plain["train_loss"], rtol=1e-4), name
+        assert all(torch.allclose(a, b, rtol=1e-3, atol=1e-5) for a, b in zip(p_fast, p_plain)), name
 
 
 class _Shifted(torch.nn.Module):
-    """A static-structure model whose likelihood reads a plain tensor attribute: a trace
-    records ``shift`` as a constant."""
+    """A static-structure model whose likelihood reads a plain tensor attribute (a capture
+    records ``shift`` as a constant) and, when ``python_noise``, Python's own random numbers
+    (which a capture freezes: the captured step differs from the plain one)."""
 
     static_structure = True
-    noise = 1.0  # a class attribute: outside the cache key, left to the reuse check
+    python_noise = False
 
     def __init__(self):
         super().__init__()
@@ -205,10 +207,13 @@ class _Shifted(torch.nn.Module):
         self.shift = torch.tensor(0.0)
 
     def model(self, x):
+        import random
+
         pyro.module("shifted", self)
+        noise = 1.0 + (random.random() if self.python_noise else 0.0)
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample("z", dist.Normal(self.loc, 1.0).to_event(1))
-            pyro.sample("x", dist.Normal(z + self.shift, self.noise).to_event(1), obs=x)
+            pyro.sample("x", dist.Normal(z + self.shift, noise).to_event(1), obs=x)
 
     def guide(self, x):
         pyro.module("shifted", self)
@@ -216,69 +221,61 @@ class _Shifted(torch.nn.Module):
             pyro.sample("z", dist.Normal(self.q_loc + 0.5 * x, 1.0).to_event(1))
 
 
-def test_a_second_fit_reuses_the_checked_trace_and_retraces_when_the_model_changed(monkeypatch):
-    """fit twice on one model: the second call reuses the first's trace, after checking it
-    again; a change the trace recorded as a constant fails that check, and it traces anew."""
-    from ppmodels import fit as fit_module
-    from ppmodels import tracing
-
-    made, reused = [], []
-    real = tracing.trace_if_equal
-
-    def spy(fn, inputs, wrt=(), reuse=None, **kw):
-        out = real(fn, inputs, wrt=wrt, reuse=reuse, **kw)
-        (reused if out is not None and out is reuse else made).append(out)
-        return out
-
-    monkeypatch.setattr(fit_module, "trace_if_equal", spy)
+def test_each_fit_captures_its_own_step_and_a_step_that_differs_is_not_used():
+    """A constant the capture recorded (``shift``) changed between calls: the next call's step
+    sees the new value (it equals the plain run). A program whose Python randomness the capture
+    freezes differs from its plain step on the first batch: plain, with the reason."""
     m, x = _Shifted(), torch.randn(40, 2, generator=torch.Generator().manual_seed(0))
-    for _ in range(2):
-        history = fit(m, x, epochs=2, batch_size=20, lr=1e-2, device="cpu", seed=0)
-        assert history.attrs["jit"]
-    assert len(made) == 1 and reused == made
-    m.shift.add_(3.0)  # in place: the cache key sees the tensor's version
-    fit(m, x, epochs=1, batch_size=20, lr=1e-2, device="cpu", seed=0)
-    assert len(made) == 2 and len(reused) == 1
-    monkeypatch.setattr(_Shifted, "noise", 2.0)  # not in the key: the check finds the difference
-    fit(m, x, epochs=1, batch_size=20, lr=1e-2, device="cpu", seed=0)
-    assert len(made) == 3 and len(reused) == 1
+    for shift in (0.0, 3.0):
+        m.shift.fill_(shift)
+        a = fit(copy.deepcopy(m), x, steps=3, batch_size=20, lr=1e-2, device="cpu", seed=0, jit=True)
+        b = fit(copy.deepcopy(m), x, steps=3, batch_size=20, lr=1e-2, device="cpu", seed=0, jit=False)
+        assert a.attrs["fast_path"] == "graph"
+        assert np.allclose(a["train_loss"], b["train_loss"], rtol=1e-5)
+    m.python_noise = True
+    history = fit(m, x, steps=3, batch_size=20, lr=1e-2, device="cpu", seed=0, jit=True)
+    assert history.attrs["fast_path"] == "plain"
+    assert "differs from the plain step" in history.attrs["fast_path_reason"]
 
 
-def test_the_trace_key_sees_the_models_buffers_tensors_and_scalars():
-    from ppmodels.fit import _state_key
+def test_the_fast_path_policy_by_steps():
+    from ppmodels.compiled import CAPTURE_MIN_STEPS, choose
 
-    m = _Shifted()
-    m.register_buffer("mask", torch.ones(3))
-    m.depth = 2
-    before = _state_key(m)
-    assert _state_key(m) == before
-    m.mask.mul_(0.5)  # in place: a new version
-    assert _state_key(m) != before
-    before = _state_key(m)
-    m.shift = torch.tensor(0.0)  # another tensor, equal in value
-    assert _state_key(m) != before
-    before = _state_key(m)
-    m.depth = 3
-    assert _state_key(m) != before
+    assert choose(10, 5000, None) == "plain" and choose(10, 5000, True) == "graph"
+    assert choose(CAPTURE_MIN_STEPS, 5000, None) == "graph" and choose(5000, 5000, None) == "compiled"
+    assert choose(10**6, 0, None) == "graph" and choose(10**6, 5000, False) == "plain"
+    m, x = _Shifted(), torch.randn(40, 2, generator=torch.Generator().manual_seed(0))
+    history = fit(m, x, steps=3, batch_size=20, device="cpu", seed=0)
+    assert history.attrs["fast_path"] == "plain" and "pay back a capture" in history.attrs["fast_path_reason"]
 
 
-def test_fit_does_not_keep_a_traced_model_alive():
+def test_the_compiled_step_equals_the_plain_one():
+    """compile_min_steps reached: the step runs through torch.compile, equal to the plain run."""
+    m, x = _Shifted(), torch.randn(40, 2, generator=torch.Generator().manual_seed(0))
+    a = fit(copy.deepcopy(m), x, steps=4, batch_size=20, lr=1e-2, device="cpu", seed=0, compile_min_steps=1)
+    b = fit(copy.deepcopy(m), x, steps=4, batch_size=20, lr=1e-2, device="cpu", seed=0, jit=False)
+    assert a.attrs["fast_path"] == "compiled", a.attrs["fast_path_reason"]
+    assert a.attrs["compile_seconds"] > 0
+    assert np.allclose(a["train_loss"], b["train_loss"], rtol=1e-5)
+
+
+def test_fit_does_not_keep_a_captured_model_alive():
     import gc
     import weakref
 
     m, x = _Shifted(), torch.randn(40, 2, generator=torch.Generator().manual_seed(0))
-    assert fit(m, x, epochs=1, batch_size=20, device="cpu", seed=0).attrs["jit"]
+    assert fit(m, x, epochs=1, batch_size=20, device="cpu", seed=0, jit=True).attrs["jit"]
     ref = weakref.ref(m)
     del m
     gc.collect()
     assert ref() is None
 
 
-def test_trace_gradients_are_compared_up_to_rounding_only():
-    from ppmodels.tracing import _close
+def test_fast_path_results_are_compared_up_to_rounding_only():
+    from ppmodels.compiled import _close
 
     g = torch.randn(50, 20, generator=torch.Generator().manual_seed(0)) * 100
-    assert _close(g, g + 3e-7 * g.abs().max())  # the optimised runs' rounding
+    assert _close(g, g + 3e-7 * g.abs().max())  # a graph's own summation order
     assert not _close(g, g * (1 + 1e-3)) and not _close(g, g + 1e-4 * g.abs().max())
     small = g.clone()
     small[0, 0] = 1e-3 * g.abs().max()  # a small entry (1e-3 of the largest) off by 10x fails
@@ -296,49 +293,62 @@ def test_training_with_and_without_jit_agrees(images):
     assert torch.allclose(torch.tensor(a["train_loss"].values), torch.tensor(b["train_loss"].values), rtol=1e-3)
 
 
-def test_traced_linear_gaussian_gradients_are_unbiased():
-    """The exact-gradient check, run on the traced (fast-path) loss."""
+def _captured_gradient(m, name, x, **opts):
+    """The objective's gradient as the fast path records it (a captured graph), in the order of
+    the LinearGaussian's parameters."""
+    from ppmodels.analysis import flat_grad
+    from ppmodels.compiled import capture
+    from ppmodels.fit import prepare
+    from ppmodels.objectives import make
+
+    obj = make(name, **opts)
+    params, pair = prepare(m, obj, (x,))
+    order = [params[f"module.{n}"] for n in ("W", "b", "log_psi", "A", "c", "log_s")]
+
+    def grad(x, *ps):
+        with torch.enable_grad():
+            loss = obj.differentiable_loss(pair.model, pair.guide, x)
+            return flat_grad(torch.autograd.grad(loss, order), order)
+
+    with torch.no_grad():
+        gm = capture(grad, (x, *order))
+
+    def call():
+        with torch.no_grad():
+            return gm(x, *order)
+    return call
+
+
+def test_captured_linear_gaussian_gradients_are_unbiased():
+    """The exact-gradient check, run on the captured (fast-path) gradient."""
     from helpers import assert_unbiased
 
     from ppmodels.analysis import flat_grad
-    from ppmodels.fit import compile_loss, prepare
-    from ppmodels.objectives import make
 
     m = LinearGaussian(5, 2, seed=0)
     x = m.sample_data(4, seed=1)
     params_list = m.model_parameters() + m.guide_parameters()
     exact = flat_grad(torch.autograd.grad(-m.elbo(x).sum(), params_list), params_list)
     for name in ("elbo", "stl"):
-        obj = make(name)
-        params, pair = prepare(m, obj, (x,))
-        compiled = compile_loss(pair, obj, params, (x,))
-        assert compiled is not None
-        order = [params[f"module.{n}"] for n in ("W", "b", "log_psi", "A", "c", "log_s")]
+        call = _captured_gradient(m, name, x)
         torch.manual_seed(0)
-        grads = torch.stack([flat_grad(torch.autograd.grad(compiled((x,)), order), order) for _ in range(1500)])
-        assert_unbiased(grads, exact, what=f"traced {name}")
+        grads = torch.stack([call() for _ in range(1500)])
+        assert_unbiased(grads, exact, what=f"captured {name}")
 
 
-def test_traced_dreg_agrees_with_traced_iwae_in_expectation():
-    """DReG on the traced path (its gradient scaling recorded by the trace, not a hook) against
-    IWAE on the same path: both unbiased for the IWAE-5 gradient, a two-sample z-test."""
-    from ppmodels.analysis import flat_grad
-    from ppmodels.fit import compile_loss, prepare
-    from ppmodels.objectives import make
-
+def test_captured_dreg_agrees_with_captured_iwae_in_expectation():
+    """DReG on the captured path (its gradient scaling recorded by the capture) against IWAE on
+    the same path: both unbiased for the IWAE-5 gradient, a two-sample z-test."""
     m = LinearGaussian(5, 2, seed=0)
     x = m.sample_data(4, seed=1)
     R, grads = 1500, {}
     for name in ("iwae", "dreg"):
-        obj = make(name, num_particles=5)
-        params, pair = prepare(m, obj, (x,))
-        compiled = compile_loss(pair, obj, params, (x,))
-        assert compiled is not None, name
-        order = [params[f"module.{n}"] for n in ("W", "b", "log_psi", "A", "c", "log_s")]
+        call = _captured_gradient(m, name, x, num_particles=5)
         torch.manual_seed(1 if name == "iwae" else 2)
-        grads[name] = torch.stack([flat_grad(torch.autograd.grad(compiled((x,)), order), order) for _ in range(R)])
+        grads[name] = torch.stack([call() for _ in range(R)])
     a, b = grads["iwae"], grads["dreg"]
     z = (a.mean(0) - b.mean(0)) / ((a.var(0) + b.var(0)) / R).sqrt()
     assert z.abs().max() < 5, z
     k = sum(p.numel() for p in m.model_parameters())
     assert b[:, k:].var(0).sum() < a[:, k:].var(0).sum()  # and DReG's guide gradient is quieter
+

@@ -101,8 +101,8 @@ def common_options(family: Family) -> argparse.ArgumentParser:
     t.add_argument("--num-samples", type=positive(int), default=1000, help="importance samples for the NLL")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("--no-jit", action="store_true",
-                   help="never trace the loss (default: traced where the model's structure is static and the "
-                        "traced gradients are checked equal to the plain ones)")
+                   help="never take the fast path (default: the step captured, or compiled for long runs, where the "
+                        "model's structure is static and the step is checked equal to the plain one)")
     return t
 
 

@@ -53,7 +53,7 @@ class Objective(ELBO):
     per_term: bool = True
     #: param-store names of what the estimator learns (a baseline), saved with a run
     state_names: tuple[str, ...] = ()
-    #: whether ``torch.jit.trace`` may record one call (no gradient hooks, no state between calls)
+    #: whether the fast path (:mod:`ppmodels.compiled`) may capture one call (no state between calls)
     jit_safe: bool = False
     #: whether the objective enumerates model-only latents (so they need no guide site)
     enumerates: bool = False

@@ -14,7 +14,7 @@ with one backward pass: the surrogate :math:`\sum_k \bar{\tilde w}_k \log w_k`, 
 reparameterized guide draw :math:`z_k` passed through an identity whose backward multiplies
 the gradient reaching :math:`z_k` by :math:`\tilde w_k`. The weights are known only after the
 model has run, so the identity reads them from a buffer filled in place afterwards; unlike a
-gradient hook this is recorded by ``torch.jit.trace``, so DReG runs on ``fit``'s traced path.
+gradient hook this is recorded by the fast path's capture (:mod:`ppmodels.compiled`), so DReG runs on it.
 Requires reparameterizable guide sites whose distribution parameters depend on the data and
 φ only (one stochastic layer, or a mean-field guide).
 """
