@@ -110,15 +110,15 @@ def compile_graph(gm: torch.fx.GraphModule, device: torch.device, cuda_graphs: b
 
 def _close(u: Tensor, v: Tensor) -> bool:
     """Equal up to rounding, entry by entry: ``rtol=1e-4`` and an absolute tolerance of 1e-6 or
-    1e-5 of the tensor's largest entry, whichever is larger (a graph sums in its own order, and
-    compiled kernels fuse multiply-adds: entries near zero then differ by a few 1e-7 of the
-    largest)."""
+    5e-5 of the tensor's largest entry, whichever is larger. A graph sums in its own order, and
+    compiled kernels fuse and reorder reductions: IWAE's gradients at K = 5 (the Burda preset,
+    batch 128) then differ by up to 1.5e-5 of the largest entry; an error of 1e-4 of it fails."""
     if u.shape != v.shape or u.dtype != v.dtype:
         return False
     if not u.is_floating_point():
         return torch.equal(u, v)
     scale = float(v.abs().max()) if v.numel() else 0.0
-    return bool(torch.allclose(u, v, rtol=1e-4, atol=max(1e-6, 1e-5 * scale), equal_nan=True))
+    return bool(torch.allclose(u, v, rtol=1e-4, atol=max(1e-6, 5e-5 * scale), equal_nan=True))
 
 
 def equal_calls(plain: Callable[[], Sequence[Tensor]], fast: Callable[[], Sequence[Tensor]],
