@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable, Sequence
 
 import torch
@@ -19,6 +20,7 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "elu": nn.ELU,
     "gelu": nn.GELU,
     "silu": nn.SiLU,
+    "leaky_relu_0.3": partial(nn.LeakyReLU, 0.3),  # the DisARM experiments' nonlinear sigmoid belief nets
 }
 
 

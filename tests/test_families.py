@@ -12,12 +12,12 @@ from ppmodels.cli import build_parser, main
 from ppmodels.families.base import Family
 from ppmodels.models import REGISTRY
 
-NAMES = ["cvae", "dvae", "gmm", "ssvae", "vae"]
+NAMES = ["cvae", "dvae", "gmm", "sbn", "ssvae", "vae"]
 #: an option only one family takes, a valid value, and what it parses to
 OWN = {"vae": ["--preset", "burda"], "dvae": ["--latent", "mixture"], "ssvae": ["--labels", "100"],
-       "cvae": ["--quadrants", "2"], "gmm": ["--components", "3"]}
+       "cvae": ["--quadrants", "2"], "gmm": ["--components", "3"], "sbn": ["--layers", "nonlinear"]}
 PARSED = {"vae": ("preset", "burda"), "dvae": ("latent", "mixture"), "ssvae": ("labels", 100), "cvae": ("quadrants", 2),
-          "gmm": ("components", 3)}
+          "gmm": ("components", 3), "sbn": ("layers", "nonlinear")}
 
 
 def _exit_code(args):
@@ -27,7 +27,7 @@ def _exit_code(args):
         return e.code
 
 
-def test_the_five_families_are_discovered():
+def test_the_six_families_are_discovered():
     assert list(families.FAMILIES) == NAMES
     assert list(families.discover()) == NAMES
     for name, family in families.FAMILIES.items():

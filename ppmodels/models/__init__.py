@@ -4,18 +4,20 @@ from .conjugate import BernoulliBelief, CategoricalGaussian, LinearGaussian
 from .cvae import ConditionalVAE, QuadrantBaseline
 from .discrete_vae import DiscreteVAE
 from .mixture import GaussianMixture
+from .sbn import SigmoidBeliefNet
 from .ssvae import SemiSupervisedVAE
 from .vae import PRESETS, VAE
 
 __all__ = ["VAE", "PRESETS", "DiscreteVAE", "SemiSupervisedVAE", "ConditionalVAE", "QuadrantBaseline",
-           "GaussianMixture", "LinearGaussian", "CategoricalGaussian", "BernoulliBelief"]
+           "GaussianMixture", "SigmoidBeliefNet", "LinearGaussian", "CategoricalGaussian", "BernoulliBelief"]
 
 from typing import Any
 
 from ..utils import PPModelsError
 
 REGISTRY: dict[str, type] = {"vae": VAE, "dvae": DiscreteVAE, "ssvae": SemiSupervisedVAE, "cvae": ConditionalVAE,
-                             "cvae-baseline": QuadrantBaseline, "gmm": GaussianMixture}
+                             "cvae-baseline": QuadrantBaseline, "gmm": GaussianMixture,
+                             "sbn": SigmoidBeliefNet}
 
 
 def build(family: str, **config: Any) -> Any:
