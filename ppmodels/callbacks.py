@@ -16,6 +16,19 @@ So a user's ``on_epoch_end`` sees the filled row, may add columns to ``state.row
 ``on_fit_end`` runs also when training stops early or fails (then ``state.error`` is set, and
 an error inside ``on_fit_end`` does not hide the first one). Callbacks run in the order given.
 
+fit checks each callback's shape before any work (:func:`check_callbacks`): an instance, not a
+class; each hook a callable taking the state; no misspelt hook; no object given twice. The
+built-in callbacks check their arguments when made, with the one-line errors of fit's options
+(:class:`ppmodels.settings.Want`).
+
+A callback with state that a resumed run must continue, or settings that a resumed run must
+share, says so with ``trajectory()`` (a dict of plain values: a resume with others is refused,
+as for fit's own settings) and ``state_dict()`` / ``load_state_dict(state)`` (plain values and
+tensors: saved in every checkpoint, loaded on resume). :class:`KLAnnealing`,
+:class:`TemperatureAnnealing`, :class:`EarlyStopping` and :class:`CollapseDiagnostics` do; so
+an interrupted and resumed run stops at the same epoch as an uninterrupted one. A callback
+that acts after given epochs says which in ``at_epochs``; fit refuses any past the run's end.
+
 For the user: :class:`KLAnnealing` (β warm-up, linear or cyclical, Bowman et al. 2016; Fu et al.
 2019), :class:`EarlyStopping`, :class:`TensorBoard` (needs the ``tensorboard`` extra). A
 per-step hook such as Pyro's DMM annealing or the sparse-gamma example's parameter clipping is a
@@ -30,7 +43,10 @@ few lines::
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,12 +57,12 @@ import torch
 from torch import Tensor
 
 from .rundir import CHECKPOINT, NonFiniteState, atomic_copy, kept_checkpoint, remove_kept, save_checkpoint
-from .settings import SCHEDULES
+from .settings import COUNT, EPOCHS, FINITE, FLAG, NATURAL, NONNEGATIVE, POSITIVE, SCHEDULES, SEED, Want
 from .utils import PPModelsError, rng_state
 
 __all__ = ["FitState", "Callback", "KLAnnealing", "TemperatureAnnealing", "EarlyStopping", "TensorBoard", "CollapseDiagnostics", "HOOKS",
            "LearningRate", "LossMonitor", "Evaluation", "History", "Checkpoint", "ProgressBar", "NonFiniteLoss",
-           "lr_factor", "SCHEDULES", "ImportanceNLL"]
+           "lr_factor", "SCHEDULES", "ImportanceNLL", "check_callbacks", "stateful"]
 
 HOOKS = ("on_fit_start", "on_epoch_start", "on_step_start", "on_step_end", "on_epoch_end", "on_fit_end")
 BURDA_STAGES = 8  # Burda et al.: 3^i passes at 10^(-i/7), i = 0..7 (3280 passes)
@@ -103,15 +119,67 @@ class Callback:
 
 
 def check_callbacks(callbacks: Any) -> list[Any]:
-    """The callbacks as a list; an object with none of the hooks is an error."""
+    """The callbacks as a list, each checked: an instance (not a class) with at least one of the
+    :data:`HOOKS`, each hook it has a callable taking one argument (the :class:`FitState`), no
+    ``on_...`` method that is a misspelt hook, ``state_dict`` with ``load_state_dict``, and no
+    object given twice (its state would advance twice)."""
     if callbacks is None:
         return []
     if not isinstance(callbacks, (list, tuple)):
         callbacks = [callbacks]
+    seen: set[int] = set()
     for cb in callbacks:
+        if isinstance(cb, type):
+            raise PPModelsError(f"fit: callback {cb.__name__} is a class; pass an instance, e.g. {cb.__name__}(...)")
         if not any(callable(getattr(cb, h, None)) for h in HOOKS):
             raise PPModelsError(f"fit: callback {cb!r} has none of the hooks {', '.join(HOOKS)}")
+        name = type(cb).__name__
+        if id(cb) in seen:
+            raise PPModelsError(f"fit: callback {name} is given twice; give it once (or two instances)")
+        seen.add(id(cb))
+        for hook in HOOKS:
+            method = getattr(cb, hook, None)
+            if method is None:
+                continue
+            if not callable(method):
+                raise PPModelsError(f"fit: callback {name}'s {hook} is a {type(method).__name__}, not a method")
+            try:
+                inspect.signature(method).bind(None)
+            except TypeError:
+                raise PPModelsError(f"fit: callback {name}'s {hook} must take one argument, the FitState; "
+                                    f"define {hook}(self, state)") from None
+            except ValueError:  # no signature to read (a builtin): trusted
+                pass
+        for attr in dir(cb):
+            near = difflib.get_close_matches(attr, HOOKS, n=1, cutoff=0.8) if attr.startswith("on_") else []
+            if near and attr not in HOOKS and callable(getattr(cb, attr, None)):
+                raise PPModelsError(f"fit: callback {name} has {attr}, which fit never calls; did you mean {near[0]}?")
+        if callable(getattr(cb, "state_dict", None)) != callable(getattr(cb, "load_state_dict", None)):
+            raise PPModelsError(f"fit: callback {name} has only one of state_dict and load_state_dict; a resumed run "
+                                "needs both")
     return list(callbacks)
+
+
+def stateful(callbacks: Any) -> dict[str, Any]:
+    """The callbacks that take part in a resume (with ``trajectory`` or ``state_dict``), by the
+    key the checkpoint records them under: the class name, ``#2``, ``#3``... for repeats."""
+    out: dict[str, Any] = {}
+    for cb in callbacks:
+        if callable(getattr(cb, "trajectory", None)) or callable(getattr(cb, "state_dict", None)):
+            name, n = type(cb).__name__, 1
+            while (key := name if n == 1 else f"{name}#{n}") in out:
+                n += 1
+            out[key] = cb
+    return out
+
+
+def _data(value: Any, where: str) -> Any:
+    """A callback's data argument as :class:`ppmodels.data.TensorData` (one-line error otherwise)."""
+    from .data import as_data
+
+    if value is None:
+        raise PPModelsError(f"{where}: data is None; give the held-out data (a TensorData or a tensor)")
+    return as_data(value, f"{where} data")
 
 
 class KLAnnealing(Callback):
@@ -127,16 +195,16 @@ class KLAnnealing(Callback):
     schedules_kl_weight = True  # fit keeps β a tensor input of a traced loss
 
     def __init__(self, steps: int, start: float = 0.0, end: float = 1.0, cycles: int = 1, ratio: float = 0.5) -> None:
-        if not isinstance(steps, int) or steps < 1:
-            raise PPModelsError(f"KLAnnealing: steps must be an integer >= 1, got {steps!r}")
-        if not isinstance(cycles, int) or cycles < 1:
-            raise PPModelsError(f"KLAnnealing: cycles must be an integer >= 1, got {cycles!r}")
-        if not (0 < ratio <= 1):
-            raise PPModelsError(f"KLAnnealing: ratio must be in (0, 1], got {ratio!r}")
-        for name, v in (("start", start), ("end", end)):
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-                raise PPModelsError(f"KLAnnealing: {name} must be a finite number >= 0, got {v!r}")
-        self.steps, self.start, self.end, self.cycles, self.ratio = steps, float(start), float(end), cycles, ratio
+        where = "KLAnnealing"
+        self.steps, self.cycles = COUNT.check(where, "steps", steps), COUNT.check(where, "cycles", cycles)
+        self.start, self.end = float(NONNEGATIVE.check(where, "start", start)), float(NONNEGATIVE.check(where, "end", end))
+        self.ratio = float(Want("a number in (0, 1]", lambda v: FINITE.ok(v) and 0 < v <= 1).check(where, "ratio", ratio))
+        if cycles > steps:
+            raise PPModelsError(f"KLAnnealing: {cycles} cycles over {steps} steps leave less than a step per cycle; "
+                                "use at most as many cycles as steps")
+
+    def trajectory(self) -> dict[str, Any]:
+        return {"steps": self.steps, "start": self.start, "end": self.end, "cycles": self.cycles, "ratio": self.ratio}
 
     def weight(self, step: int) -> float:
         """β at ``step`` (0-based)."""
@@ -170,14 +238,14 @@ class TemperatureAnnealing(Callback):
     τ depends on the step alone, so a resumed run continues the same schedule."""
 
     def __init__(self, start: float = 1.0, end: float = 0.5, rate: float = 3e-5) -> None:
-        for name, v in (("start", start), ("end", end), ("rate", rate)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 \
-                    or (v == 0 and name != "rate"):
-                raise PPModelsError(f"TemperatureAnnealing: {name} must be a finite number "
-                                    f"{'>= 0' if name == 'rate' else '> 0'}, got {v!r}")
+        where = "TemperatureAnnealing"
+        self.start, self.end = float(POSITIVE.check(where, "start", start)), float(POSITIVE.check(where, "end", end))
+        self.rate = float(NONNEGATIVE.check(where, "rate", rate))
         if end > start:
             raise PPModelsError(f"TemperatureAnnealing: end {end!r} must not exceed start {start!r}")
-        self.start, self.end, self.rate = float(start), float(end), float(rate)
+
+    def trajectory(self) -> dict[str, Any]:
+        return {"start": self.start, "end": self.end, "rate": self.rate}
 
     def temperature(self, step: int) -> float:
         """τ at ``step`` (0-based)."""
@@ -201,13 +269,29 @@ class EarlyStopping(Callback):
     ``"min"`` for losses."""
 
     def __init__(self, metric: str = "val_elbo", patience: int = 5, mode: str = "max", min_delta: float = 0.0) -> None:
-        if mode not in ("max", "min"):
-            raise PPModelsError(f"EarlyStopping: mode must be 'max' or 'min', got {mode!r}")
-        if not isinstance(patience, int) or patience < 1:
-            raise PPModelsError(f"EarlyStopping: patience must be an integer >= 1, got {patience!r}")
-        self.metric, self.patience, self.mode, self.min_delta = metric, patience, mode, min_delta
+        where = "EarlyStopping"
+        self.metric = Want("a history column's name, e.g. 'val_elbo'", lambda v: isinstance(v, str) and v != "").check(
+            where, "metric", metric)
+        self.patience = COUNT.check(where, "patience", patience)
+        self.mode = Want("'max' or 'min'", lambda v: v in ("max", "min")).check(where, "mode", mode)
+        self.min_delta = float(NONNEGATIVE.check(where, "min_delta", min_delta))
         self.best: float | None = None
         self.waited = 0
+
+    def trajectory(self) -> dict[str, Any]:
+        return {"metric": self.metric, "patience": self.patience, "mode": self.mode, "min_delta": self.min_delta}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "waited": self.waited}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.waited = state["best"], int(state["waited"])
+
+    def on_fit_start(self, state: FitState) -> None:
+        if state.step == 0:  # a fresh run (an instance used before starts over)
+            self.best, self.waited = None, 0
+        elif self.waited >= self.patience:  # resuming a run that had stopped: it stays stopped
+            state.stop = True
 
     def on_epoch_end(self, state: FitState) -> None:
         if self.metric not in state.row:
@@ -234,12 +318,19 @@ class TensorBoard(Callback):
     'ppmodels[tensorboard]'``; imported only when this callback is made."""
 
     def __init__(self, log_dir: str | Path, every: int = 50, images: int = 64) -> None:
+        where = "TensorBoard"
+        folder = Path(Want("a folder path", lambda v: isinstance(v, (str, os.PathLike)) and str(v) != "").check(
+            where, "log_dir", log_dir))
+        if folder.exists() and not folder.is_dir():
+            raise PPModelsError(f"TensorBoard: log_dir {folder} is a file; give a folder")
+        self.every = COUNT.check(where, "every", every)
+        self.images = Want(f"{NATURAL.text} (0: no image grid)", NATURAL.ok).check(
+            where, "images", images)
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as e:  # pragma: no cover - depends on the extra
             raise PPModelsError("TensorBoard: the tensorboard package is missing; pip install 'ppmodels[tensorboard]'") from e
-        self.writer = SummaryWriter(str(log_dir))
-        self.every, self.images = every, images
+        self.writer = SummaryWriter(str(folder))
 
     def on_step_end(self, state: FitState) -> None:
         if state.step % self.every == 0 and state.loss is not None:
@@ -272,8 +363,23 @@ class CollapseDiagnostics(Callback):
     and ``kl_units.png`` (the heat map) are written there."""
 
     def __init__(self, data: Any, threshold: float = 0.01) -> None:
-        self.data, self.threshold = data, threshold
+        self.data = _data(data, "CollapseDiagnostics")
+        self.threshold = float(NONNEGATIVE.check("CollapseDiagnostics", "threshold", threshold))
         self.per_unit: list[Tensor] = []
+
+    def trajectory(self) -> dict[str, Any]:
+        return {"threshold": self.threshold, "rows": len(self.data)}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The KL per unit of every epoch so far: a resumed run's kl_units.csv has them all."""
+        return {"per_unit": torch.stack(self.per_unit) if self.per_unit else torch.zeros(0)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.per_unit = list(state["per_unit"]) if state["per_unit"].numel() else []
+
+    def on_fit_start(self, state: FitState) -> None:
+        if state.step == 0:
+            self.per_unit = []
 
     def on_epoch_end(self, state: FitState) -> None:
         from . import evaluate
@@ -462,14 +568,17 @@ class History(Callback):
 
 class Checkpoint(Callback):
     """Write the run directory each epoch: ``checkpoint.pt`` (parameters, optimizer, RNG state,
-    history, ``record``: the run's settings and meta; verified finite, see
+    history, the trajectory and state of the ``resumable`` callbacks (see :func:`stateful`),
+    ``record``: the run's settings and meta; verified finite, see
     :func:`ppmodels.rundir.save_checkpoint`) and ``history.csv``; after the epochs in
     ``keep_epochs`` (1-based) also a copy, ``checkpoint-epoch{N}.pt``. A run that is not resumed
     replaces the directory's run: its first checkpoint removes the old run's kept copies. A
     non-finite parameter raises :class:`NonFiniteLoss` and the last good checkpoint stays."""
 
-    def __init__(self, out_dir: Path, record: dict[str, Any], resumed: bool = False, keep_epochs: Any = ()) -> None:
+    def __init__(self, out_dir: Path, record: dict[str, Any], resumed: bool = False, keep_epochs: Any = (),
+                 resumable: dict[str, Any] | None = None) -> None:
         self.out_dir, self.record, self.resumed = Path(out_dir), record, resumed
+        self.resumable = resumable or {}
         self.keep_epochs = frozenset(keep_epochs)
         self.replacing = not resumed
 
@@ -495,6 +604,7 @@ class Checkpoint(Callback):
                 "seconds": state.row["seconds"],
                 "history": pd.DataFrame(state.history).to_dict("list"),
                 "objective": {"name": state.objective.name, **state.objective.options()},
+                "callbacks": {key: _record(cb) for key, cb in self.resumable.items()},
                 **self.record,
             })
         except NonFiniteState as e:
@@ -510,6 +620,16 @@ class Checkpoint(Callback):
         if state.epoch + 1 in self.keep_epochs:
             atomic_copy(state.checkpoint, self.out_dir / kept_checkpoint(state.epoch + 1))
         pd.DataFrame(state.history).to_csv(self.out_dir / "history.csv", index=False)
+
+
+def _record(cb: Any) -> dict[str, Any]:
+    """What a checkpoint records of a resumable callback: its ``trajectory`` and ``state``."""
+    out = {}
+    if callable(getattr(cb, "trajectory", None)):
+        out["trajectory"] = cb.trajectory()
+    if callable(getattr(cb, "state_dict", None)):
+        out["state"] = cb.state_dict()
+    return out
 
 
 class ProgressBar(Callback):
@@ -563,9 +683,13 @@ class ImportanceNLL(Callback):
                  keep_checkpoints: bool = True, diagnostics: bool = True) -> None:
         from .psis import MIN_DRAWS
 
-        self.data, self.at, self.num_samples, self.seed = data, {int(e) for e in at_epochs}, num_samples, seed
-        self.keep_checkpoints = frozenset(e for e in self.at if e >= 1) if keep_checkpoints else frozenset()
-        self.diagnostics = diagnostics and num_samples >= MIN_DRAWS
+        where = "ImportanceNLL"
+        self.data = _data(data, where)
+        self.at_epochs = tuple(sorted(set(EPOCHS.check(where, "at_epochs", at_epochs))))  # fit refuses any past the end
+        self.at = frozenset(self.at_epochs)
+        self.num_samples, self.seed = COUNT.check(where, "num_samples", num_samples), SEED.check(where, "seed", seed)
+        self.keep_checkpoints = self.at if FLAG.check(where, "keep_checkpoints", keep_checkpoints) else frozenset()
+        self.diagnostics = FLAG.check(where, "diagnostics", diagnostics) and num_samples >= MIN_DRAWS
 
     def on_epoch_end(self, state: FitState) -> None:
         if state.epoch + 1 not in self.at:

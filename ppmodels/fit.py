@@ -27,7 +27,7 @@ from torch import Tensor
 
 from . import distributed, program
 from .callbacks import (HOOKS, Checkpoint, Evaluation, FitState, History, LearningRate, LossMonitor, NonFiniteLoss,
-                        ProgressBar, check_callbacks, lr_factor)
+                        ProgressBar, check_callbacks, lr_factor, stateful)
 from .data import TensorData, as_data
 from .objectives import Objective, PyroElbo, make
 from .protocol import ModelGuide, as_pair, check_batch, check_data
@@ -177,6 +177,8 @@ def fit(
         raise PPModelsError("fit: keep_checkpoints needs out=RUN_DIR to keep them in")
     declared = [check_setting("keep_checkpoints", getattr(cb, "keep_checkpoints", ()),
                               f"{type(cb).__name__}.keep_checkpoints") for cb in callbacks]
+    acting = [(type(cb).__name__, check_setting("keep_checkpoints", getattr(cb, "at_epochs", ()),
+                                                f"{type(cb).__name__}.at_epochs")) for cb in callbacks]
     train = as_data(train, "training data").to(device)
     validation = as_data(validation, "validation data").to(device) if validation is not None else None
     test = as_data(test, "test data").to(device) if test is not None else None
@@ -188,9 +190,11 @@ def fit(
     steps_per_epoch = train.num_batches(batch_size, settings.drop_last)
     total_steps = settings.steps if settings.steps is not None else settings.epochs * steps_per_epoch
     last_epoch = -(-total_steps // steps_per_epoch)
-    if keep and max(keep) > last_epoch:
-        raise PPModelsError(f"fit: keep_checkpoints asks for epoch {max(keep)}, but the run ends at epoch {last_epoch}")
-    keep = keep.union(*declared) & frozenset(range(1, last_epoch + 1))  # a callback's epochs past the end: none
+    for what, epochs in [("keep_checkpoints", keep), *acting]:  # asked for, so never dropped
+        if epochs and max(epochs) > last_epoch:
+            raise PPModelsError(f"fit: {what} asks for epoch {max(epochs)}, but the run ends at epoch {last_epoch}; "
+                                f"ask for epochs 1..{last_epoch} or train longer")
+    keep = keep.union(*declared) & frozenset(range(1, last_epoch + 1))  # a callback's kept epochs past the end: none
     out_dir = Path(out) if out is not None else None
     if resume and out_dir is None and isinstance(resume, bool):
         raise PPModelsError("fit: resume=True needs out=RUN_DIR (or resume=PATH)")
@@ -237,6 +241,8 @@ class Run(TrainSettings):
         out = {"objective": repr(objective), **super().trajectory()}
         if self.lr_schedule not in (None, "constant", "burda"):  # the schedule is spread over the run's length
             out["total_steps"] = self.total_steps
+        if self.lr_schedule == "burda":  # the schedule's stages are epochs
+            out["steps_per_epoch"] = self.steps_per_epoch
         return out
 
 
@@ -284,8 +290,9 @@ def _fit(obj, train, objective, device, run: Run, out_dir, resume, validation, t
                      steps_per_epoch=run.steps_per_epoch, out_dir=out_dir if main else None, name=name,
                      group=group)
     settings = run.trajectory(objective)
+    resumable = stateful(callbacks)
     if resume:
-        _restore(state, Path(resume) if not isinstance(resume, bool) else out_dir, settings, device)
+        _restore(state, Path(resume) if not isinstance(resume, bool) else out_dir, settings, device, resumable)
         if group is not None and group.rank > 0:  # rank 0 continues the checkpoint's stream, others their own
             set_seed(distributed.rank_seed(run.seed, group.rank) ^ state.step)
 
@@ -299,7 +306,8 @@ def _fit(obj, train, objective, device, run: Run, out_dir, resume, validation, t
     record = {"settings": settings, "meta": meta or {}, "seed": run.seed}
     builtin_before = [LearningRate(run.lr, run.lr_schedule), monitor,
                       Evaluation(validation, test, run.eval_particles, group)]
-    builtin_after = [History(), *([Checkpoint(out_dir, record, resumed=resume is True, keep_epochs=run.keep_checkpoints)] if out_dir is not None and main else []),
+    builtin_after = [History(), *([Checkpoint(out_dir, record, resumed=resume is True, keep_epochs=run.keep_checkpoints,
+                                                resumable=resumable)] if out_dir is not None and main else []),
                      ProgressBar(monitor, main and (sys.stderr.isatty() if progress is None else progress), run.log_every)]
 
     def batches(epoch: int):
@@ -358,6 +366,8 @@ def train_loop(state: FitState, batches: Callable[[int], Any], step: Callable[[t
         for hook in hooks["on_fit_start"]:
             hook(state)
         for epoch in range(state.epoch, num_epochs):
+            if state.stop:  # set by an epoch's end, or at the start (a resumed run that had stopped)
+                break
             state.epoch, state.row = epoch, {"epoch": epoch + 1}
             for hook in hooks["on_epoch_start"]:
                 hook(state)
@@ -374,8 +384,6 @@ def train_loop(state: FitState, batches: Callable[[int], Any], step: Callable[[t
             state.row["step"] = state.step
             for hook in hooks["on_epoch_end"]:
                 hook(state)
-            if state.stop:
-                break
     except BaseException as e:
         state.error = e
         raise
@@ -388,9 +396,11 @@ def train_loop(state: FitState, batches: Callable[[int], Any], step: Callable[[t
                     raise
 
 
-def _restore(state: FitState, path: Path | None, settings: dict[str, Any], device: torch.device) -> None:
+def _restore(state: FitState, path: Path | None, settings: dict[str, Any], device: torch.device,
+             callbacks: dict[str, Any]) -> None:
     """Continue from the checkpoint at ``path``: parameters, optimizer, RNG, step, epoch, time,
-    history; refused when its parameters or trajectory settings differ."""
+    history, and the state of the ``callbacks`` that keep one (:func:`ppmodels.callbacks.stateful`);
+    refused when its parameters, trajectory settings or such callbacks differ."""
     if path is None:
         raise PPModelsError("fit: resume=True needs out=RUN_DIR (or resume=PATH)")
     ckpt = load_checkpoint(path, map_location=device)
@@ -401,6 +411,8 @@ def _restore(state: FitState, path: Path | None, settings: dict[str, Any], devic
     differ = _differences(ckpt.get("settings", {}), settings)
     differ += [f"{k} {tuple(ckpt['params'][k].shape)} vs {tuple(p.shape)}" for k, p in params.items()
                if tuple(ckpt["params"][k].shape) != tuple(p.shape)]
+    saved = ckpt.get("callbacks", {})
+    differ += _callback_differences(saved, callbacks)
     if differ:
         raise PPModelsError(
             f"{name}: cannot resume {path}: settings differ from the checkpoint's ({'; '.join(differ[:4])}); "
@@ -418,6 +430,9 @@ def _restore(state: FitState, path: Path | None, settings: dict[str, Any], devic
     set_rng_state(ckpt["rng"])
     state.step, state.epoch, state.seconds = ckpt["step"], ckpt["epoch"], ckpt["seconds"]
     state.history = pd.DataFrame(ckpt["history"]).to_dict("records")
+    for key, cb in callbacks.items():
+        if callable(getattr(cb, "load_state_dict", None)):
+            cb.load_state_dict(saved[key].get("state", {}))
 
 
 def check_options(**options: Any) -> TrainSettings:
@@ -429,5 +444,22 @@ def check_options(**options: Any) -> TrainSettings:
 fit.__doc__ = f"{fit.__doc__.rstrip()}\n\n{describe()}\n"  # the declared settings, listed
 
 
-def _differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    return [f"{k} {saved[k]!r} vs {now[k]!r}" for k in now if k in saved and saved[k] != now[k]]
+def _differences(saved: dict[str, Any], now: dict[str, Any], prefix: str = "") -> list[str]:
+    return [f"{prefix}{k} {saved[k]!r} vs {now[k]!r}" for k in now if k in saved and saved[k] != now[k]]
+
+
+def _callback_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """How the checkpoint's resumable callbacks (``saved``: key -> trajectory and state) differ
+    from this run's (``now``: key -> callback): one missing on either side, another setting, or
+    a state the checkpoint lacks."""
+    out = [f"{k} in the checkpoint's run, not in this one" for k in saved if k not in now]
+    out += [f"{k} in this run, not in the checkpoint's" for k in now if k not in saved]
+    for key in (k for k in now if k in saved):
+        cb, record = now[key], saved[key]
+        trajectory = cb.trajectory() if callable(getattr(cb, "trajectory", None)) else {}
+        out += _differences(record.get("trajectory", {}), trajectory, f"{key}.")
+        out += [f"{key}.{k} (not in the checkpoint) vs {trajectory[k]!r}" for k in trajectory
+                if k not in record.get("trajectory", {})]
+        if callable(getattr(cb, "load_state_dict", None)) and "state" not in record:
+            out.append(f"{key} has no saved state in the checkpoint")
+    return out

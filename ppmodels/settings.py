@@ -24,7 +24,8 @@ from .argtypes import nonnegative, positive
 from .utils import PPModelsError
 
 __all__ = ["TrainSettings", "Flag", "setting", "SCHEDULES", "ADAM_DEFAULTS", "add_flags", "check_setting",
-           "split_options", "describe"]
+           "split_options", "describe", "Want", "COUNT", "NATURAL", "FINITE", "NONNEGATIVE", "POSITIVE", "FLAG", "SEED", "EPOCHS",
+           "schedule_name"]
 
 class _AsFit:
     def __repr__(self) -> str:
@@ -79,8 +80,35 @@ def setting(default: Any, want: str, ok: Callable[[Any], bool], *, convert: Call
     return field(default=default, metadata={"rule": rule})
 
 
+@dataclass(frozen=True)
+class Want:
+    """A rule for one argument: ``ok`` of the value after ``convert`` (a ``TypeError`` or
+    ``ValueError`` there is a bad value too), said ``text`` in the one-line error. The training
+    settings' rules (:func:`setting`) and the built-in callbacks' arguments
+    (:mod:`ppmodels.callbacks`) give the same error: ``WHERE: NAME must be TEXT, got VALUE``."""
+
+    text: str
+    ok: Callable[[Any], bool]
+    convert: Callable[[Any], Any] = _same
+
+    def check(self, where: str, name: str, value: Any) -> Any:
+        """``value`` as kept (converted), or the one-line :class:`PPModelsError`."""
+        try:
+            kept = self.convert(value)
+            good = bool(self.ok(kept))
+        except (TypeError, ValueError):
+            good = False
+        if not good:
+            raise PPModelsError(f"{where}: {name} must be {self.text}, got {value!r}")
+        return kept
+
+
 def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 def _count(v: Any) -> bool:
@@ -92,7 +120,11 @@ def _optional_count(v: Any) -> bool:
 
 
 def _positive(v: Any) -> bool:
-    return isinstance(v, (int, float)) and math.isfinite(v) and v > 0
+    return _is_number(v) and math.isfinite(v) and v > 0
+
+
+def _nonnegative(v: Any) -> bool:
+    return _is_number(v) and 0 <= v < math.inf
 
 
 def _betas(v: tuple) -> bool:
@@ -109,6 +141,40 @@ def _epoch_numbers(values: Any) -> tuple:
         return (values,)
 
 
+def _epoch_list(values: Any) -> tuple:
+    """Epoch numbers given as a list (a number alone is refused: one epoch, or every so many?)."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise TypeError("not a list")
+    return tuple(values)
+
+
+def schedule_name(schedule: Any) -> Any:
+    """How the checkpoint records an lr schedule: its name, or a callable's module and qualified
+    name (the same function in a new process has the same name; ``str`` of it has an address)."""
+    if callable(schedule):
+        return f"{getattr(schedule, '__module__', '?')}.{getattr(schedule, '__qualname__', type(schedule).__name__)}"
+    return str(schedule)
+
+
+#: an integer >= 1
+COUNT = Want("an integer >= 1", lambda v: _is_int(v) and v >= 1)
+#: an integer >= 0
+NATURAL = Want("an integer >= 0", lambda v: _is_int(v) and v >= 0)
+#: a finite number
+FINITE = Want("a finite number", lambda v: _is_number(v) and math.isfinite(v))
+#: a finite number >= 0
+NONNEGATIVE = Want("a finite number >= 0", _nonnegative)
+#: a finite number > 0
+POSITIVE = Want("a positive number", _positive)
+#: True or False
+FLAG = Want("True or False", lambda v: isinstance(v, bool))
+#: a seed
+SEED = Want("an integer in [0, 2**63)", lambda v: _is_int(v) and 0 <= v < 2**63)
+#: epochs after which a callback acts: a non-empty list of 1-based epoch numbers
+EPOCHS = Want("a list of epoch numbers >= 1, e.g. [5] or [10, 20]",
+              lambda v: len(v) > 0 and all(_is_int(e) and e >= 1 for e in v), convert=_epoch_list)
+
+
 @dataclass(frozen=True)
 class TrainSettings:
     """fit's training settings, checked when made. Give ``epochs`` or ``steps``."""
@@ -121,16 +187,16 @@ class TrainSettings:
                         flag=Flag("--lr", positive(float), help="learning rate (default {default:g})"))
     lr_schedule: str | Callable[[int], float] | None = setting(
         None, f"one of {SCHEDULES} or a callable", lambda v: v is None or callable(v) or v in SCHEDULES,
-        trajectory=True, saved=str, flag=Flag("--lr-schedule", choices=SCHEDULES, default="constant"))
+        trajectory=True, saved=schedule_name, flag=Flag("--lr-schedule", choices=SCHEDULES, default="constant"))
     betas: tuple[float, float] = setting((0.9, 0.999), "two numbers in [0, 1)", _betas, convert=tuple, trajectory=True,
                                          saved=list, adam=True)
     eps: float = setting(1e-8, "a positive number", _positive, trajectory=True, adam=True)
     weight_decay: float = setting(
-        0.0, "a finite number >= 0", lambda v: isinstance(v, (int, float)) and 0 <= v < math.inf, trajectory=True,
+        0.0, NONNEGATIVE.text, _nonnegative, trajectory=True,
         adam=True, flag=Flag("--weight-decay", nonnegative, help="Adam's weight decay (default {default:g})"))
     clip_norm: float | None = setting(None, "None or a positive number", lambda v: v is None or _positive(v),
                                       trajectory=True)
-    seed: int = setting(0, "an integer in [0, 2**63)", lambda v: _is_int(v) and 0 <= v < 2**63, trajectory=True,
+    seed: int = setting(0, SEED.text, SEED.ok, trajectory=True,
                         flag=Flag("--seed", int))
     drop_last: bool = setting(True, "True or False", lambda v: isinstance(v, bool), trajectory=True)
     log_every: int = setting(50, "an integer >= 1", _count)
@@ -173,14 +239,7 @@ def check_setting(name: str, value: Any, what: str | None = None) -> Any:
     """``value`` of the setting ``name`` as fit keeps it, or the one-line error (naming ``what``,
     default ``name``)."""
     rule = next(rule for f, rule in _declared() if f.name == name)
-    try:
-        kept = rule.convert(value)
-        good = rule.ok(kept)
-    except (TypeError, ValueError):
-        good = False
-    if not good:
-        raise PPModelsError(f"fit: {what or name} must be {rule.want}, got {value!r}")
-    return kept
+    return Want(rule.want, rule.ok, rule.convert).check("fit", what or name, value)
 
 
 def split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
