@@ -192,7 +192,7 @@ class KLAnnealing(Callback):
     ELBO-family objective (``elbo``, ``meanfield``, ``stl``, ``reinforce``).
     """
 
-    schedules_kl_weight = True  # fit keeps β a tensor input of a traced loss
+    schedules_kl_weight = True  # fit keeps β a tensor input of the fast path's captured step
 
     def __init__(self, steps: int, start: float = 0.0, end: float = 1.0, cycles: int = 1, ratio: float = 0.5) -> None:
         where = "KLAnnealing"

@@ -31,7 +31,7 @@ random state, so a failed attempt changes nothing.
 **Compiling** (``torch.compile``, inductor; ``fallback_random`` so that the random draws are
 eager torch's and a compiled run equals the plain run draw for draw) costs seconds to tens of
 seconds on a CPU, less from inductor's on-disk cache. :func:`choose` decides by the steps a call
-will take: a short call stays plain (the capture alone imports TorchDynamo, about 1.5 s),
+will take: a short call stays plain (the first capture imports TorchDynamo, 1.5 s or more),
 a longer one runs the captured graph, a long one compiles it. On CUDA with ``cuda_graphs``
 the compiled step uses ``mode="reduce-overhead"`` (CUDA graphs; the shapes are static).
 """
@@ -54,9 +54,9 @@ __all__ = ["FastPath", "capture", "compile_graph", "build_step", "graph_of_call"
 
 CHECK_SEED = 12345
 
-#: a call with fewer steps stays plain: capturing costs about 0.3 s, and the first capture in a
-#: process imports TorchDynamo (about 1.5 s on the 2-core CPU this was measured on, see
-#: ``benchmarks/fast_path.py``)
+#: a call with fewer steps stays plain: capturing the VAE's step took 0.3 s, and the first capture
+#: in a process 1.7–3.6 s, most of it importing TorchDynamo (the 2-core CPU, under load; a
+#: ``cProfile`` of ``make_fx``'s first call)
 CAPTURE_MIN_STEPS = 1500
 
 
@@ -145,21 +145,24 @@ def equal_calls(plain: Callable[[], Sequence[Tensor]], fast: Callable[[], Sequen
 # -- the step -------------------------------------------------------------------------------------
 
 
-def _adam_state(optimizer: torch.optim.Adam, params: list[Tensor]) -> list[list[Tensor]]:
+def _adam_state(optimizer: torch.optim.Adam, params: list[Tensor]) -> tuple[list[list[Tensor]], list[Tensor]]:
     """[steps, exp_avgs, exp_avg_sqs] of ``optimizer`` for ``params``, made as torch makes them at
-    the first step where it has none yet (so that ``optimizer.step`` and the graph share them)."""
+    the first step where it has none yet (so that ``optimizer.step`` and the graph share them);
+    and the parameters whose state was made here (removed again if the fast path is not taken)."""
     group = optimizer.param_groups[0]
     on_device = group.get("fused") or group.get("capturable")
+    made = []
     for p in params:
         state = optimizer.state[p]
         if len(state) == 0:
+            made.append(p)
             state["step"] = torch.zeros((), dtype=torch.float32, device=p.device if on_device else "cpu")
             state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-    return [[optimizer.state[p][k] for p in params] for k in ("step", "exp_avg", "exp_avg_sq")]
+    return [[optimizer.state[p][k] for p in params] for k in ("step", "exp_avg", "exp_avg_sq")], made
 
 
-def _unsupported(optimizer: torch.optim.Optimizer, clip_norm: float | None) -> str | None:
+def _unsupported(optimizer: torch.optim.Optimizer) -> str | None:
     """Why the graph cannot take ``optimizer``'s step, or None."""
     if type(optimizer) is not torch.optim.Adam:
         return f"the optimizer is {type(optimizer).__name__}, not torch.optim.Adam"
@@ -191,13 +194,13 @@ def build_step(
     ``optimizer``'s Adam update, of ``kind`` ``"graph"`` or ``"compiled"``, if it equals
     ``plain_step`` (:func:`equal_calls` on ``batch``: loss, gradients, parameters and optimizer
     state after the step); else None. Returns it with its :class:`FastPath`."""
-    why = _unsupported(optimizer, clip_norm)
+    why = _unsupported(optimizer)
     if why is not None:
         return None, FastPath("plain", why)
     group = optimizer.param_groups[0]
     beta1, beta2 = group["betas"]
     eps, weight_decay = group["eps"], group["weight_decay"]
-    steps, exp_avgs, exp_avg_sqs = _adam_state(optimizer, params)
+    (steps, exp_avgs, exp_avg_sqs), made = _adam_state(optimizer, params)
     n, k = len(batch), len(params)
     lr = torch.tensor(float(group["lr"]), dtype=torch.float64)
     state = [*params, *steps, *exp_avgs, *exp_avg_sqs]
@@ -233,19 +236,11 @@ def build_step(
                 t.copy_(s)
         optimizer.zero_grad(set_to_none=True)
 
-    info = FastPath(kind)
-    t0 = time.perf_counter()
-    try:
-        with torch.no_grad():
-            gm = capture(step, inputs)
-    except Exception as e:  # noqa: BLE001 - any failure means: no fast path
-        restore()
-        return None, FastPath("plain", f"the step could not be captured ({type(e).__name__})")
-    restore()
-    info.capture_seconds = time.perf_counter() - t0
-    run: Callable[..., Any] = gm
-    if kind == "compiled":
-        run = compile_graph(gm, params[0].device, cuda_graphs)
+    run, info = _graph(step, inputs, kind, params[0].device, cuda_graphs, "step")
+    restore()  # the capture ran the step
+    if run is None:
+        _forget(optimizer, made)
+        return None, info
 
     def fast(b: tuple) -> tuple[Tensor, ...]:
         lr.fill_(group["lr"])
@@ -258,19 +253,44 @@ def build_step(
         return [loss, *grads, *state]
 
     def fast_out() -> list[Tensor]:
-        t1 = time.perf_counter()
-        loss, *grads = fast(batch)
-        if kind == "compiled" and not info.compile_seconds:
-            info.compile_seconds = time.perf_counter() - t1
+        loss, *grads = _timed_first_call(info, lambda: fast(batch))
         return [loss, *grads, *state]
 
     if not equal_calls(plain_out, fast_out, restore):
-        if kind == "compiled" and info.compile_seconds == 0:
-            return None, FastPath("plain", "the compiled step failed", info.capture_seconds)
-        return None, FastPath("plain", f"the {kind} step differs from the plain step on the first batch",
+        _forget(optimizer, made)
+        return None, FastPath("plain", f"the {kind} step differs from the plain step on the first batch (or failed)",
                               info.capture_seconds, info.compile_seconds)
-    info.reason = info.reason or f"equal to the plain step on the first batch ({kind})"
+    info.reason = f"equal to the plain step on the first batch ({kind})"
     return (lambda b: fast(b)[0]), info
+
+
+def _graph(fn: Callable[..., Any], inputs: Sequence[Tensor], kind: str, device: torch.device, cuda_graphs: bool,
+           what: str) -> tuple[Callable[..., Any] | None, FastPath]:
+    """``fn`` captured on ``inputs`` (no gradients recorded outside it), compiled if ``kind`` is
+    ``"compiled"``, with its :class:`FastPath` (the capture's seconds); None if the capture fails."""
+    t0 = time.perf_counter()
+    try:
+        with torch.no_grad():
+            gm = capture(fn, inputs)
+    except Exception as e:  # noqa: BLE001 - any failure means: no fast path
+        return None, FastPath("plain", f"the {what} could not be captured ({type(e).__name__})")
+    info = FastPath(kind, capture_seconds=time.perf_counter() - t0)
+    return (compile_graph(gm, device, cuda_graphs) if kind == "compiled" else gm), info
+
+
+def _timed_first_call(info: FastPath, call: Callable[[], Any]) -> Any:
+    """``call()``; the first call of a compiled graph compiles it: its seconds go to ``info``."""
+    t0 = time.perf_counter()
+    out = call()
+    if info.kind == "compiled" and not info.compile_seconds:
+        info.compile_seconds = time.perf_counter() - t0
+    return out
+
+
+def _forget(optimizer: torch.optim.Optimizer, made: list[Tensor]) -> None:
+    """Remove the optimizer state :func:`_adam_state` made (a fast path not taken changes nothing)."""
+    for p in made:
+        optimizer.state.pop(p, None)
 
 
 def graph_of_call(fn: Callable[..., Tensor], inputs: Sequence[Tensor], kind: str = "graph",
@@ -279,28 +299,15 @@ def graph_of_call(fn: Callable[..., Tensor], inputs: Sequence[Tensor], kind: str
     graph (``kind="graph"``) or a compiled one (``"compiled"``), if, under one seed, it returns what
     ``fn(*inputs)`` does; else None. With its :class:`FastPath`."""
     inputs = tuple(inputs)
-    info = FastPath(kind)
-    t0 = time.perf_counter()
-    try:
-        with torch.no_grad():
-            gm = capture(fn, inputs)
-    except Exception as e:  # noqa: BLE001
-        return None, FastPath("plain", f"the call could not be captured ({type(e).__name__})")
-    info.capture_seconds = time.perf_counter() - t0
-    run = compile_graph(gm, device or inputs[0].device) if kind == "compiled" else gm
+    run, info = _graph(fn, inputs, kind, device or inputs[0].device, True, "call")
+    if run is None:
+        return None, info
 
     def call(*args: Tensor) -> Tensor:
         with torch.no_grad():
             return run(*args)
 
-    def timed() -> list[Tensor]:
-        t1 = time.perf_counter()
-        out = [call(*inputs)]
-        if kind == "compiled" and not info.compile_seconds:
-            info.compile_seconds = time.perf_counter() - t1
-        return out
-
-    if not equal_calls(lambda: [fn(*inputs)], timed):
+    if not equal_calls(lambda: [fn(*inputs)], lambda: [_timed_first_call(info, lambda: call(*inputs))]):
         return None, FastPath("plain", f"the {kind} call differs from the plain call", info.capture_seconds,
                               info.compile_seconds)
     info.reason = f"equal to the plain call ({kind})"

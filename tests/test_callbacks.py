@@ -2,6 +2,8 @@
 
 import math
 
+import numpy as np
+
 import pyro
 import pytest
 import torch
@@ -307,3 +309,22 @@ def test_free_bits_refused_where_it_does_not_apply():
     with pytest.raises(PPModelsError, match="free_bits must be"):
         make("elbo", free_bits=-1)
     assert make("elbo", free_bits=0.5).options()["free_bits"] == 0.5
+
+
+def test_a_kl_schedule_reaches_fits_fast_path():
+    """KL warm-up through fit: the captured step's losses follow β step by step, as the plain
+    step's do. fit keeps β a tensor the graph reads (``kl_scheduled``); were it the float 1.0
+    when the step is captured, the graph would keep 1.0 and the losses would part (fails when
+    fit does not set ``kl_scheduled``)."""
+    from ppmodels.callbacks import KLAnnealing
+
+    x = (synthetic_images(80, seed=0)[0] > 127).float()
+    runs = []
+    for jit in (True, False):
+        torch.manual_seed(0)
+        vae = VAE(x_dim=784, z_dim=4, hidden=(16,))
+        runs.append(fit(vae, x, steps=8, batch_size=20, lr=1e-2, device="cpu", seed=1, jit=jit, log_every=1,
+                        callbacks=[KLAnnealing(steps=8)]))
+    fast, plain = runs
+    assert fast.attrs["fast_path"] == "graph", fast.attrs["fast_path_reason"]
+    assert np.allclose(fast["train_loss"], plain["train_loss"], rtol=1e-5)

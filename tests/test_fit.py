@@ -352,3 +352,26 @@ def test_captured_dreg_agrees_with_captured_iwae_in_expectation():
     k = sum(p.numel() for p in m.model_parameters())
     assert b[:, k:].var(0).sum() < a[:, k:].var(0).sum()  # and DReG's guide gradient is quieter
 
+
+
+def test_a_fast_path_not_taken_changes_nothing():
+    """A step whose capture differs from the plain step (Python randomness frozen): build_step
+    returns None, and the parameters, Adam's state (none yet) and the random state are as before."""
+    from ppmodels import compiled
+    from ppmodels.fit import make_optimizer, prepare, svi_step
+    from ppmodels.objectives import make
+
+    m, x = _Shifted(), torch.randn(20, 2, generator=torch.Generator().manual_seed(0))
+    m.python_noise = True
+    obj = make("elbo")
+    params, pair = prepare(m, obj, (x,))
+    plist = list(params.values())
+    optimizer = make_optimizer(plist, lr=1e-2)
+    plain_loss = lambda b: obj.differentiable_loss(pair.model, pair.guide, *b)  # noqa: E731
+    before, rng = [p.detach().clone() for p in plist], torch.get_rng_state()
+    step, info = compiled.build_step(lambda *b: plain_loss(b), (x,), plist, optimizer,
+                                     plain_step=lambda b: svi_step(plain_loss, optimizer, b))
+    assert step is None and "differs" in info.reason
+    assert len(optimizer.state) == 0
+    assert all(torch.equal(p, b) for p, b in zip(plist, before)) and all(p.grad is None for p in plist)
+    assert torch.equal(torch.get_rng_state(), rng)
