@@ -342,7 +342,8 @@ def fast_step(obj: Any, objective: Objective, plain_loss: Callable[[tuple], Tens
             f"{run.total_steps - done} steps: fewer than {fastpath.CAPTURE_MIN_STEPS} pay back a capture")
         return None, fastpath.FastPath("plain", why)
     if not getattr(objective, "jit_safe", False):
-        return None, fastpath.FastPath("plain", f"objective {objective.name!r} keeps state or hooks between calls")
+        return None, fastpath.FastPath("plain", f"objective {objective.name!r} is not marked jit_safe: it keeps state "
+                                                "or hooks between calls, or Pyro's own code runs it")
     if group is not None:
         return None, fastpath.FastPath("plain", "data-parallel: gradients are all-reduced between backward and step")
     extra = []  # a scheduled or non-unit KL weight is an input of the graph, not a constant
