@@ -297,7 +297,7 @@ def _fit(obj, train, objective, device, run: Run, out_dir, resume, validation, t
             set_seed(distributed.rank_seed(run.seed, group.rank) ^ state.step)
 
     plain_step = lambda b: svi_step(plain_loss, optimizer, b, run.clip_norm, after_backward)  # noqa: E731
-    step, path = fast_step(obj, objective, plain_loss, probe, params, optimizer, run, state.step, jit, group)
+    step, path = fast_step(obj, objective, plain_loss, plain_step, probe, params, optimizer, run, state.step, jit, group)
     step = step or plain_step
     if path.kind != "plain" and not run.drop_last and len(train) % run.batch_size:
         full, fast_fn = run.batch_size, step  # the graph is specialised to full batches: the ragged one runs plain
@@ -324,12 +324,12 @@ def _fit(obj, train, objective, device, run: Run, out_dir, resume, validation, t
     return df
 
 
-def fast_step(obj: Any, objective: Objective, plain_loss: Callable[[tuple], Tensor], batch: tuple,
-              params: dict[str, Tensor], optimizer: torch.optim.Optimizer, run: "Run", done: int, jit: bool | None,
-              group: distributed.Group | None = None) -> tuple[Callable[[tuple], Tensor] | None, fastpath.FastPath]:
+def fast_step(obj: Any, objective: Objective, plain_loss: Callable[[tuple], Tensor], plain_step: Callable[[tuple], Tensor],
+              batch: tuple, params: dict[str, Tensor], optimizer: torch.optim.Optimizer, run: "Run", done: int,
+              jit: bool | None, group: distributed.Group | None = None) -> tuple[Callable[[tuple], Tensor] | None, fastpath.FastPath]:
     """The whole training step (loss, backward, Adam's update) as a captured or compiled graph
-    (:mod:`ppmodels.compiled`), where it may be used and is proven equal to the plain step on
-    ``batch``; else None. The kind is chosen by the steps the call has left after ``done``
+    (:mod:`ppmodels.compiled`), where it may be used and is proven equal to ``plain_step`` (the
+    step of ``plain_loss``) on ``batch``; else None. The kind is chosen by the steps the call has left after ``done``
     (:func:`ppmodels.compiled.choose`, ``run.compile_min_steps``). ``jit``: False never, True
     always (the graph at least), None (default) for models that declare ``static_structure =
     True`` (a graph freezes Python control flow). Returns the step with its
@@ -350,7 +350,6 @@ def fast_step(obj: Any, objective: Objective, plain_loss: Callable[[tuple], Tens
     if torch.is_tensor(getattr(objective, "kl_weight", None)) and (objective.kl_scheduled or objective._beta != 1.0):
         objective._kl_weight(batch[0].device)
         extra = [objective.kl_weight]
-    plain_step = lambda b: svi_step(plain_loss, optimizer, b, run.clip_norm)  # noqa: E731
     return fastpath.build_step(lambda *b: plain_loss(b), batch, list(params.values()), optimizer,
                                clip_norm=run.clip_norm, extra=extra, kind=kind, plain_step=plain_step)
 
