@@ -74,11 +74,15 @@ def burda2016(
     curve = test.subset(curve_images) if curve_images else evaluation
     torch.manual_seed(seed)
     model = VAE.preset(preset).burda_init(datasets.mean_pixel(train)).to(dev)
-    at = sorted({int(p) for p in nll_at if 1 <= int(p) < passes})
+    outside = [p for p in nll_at if not (isinstance(p, int) and not isinstance(p, bool) and 1 <= p <= passes)]
+    if outside:
+        raise PPModelsError(f"burda2016: nll_at must hold passes 1 to {passes}, got {outside!r}; "
+                            f"ask for later passes with passes=")
+    at = sorted({p for p in nll_at if p < passes})  # the last pass's NLL is the report's own
     t0 = time.perf_counter()
     history = fit(model, train, objective=objective, num_particles=num_particles, epochs=passes, seed=seed,
                   device=dev, out=out, resume=resume, overwrite=overwrite, progress=progress,
-                  callbacks=[ImportanceNLL(curve, at, num_samples, seed), *callbacks],
+                  callbacks=[*([ImportanceNLL(curve, at, num_samples, seed)] if at else []), *callbacks],
                   meta=meta or {"family": "vae", "config": model.config, "recipe": "burda2016"}, **BURDA2016)
     # the run's training wall time, a resumed run's earlier parts included
     train_seconds = float(history["seconds"].iloc[-1]) if "seconds" in history else time.perf_counter() - t0
