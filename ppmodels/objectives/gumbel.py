@@ -17,6 +17,12 @@ variance grows). ``st-gumbel``: the forward pass takes the hard sample (Pyro's
 gradient is the relaxed one (biased). ``temperature`` may be changed between calls
 (:class:`ppmodels.callbacks.TemperatureAnnealing`). A categorical site drawn as an index
 (``Categorical``) has no one-hot value to relax: an error naming it.
+
+torch evaluates ``OneHotCategorical.log_prob`` at the argmax of its value, which has no gradient
+in the value: at a relaxed draw the pathwise gradient of :math:`\log q(\tilde z)` and
+:math:`\log p(\tilde z)` would be lost (and with it the KL term's gradient). Under this objective
+the model's and the guide's one-hot sites are evaluated by the linear form
+:math:`\sum_k \tilde z_k \log\pi_k`, which equals torch's value on one-hot values.
 """
 
 from __future__ import annotations
@@ -42,6 +48,39 @@ def _base(fn: Any) -> Any:
     while hasattr(fn, "base_dist"):
         fn = fn.base_dist
     return fn
+
+
+class _LinearOneHot(dist.OneHotCategorical):
+    """``OneHotCategorical`` whose log-density is linear in the value: :math:`\sum_k z_k \log\pi_k`."""
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        return (value * self.logits).sum(-1)
+
+
+def _linear(fn: Any) -> Any:
+    """``fn`` with its ``OneHotCategorical`` base replaced by :class:`_LinearOneHot` through
+    Pyro's ``Independent``/``Expanded``/``Masked`` wrappers; ``None`` for any other chain."""
+    if type(fn) in (dist.OneHotCategorical, torch.distributions.OneHotCategorical):
+        return _LinearOneHot(logits=fn.logits, validate_args=False)
+    inner = _linear(fn.base_dist) if hasattr(fn, "base_dist") else None
+    if inner is None:
+        return None
+    if isinstance(fn, torch.distributions.Independent):
+        return inner.to_event(fn.reinterpreted_batch_ndims)
+    if isinstance(fn, dist.ExpandedDistribution):
+        return inner.expand(fn.batch_shape)
+    if isinstance(fn, dist.MaskedDistribution):
+        return inner.mask(fn._mask)
+    return None
+
+
+class _LinearDensities(Messenger):
+    """Evaluate every one-hot sample site, the model's and the guide's, by :class:`_LinearOneHot`."""
+
+    def _pyro_sample(self, msg: dict) -> None:
+        linear = _linear(msg["fn"])
+        if linear is not None:
+            msg["fn"] = linear
 
 
 class _Relax(Messenger):
@@ -91,7 +130,8 @@ class Gumbel(Elbo):
         return {**super().options(), "temperature": self.temperature}
 
     def surrogate_terms(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
-        with pyro.validation_enabled(False):  # discrete densities at relaxed values: outside their support on purpose
+        # discrete densities at relaxed values: outside their support on purpose
+        with pyro.validation_enabled(False), _LinearDensities():
             lw, pairs = self.draw(model, guide, args, kwargs, kl_weight=self._kl_weight(_device(args)),
                                   guide_handler=lambda: _Relax(self.temperature, self.straight_through))
         for _, guide_trace in pairs[:1]:
