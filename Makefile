@@ -5,6 +5,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 # torch and torchvision pinned to the releases this workplace ships on disk.
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
+# pytest-xdist workers; each takes an equal share of torch's threads (tests/conftest.py)
+TEST_WORKERS ?= 2
 
 .PHONY: install demo test bench clean
 
@@ -22,7 +24,7 @@ demo: $(STAMP)
 		--eval-subset 1000 --num-samples 1000
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/svi_step.py

@@ -6,7 +6,10 @@ import torch
 
 from ppmodels.data import save_mnist_cache, synthetic_images
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Under pytest-xdist each worker takes an equal share of the cores (two workers on two cores: one
+# thread each), so the workers do not oversubscribe the machine.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // _WORKERS))
 
 
 def pytest_collection_modifyitems(config, items):
