@@ -193,3 +193,32 @@ def test_gumbel_at_one_hot_sites_keeps_the_kl_terms_pathwise_gradient(monkeypatc
     grads, _ = replicate_gradients(make("gumbel", temperature=0.05), m, (x,), list(m.parameters()), R, seed=8)
     with pytest.raises(AssertionError, match="max \\|z\\|"):
         assert_unbiased(grads, exact, what="gumbel with argmax densities")
+
+
+@pytest.mark.parametrize("objective", ["reinforce", "rloo", "vimco", "gumbel", "st-gumbel"])
+def test_every_categorical_estimator_trains_the_discrete_vae(objective):
+    """The G x C categorical VAE's one-hot site takes the score-function estimators and the
+    relaxations alike: two steps change the encoder and the decoder, with a finite loss."""
+    from ppmodels.fit import fit
+    from ppmodels.models import DiscreteVAE
+
+    torch.manual_seed(0)
+    m = DiscreteVAE("categorical", x_dim=16, groups=3, classes=4, hidden=(8,))
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    x = torch.bernoulli(torch.full((32, 16), 0.3), generator=torch.Generator().manual_seed(0))
+    history = fit(m, x, objective=objective, num_particles=2, steps=2, batch_size=16, lr=1e-2, device="cpu")
+    assert len(history) == 1 and math.isfinite(history["train_loss"].iloc[-1])
+    changed = {k.split(".")[0] for k, v in m.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {"encoder", "decoder"}
+
+
+def test_the_bernoulli_estimators_refuse_the_discrete_vaes_categoricals_in_one_line():
+    from ppmodels.fit import fit
+    from ppmodels.models import DiscreteVAE
+
+    m = DiscreteVAE("categorical", x_dim=16, groups=3, classes=4, hidden=(8,))
+    x = torch.bernoulli(torch.full((32, 16), 0.3), generator=torch.Generator().manual_seed(0))
+    for objective in ("arm", "disarm"):
+        with pytest.raises(PPModelsError) as e:
+            fit(m, x, objective=objective, num_particles=2, steps=1, batch_size=16, device="cpu")
+        assert len(str(e.value).splitlines()) <= 3 and "'z'" in str(e.value), str(e.value)

@@ -1,4 +1,4 @@
-r"""VAEs with discrete latents, for the estimators that need them (enumeration, REINFORCE, VIMCO).
+r"""VAEs with discrete latents, for the estimators that need them (enumeration, score function, relaxations).
 
 ``latent="categorical"`` (Jang et al. 2017; Maddison et al. 2017): G groups of C-way
 categoricals with a uniform prior,
@@ -6,8 +6,10 @@ categoricals with a uniform prior,
 .. math:: z_g \sim \mathrm{Cat}(1/C),\quad x \mid z \sim \mathrm{Bernoulli}(\sigma(f_\theta(\mathrm{onehot}(z)))),
           \quad q_\phi(z \mid x) = \prod_g \mathrm{Cat}(\mathrm{softmax}(h_\phi(x)_g))
 
-trained by ``reinforce`` or ``vimco`` (the C^G space is too large to enumerate; with G = 1 the
-single categorical is a plain site that ``enum`` sums out exactly).
+trained by ``reinforce``, ``rloo``, ``vimco``, or the relaxed ``gumbel`` and ``st-gumbel``: with
+G > 1 the site ``z`` holds the G one-hot codes, shape (G, C), so that a relaxation can stand in for
+them (the C^G space is too large to enumerate; with G = 1 the single categorical is a plain
+index-valued site that ``enum`` sums out exactly).
 
 ``latent="mixture"`` (a Gaussian-mixture prior VAE):
 
@@ -80,9 +82,9 @@ class DiscreteVAE(nn.Module):
             if self.latent == "categorical" and self.groups == 1:  # enumerable
                 z = pyro.sample("z", dist.Categorical(uniform))
                 code = F.one_hot(z, self.classes).to(x.dtype)
-            elif self.latent == "categorical":
-                z = pyro.sample("z", dist.Categorical(uniform).expand([self.groups]).to_event(1))
-                code = F.one_hot(z, self.classes).to(x.dtype).flatten(-2)
+            elif self.latent == "categorical":  # one-hot codes, so that relaxed estimators can draw them
+                z = pyro.sample("z", dist.OneHotCategorical(probs=uniform).expand([self.groups]).to_event(1))
+                code = z.flatten(-2)
             else:
                 c = pyro.sample("c", dist.Categorical(uniform))
                 code = pyro.sample("z", dist.Normal(self.component_locs[c], 1.0).to_event(1))
@@ -97,7 +99,7 @@ class DiscreteVAE(nn.Module):
                 pyro.sample("z", dist.Categorical(logits=self.encoder(x)))
             elif self.latent == "categorical":
                 logits = self.encoder(x).reshape(x.shape[0], self.groups, self.classes)
-                pyro.sample("z", dist.Categorical(logits=logits).to_event(1))
+                pyro.sample("z", dist.OneHotCategorical(logits=logits).to_event(1))
             else:
                 c = pyro.sample("c", dist.Categorical(logits=self.classifier(x)))
                 onehot = F.one_hot(c, self.classes).to(x.dtype)
