@@ -16,7 +16,10 @@ order only). The batch is always one term: replicates run as a loop.
 Pyro's ELBOs guess ``max_plate_nesting`` on their first call and keep the guess (state about
 the first program they saw). The adapter gives Pyro, for each call, a copy of the ELBO whose
 ``max_plate_nesting`` is the program's own (from :func:`ppmodels.program.facts`) unless the
-wrapped instance was given one, so one wrapped instance serves many programs.
+wrapped instance was given one, so one wrapped instance serves many programs. Pyro's
+``max_plate_nesting`` counts its vectorized particle plate (``vectorize_particles=True``,
+K > 1: the plate sits at ``dim=-max_plate_nesting``; Pyro adds the 1 only to a nesting it
+guesses), so the program's nesting is given with that 1 added.
 """
 
 from __future__ import annotations
@@ -84,7 +87,8 @@ class PyroElbo(Objective):
             return self.elbo
         found = program.facts(model, guide, args, kwargs, where=f"pyro:{self.name}")
         elbo = copy.copy(self.elbo)
-        elbo.max_plate_nesting = found.max_plate_nesting
+        particle_plate = bool(elbo.vectorize_particles) and elbo.num_particles > 1
+        elbo.max_plate_nesting = found.max_plate_nesting + int(particle_plate)
         return elbo
 
     def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> Tensor:
