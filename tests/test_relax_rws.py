@@ -175,7 +175,7 @@ def exact_rws_gradient(m, x, K):
     summing over its 4^K particle tuples per datapoint (weights and tuple probabilities held fixed)."""
     log_q = torch.log_softmax(x @ m.A.T, -1)                                           # (N, 4)
     log_joint = torch.log_softmax(m.prior, -1) + pyro.distributions.Normal(m.W.T, 1.0).log_prob(x[:, None]).sum(-1)
-    tuples = torch.tensor(list(itertools.product(range(4), repeat=K))).T               # (K, T)
+    tuples = torch.tensor(list(itertools.product(range(4), repeat=K)), device=x.device).T              # (K, T)
     lq, lj = log_q[:, tuples], log_joint[:, tuples]                                    # (N, K, T)
     weights = torch.softmax((lj - lq).detach(), 1)
     expected = (lq.sum(1).exp().detach() * (weights * (lj + lq)).sum(1)).sum()
@@ -247,3 +247,19 @@ def test_rws_refuses_bad_input_in_one_line():
 
     with pytest.raises(PPModelsError, match="per-datapoint terms under subsampling"):
         make("rws").loss(global_model, global_guide, torch.randn(6, 2))
+
+
+@pytest.mark.cuda
+def test_relax_and_rws_on_cuda():
+    """The same z-tests on the GPU: RELAX against the enumerated ELBO gradient (its surrogate's
+    params created on the device), RWS against its enumerated expected update."""
+    torch.manual_seed(1)
+    m, x = BernoulliBelief(D, X).cuda(), torch.randn(3, X, device="cuda")
+    pyro.clear_param_store()
+    grads, _ = replicate_gradients(make("relax", num_particles=2), m, (x,), [m.A, m.c], R, seed=3)
+    assert_unbiased(grads, guide_gradient(m, x), what="relax on cuda")
+    assert all(v.is_cuda for v in make("relax").state_dict().values())
+    torch.manual_seed(0)
+    m, x = OneHotMixture().cuda(), torch.randn(3, 2, device="cuda")
+    grads, _ = replicate_gradients(make("rws", num_particles=3), m, (x,), list(m.parameters()), R, seed=5)
+    assert_unbiased(grads, exact_rws_gradient(m, x, 3), what="rws on cuda")

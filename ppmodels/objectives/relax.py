@@ -168,19 +168,23 @@ class Relax(Elbo):
         found = self.facts(model, guide, args, kwargs)
         sites = self._sites(found)
         seen = program.probe(model, guide, args, kwargs)
-        width = sum(_features(seen.guide_trace.nodes[n]["value"], seen.guide_trace.nodes[n], found, False).shape[-1]
-                    for n in sites)
-        x = self._input(found, args)
+        features = [_features(seen.guide_trace.nodes[n]["value"], seen.guide_trace.nodes[n], found, False)
+                    for n in sites]
+        if not features:
+            return
+        width = sum(f.shape[-1] for f in features)
+        x = self._input(found, args, features[0].shape[1])
         self._network(width + (x.shape[-1] if x is not None else 0), _device(args))
 
     def _sites(self, found: ProgramFacts) -> tuple[str, ...]:
         """The guide's score-function sites (each must be Bernoulli or one-hot: checked at the draw)."""
         return found.score_sites
 
-    def _input(self, found: ProgramFacts, args: tuple) -> Tensor | None:
+    def _input(self, found: ProgramFacts, args: tuple, terms: int) -> Tensor | None:
         """The terms' inputs ``x`` (U, X), the surrogate's second input: the first argument's rows,
-        when terms are per datapoint and the batch is not subsampled; else None."""
-        if not found.per_datapoint or found.subsampled or not args or not torch.is_tensor(args[0]):
+        when terms are per datapoint, the batch is not subsampled and the argument has U rows; else None."""
+        if not found.per_datapoint or found.subsampled or not args or not torch.is_tensor(args[0]) \
+                or args[0].dim() == 0 or args[0].shape[0] != terms:
             return None
         x = args[0].detach()
         return x.reshape(x.shape[0], -1).to(torch.get_default_dtype())
@@ -231,7 +235,7 @@ class Relax(Elbo):
         noise = [site["infer"][NOISE] for site in nodes]
         alphas = [_logits(site["fn"], site["value"].shape) for site in nodes]
         leaves = [a.detach().requires_grad_() for a in alphas]  # the estimator, as a function of the logits
-        x = self._input(found, args)
+        x = self._input(found, args, lw.log_w.shape[1])
         relaxed: dict[str, list[Tensor]] = {"z": [], "z~": []}
         for site, (kind, u, v), a in zip(nodes, noise, leaves):
             for key, logit in (("z", _relaxed_logit(kind, a, u)), ("z~", _conditional_logit(kind, a, site["value"], v))):
