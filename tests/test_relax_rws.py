@@ -199,7 +199,7 @@ def test_rws_has_the_expected_gradient_of_pyros_reweighted_wake_sleep(belief):
     m, x = belief
     x = x[:1]
     params = list(m.parameters())
-    pyro_grads, _ = replicate_gradients(make(ReweightedWakeSleep(num_particles=3)), m, (x,), params, 300, seed=6)
+    pyro_grads, _ = replicate_gradients(make(ReweightedWakeSleep(num_particles=3)), m, (x,), params, 200, seed=6)
     ours, _ = replicate_gradients(make("rws", num_particles=3), m, (x,), params, R, seed=7)
     wrong, _ = replicate_gradients(UniformWeights(num_particles=3), m, (x,), params, R, seed=7)
 
@@ -263,3 +263,17 @@ def test_relax_and_rws_on_cuda():
     m, x = OneHotMixture().cuda(), torch.randn(3, 2, device="cuda")
     grads, _ = replicate_gradients(make("rws", num_particles=3), m, (x,), list(m.parameters()), R, seed=5)
     assert_unbiased(grads, exact_rws_gradient(m, x, 3), what="rws on cuda")
+
+
+def test_the_variance_lab_takes_relax_and_rws_and_refuses_an_empty_study_in_one_line(tmp_path, capsys):
+    from ppmodels.cli import main
+
+    args = ["variance", "--model", "bernoulli-belief", "--num-particles", "2", "--replicates", "20",
+            "--batch-size", "4", "--out", str(tmp_path / "lab")]
+    assert main([*args, "--objectives", "disarm,relax,rws"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["relax"], ["rws"])]
+    assert sorted((r[0], r[2]) for r in rows) == [("relax", "guide"), ("relax", "model"), ("rws", "guide"), ("rws", "model")]
+    assert main([*args[:4], "1", *args[5:], "--objectives", "rws"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no objective ran; rws K=1" in err[0] and "num_particles must be >= 2" in err[0], err
