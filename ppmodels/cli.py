@@ -198,6 +198,8 @@ def _variance(args: argparse.Namespace) -> None:
     df = gradient_study(m.model, m.guide, *batch, objectives=objectives, num_particles=args.num_particles,
                         replicates=args.replicates, params=params, exact=exact, device=args.device, seed=args.seed,
                         reference_replicates=args.reference_replicates)
+    if df.empty:  # every (objective, K) was refused: say why, in one line, before writing anything
+        raise PPModelsError(f"variance: no objective ran; {'; '.join(df.attrs.get('skipped', [])) or 'nothing to study'}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "study.csv", index=False)

@@ -19,7 +19,8 @@ passes, whichever costs less:
   copies), an ``einsum`` per layer, in chunks of replicates that bound the (chunk, P) memory;
 - otherwise: the loop.
 Otherwise (global latents, objectives with U = 1, objectives that learn between draws, programs
-whose batch plate subsamples: :func:`repeatable` decides from the program's facts before anything
+whose batch plate subsamples; a learned state a draw changes, not one only the optimizer
+changes, as RELAX's surrogate: :func:`repeatable` decides from the program's facts before anything
 runs): the loop path, R forward/backward passes, each a draw as training takes it (a baseline
 updated by each). A vectorized attempt that fails anyway runs inside
 :func:`ppmodels.program.attempt`, so the loop starts from the state the attempt found.
@@ -107,10 +108,10 @@ class _NotPerDatapoint(Exception):
 def repeatable(objective: Objective, obj: Any, batch: tuple) -> bool:
     """Whether R replicates may be drawn as one pass over the batch repeated R times, decided
     from the program's facts before anything runs: the objective's terms are per datapoint and
-    it learns nothing between draws (a baseline's update would see R draws as one), the batch
+    no draw changes what it learns (a baseline's update would see R draws as one), the batch
     plate holds every site, does not subsample, and takes its indices from no argument (a guide
     that caches its plates, as Pyro's EasyGuide does, would keep the repeated indices)."""
-    if not objective.per_term or objective.state_names:
+    if not objective.per_term or (objective.state_names and objective.draws_update_state):
         return False
     found = objective.facts(obj.model, obj.guide, batch, {})
     return (found.per_datapoint and not found.subsampled and not found.subsample_from_args

@@ -23,16 +23,18 @@ from .interop import PyroElbo
 from .iwae import Iwae
 from .meanfield import MeanFieldElbo
 from .reinforce import Reinforce
+from .relax import Relax
 from .rloo import Rloo
+from .rws import Rws
 from .renyi import Renyi
 from .stl import Stl
 from .vimco import Vimco
 
 __all__ = ["make", "names", "REGISTRY", "Objective", "LogWeights", "log_weights", "log_mean_exp",
-           "PyroElbo", "Elbo", "MeanFieldElbo", "Reinforce", "Rloo", "Arm", "Disarm", "Gumbel", "StraightThroughGumbel", "Enum", "Renyi", "Iwae", "Dreg", "Stl", "Vimco"]
+           "PyroElbo", "Elbo", "MeanFieldElbo", "Reinforce", "Relax", "Rloo", "Rws", "Arm", "Disarm", "Gumbel", "StraightThroughGumbel", "Enum", "Renyi", "Iwae", "Dreg", "Stl", "Vimco"]
 
 REGISTRY: dict[str, type[Objective]] = {
-    cls.name: cls for cls in (Elbo, MeanFieldElbo, Reinforce, Rloo, Arm, Disarm, Gumbel, StraightThroughGumbel, Enum, Renyi, Iwae, Dreg, Stl, Vimco)
+    cls.name: cls for cls in (Elbo, MeanFieldElbo, Reinforce, Relax, Rloo, Rws, Arm, Disarm, Gumbel, StraightThroughGumbel, Enum, Renyi, Iwae, Dreg, Stl, Vimco)
 }
 
 

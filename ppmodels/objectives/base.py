@@ -19,6 +19,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable
 
+import pyro
 import torch
 from pyro import poutine
 from pyro.infer.elbo import ELBO
@@ -53,6 +54,8 @@ class Objective(ELBO):
     per_term: bool = True
     #: param-store names of what the estimator learns (a baseline), saved with a run
     state_names: tuple[str, ...] = ()
+    #: whether a draw changes that state (a baseline's average); False: only the optimizer does
+    draws_update_state: bool = True
     #: whether the fast path (:mod:`ppmodels.compiled`) may capture one call (no state between calls)
     jit_safe: bool = False
     #: whether the objective enumerates model-only latents (so they need no guide site)
@@ -142,6 +145,30 @@ class Objective(ELBO):
     def init_state(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> None:
         """Create what this estimator learns (its :attr:`state_names`) in the param store, if
         absent, without running the program: ``fit`` calls it before collecting parameters."""
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """What this estimator has learned so far: its :attr:`state_names` present in the param
+        store, as detached copies (a checkpoint saves them with the run's other params)."""
+        store = pyro.get_param_store()
+        return {n: store[n].detach().clone() for n in self.state_names if n in store}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Put ``state`` (from :meth:`state_dict`) into the param store; all of it or, when a name
+        is not this estimator's or a shape differs from the one held, nothing (an error)."""
+        store = pyro.get_param_store()
+        for n, value in state.items():
+            if n not in self.state_names:
+                raise PPModelsError(f"objective {self.name!r}: {n!r} is not its state ({list(self.state_names)}); "
+                                    "load the state of the same objective")
+            if n in store and store[n].shape != torch.as_tensor(value).shape:
+                raise PPModelsError(f"objective {self.name!r}: state {n!r} has shape {tuple(store[n].shape)} here, "
+                                    f"{tuple(torch.as_tensor(value).shape)} in what was given; load it for the same program")
+        for n, value in state.items():
+            if n in store:
+                with torch.no_grad():
+                    store[n].copy_(value)
+            else:
+                pyro.param(n, torch.as_tensor(value).clone())
 
     def warn_once(self, found: ProgramFacts, message: str) -> None:
         program.warn_once(found, message)

@@ -13,10 +13,18 @@ gradient buffers set aside for the call (the caller's ``.grad`` are restored), a
 a tensor whose value is the loss and whose gradient is Pyro's estimate :math:`g` (first
 order only). The batch is always one term: replicates run as a loop.
 
+Pyro's ``ReweightedWakeSleep`` returns two losses (wake-θ's, minus its importance-weighted
+bound, and the guide's) and its ``loss_and_grads`` returns nothing: the adapter takes the first
+as the loss's value and the sum's gradient as the estimate (its ``_loss``, the one place Pyro
+computes both).
+
 Pyro's ELBOs guess ``max_plate_nesting`` on their first call and keep the guess (state about
 the first program they saw). The adapter gives Pyro, for each call, a copy of the ELBO whose
 ``max_plate_nesting`` is the program's own (from :func:`ppmodels.program.facts`) unless the
-wrapped instance was given one, so one wrapped instance serves many programs.
+wrapped instance was given one, so one wrapped instance serves many programs. Pyro's
+``max_plate_nesting`` counts its vectorized particle plate (``vectorize_particles=True``,
+K > 1: the plate sits at ``dim=-max_plate_nesting``; Pyro adds the 1 only to a nesting it
+guesses), so the program's nesting is given with that 1 added.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from typing import Any, Callable
 
 import pyro
 import torch
-from pyro.infer import RenyiELBO, TraceEnum_ELBO
+from pyro.infer import RenyiELBO, ReweightedWakeSleep, TraceEnum_ELBO
 from pyro.infer.elbo import ELBO
 from torch import Tensor
 
@@ -68,6 +76,8 @@ class PyroElbo(Objective):
 
     @property
     def bound(self) -> tuple:
+        if isinstance(self.elbo, ReweightedWakeSleep):  # its guide update is no bound's gradient
+            return ("pyro-rws", self.num_particles)
         if isinstance(self.elbo, RenyiELBO) and self.num_particles > 1:
             # Pyro's Renyi bound is taken over the whole (scaled) batch: another bound than ours
             return ("pyro-renyi", float(self.elbo.alpha), self.num_particles)
@@ -84,10 +94,14 @@ class PyroElbo(Objective):
             return self.elbo
         found = program.facts(model, guide, args, kwargs, where=f"pyro:{self.name}")
         elbo = copy.copy(self.elbo)
-        elbo.max_plate_nesting = found.max_plate_nesting
+        particle_plate = bool(elbo.vectorize_particles) and elbo.num_particles > 1
+        elbo.max_plate_nesting = found.max_plate_nesting + int(particle_plate)
         return elbo
 
     def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> Tensor:
+        if isinstance(self.elbo, ReweightedWakeSleep):
+            theta, phi = self._for(model, guide, args, kwargs)._loss(model, guide, args, kwargs)
+            return theta + phi - phi.detach()
         if self._native:
             return self._for(model, guide, args, kwargs).differentiable_loss(model, guide, *args, **kwargs)
         return self._via_loss_and_grads(model, guide, args, kwargs)
@@ -114,7 +128,11 @@ class PyroElbo(Objective):
         return -loss.detach().reshape(1), -loss.reshape(1)
 
     def loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
+        if isinstance(self.elbo, ReweightedWakeSleep):
+            return float(self._for(model, guide, args, kwargs).loss(model, guide, *args, **kwargs)[0])
         return float(self._for(model, guide, args, kwargs).loss(model, guide, *args, **kwargs))
 
     def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
+        if isinstance(self.elbo, ReweightedWakeSleep):
+            return super().loss_and_grads(model, guide, *args, **kwargs)
         return float(self._for(model, guide, args, kwargs).loss_and_grads(model, guide, *args, **kwargs))
