@@ -145,3 +145,49 @@ def test_bad_input_is_a_short_error():
     sbn = SigmoidBeliefNet(latents=2, x_dim=4)
     with pytest.raises(PPModelsError, match="no VectorQuantized site"):
         make("vq").loss(sbn.model, sbn.guide, torch.zeros(3, 4))
+
+
+TINY = ["--codebook-size", "8", "--code-dim", "4", "--positions", "4", "--hidden", "32", "--prior-hidden", "16",
+        "--device", "cpu", "--quiet"]
+
+
+def _exit(args):
+    from ppmodels.cli import main
+
+    try:
+        return main(args)
+    except SystemExit as e:  # argparse
+        return e.code
+
+
+def test_the_family_trains_end_to_end_and_resumes(fake_mnist, tmp_path, capsys):
+    import json
+
+    from ppmodels.fit import load_run
+
+    out = tmp_path / "run"
+    assert _exit(["train", "vqvae", *TINY, "--steps", "3", "--commitment", "0.5", "--out", str(out)]) == 0
+    for name in ("history.csv", "checkpoint.pt", "report.json", "samples.png", "reconstructions.png",
+                 "prior/checkpoint.pt"):
+        assert (out / name).is_file(), name
+    report = json.loads((out / "report.json").read_text())
+    assert report["kl_term"] == pytest.approx(4 * math.log(8))
+    assert report["test_elbo"] == pytest.approx(report["test_reconstruction"] - report["kl_term"], abs=1e-3)
+    assert report["test_bound_learned_prior"] == pytest.approx(
+        report["test_reconstruction"] + report["prior_test_log_likelihood"], abs=1e-3)
+    assert "learned prior" in capsys.readouterr().out
+    model, ckpt = load_run(out, "cpu")
+    assert isinstance(model, VQVAE) and "commitment=0.5" in ckpt["settings"]["objective"]
+    assert _exit(["train", "vqvae", *TINY, "--steps", "6", "--commitment", "0.5", "--out", str(out), "--resume"]) == 0
+    assert load_run(out, "cpu")[1]["step"] == 6
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--codebook-size", "1"], "codebook_size"),
+    (["--commitment", "-1"], "--commitment"),
+    (["--objective", "vq", "--kl-weight", "2"], "kl_weight"),
+])
+def test_bad_options_are_one_line_errors(args, says, fake_mnist, tmp_path, capsys):
+    code = _exit(["train", "vqvae", *TINY, *args, "--steps", "1", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and says in err, err
