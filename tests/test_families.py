@@ -12,12 +12,13 @@ from ppmodels.cli import build_parser, main
 from ppmodels.families.base import Family
 from ppmodels.models import REGISTRY
 
-NAMES = ["cvae", "dvae", "gmm", "sbn", "ssvae", "vae"]
+NAMES = ["cvae", "dvae", "gmm", "sbn", "ssvae", "vae", "vqvae"]
 #: an option only one family takes, a valid value, and what it parses to
 OWN = {"vae": ["--preset", "burda"], "dvae": ["--latent", "mixture"], "ssvae": ["--labels", "100"],
-       "cvae": ["--quadrants", "2"], "gmm": ["--components", "3"], "sbn": ["--layers", "nonlinear"]}
+       "cvae": ["--quadrants", "2"], "gmm": ["--components", "3"], "sbn": ["--layers", "nonlinear"],
+       "vqvae": ["--codebook-size", "32"]}
 PARSED = {"vae": ("preset", "burda"), "dvae": ("latent", "mixture"), "ssvae": ("labels", 100), "cvae": ("quadrants", 2),
-          "gmm": ("components", 3), "sbn": ("layers", "nonlinear")}
+          "gmm": ("components", 3), "sbn": ("layers", "nonlinear"), "vqvae": ("codebook_size", 32)}
 
 
 def _exit_code(args):

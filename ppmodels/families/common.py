@@ -111,6 +111,8 @@ def objective_options(args: argparse.Namespace) -> dict[str, Any]:
         opts["alpha"] = args.alpha
     if args.baseline is not None:
         opts["baseline"] = args.baseline
+    if getattr(args, "commitment", None) is not None:  # vqvae's β
+        opts["commitment"] = args.commitment
     if getattr(args, "free_bits", None):
         opts["free_bits"] = args.free_bits
     return opts

@@ -7,9 +7,10 @@ from .mixture import GaussianMixture
 from .sbn import SigmoidBeliefNet
 from .ssvae import SemiSupervisedVAE
 from .vae import PRESETS, VAE
+from .vqvae import VQVAE, CodePrior
 
 __all__ = ["VAE", "PRESETS", "DiscreteVAE", "SemiSupervisedVAE", "ConditionalVAE", "QuadrantBaseline",
-           "GaussianMixture", "SigmoidBeliefNet", "LinearGaussian", "CategoricalGaussian", "BernoulliBelief"]
+           "GaussianMixture", "SigmoidBeliefNet", "LinearGaussian", "CategoricalGaussian", "BernoulliBelief", "VQVAE", "CodePrior"]
 
 from typing import Any
 
@@ -17,7 +18,7 @@ from ..utils import PPModelsError
 
 REGISTRY: dict[str, type] = {"vae": VAE, "dvae": DiscreteVAE, "ssvae": SemiSupervisedVAE, "cvae": ConditionalVAE,
                              "cvae-baseline": QuadrantBaseline, "gmm": GaussianMixture,
-                             "sbn": SigmoidBeliefNet}
+                             "sbn": SigmoidBeliefNet, "vqvae": VQVAE, "vq-prior": CodePrior}
 
 
 def build(family: str, **config: Any) -> Any:

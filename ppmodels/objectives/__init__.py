@@ -29,12 +29,13 @@ from .rws import Rws
 from .renyi import Renyi
 from .stl import Stl
 from .vimco import Vimco
+from .vq import Vq
 
 __all__ = ["make", "names", "REGISTRY", "Objective", "LogWeights", "log_weights", "log_mean_exp",
-           "PyroElbo", "Elbo", "MeanFieldElbo", "Reinforce", "Relax", "Rloo", "Rws", "Arm", "Disarm", "Gumbel", "StraightThroughGumbel", "Enum", "Renyi", "Iwae", "Dreg", "Stl", "Vimco"]
+           "PyroElbo", "Elbo", "MeanFieldElbo", "Reinforce", "Relax", "Rloo", "Rws", "Arm", "Disarm", "Gumbel", "StraightThroughGumbel", "Enum", "Renyi", "Iwae", "Dreg", "Stl", "Vimco", "Vq"]
 
 REGISTRY: dict[str, type[Objective]] = {
-    cls.name: cls for cls in (Elbo, MeanFieldElbo, Reinforce, Relax, Rloo, Rws, Arm, Disarm, Gumbel, StraightThroughGumbel, Enum, Renyi, Iwae, Dreg, Stl, Vimco)
+    cls.name: cls for cls in (Elbo, MeanFieldElbo, Reinforce, Relax, Rloo, Rws, Arm, Disarm, Gumbel, StraightThroughGumbel, Enum, Renyi, Iwae, Dreg, Stl, Vimco, Vq)
 }
 
 
