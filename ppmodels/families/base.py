@@ -10,7 +10,6 @@ is the parent parser of the options every family takes.
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -206,7 +205,7 @@ class ImageFamily(Family):
         import torch
 
         from .. import data
-        from ..rundir import CHECKPOINT, open_run
+        from ..rundir import CHECKPOINT, open_run, write_report
         from ..utils import PPModelsError, check_memory
 
         if args.epochs is None and args.steps is None:
@@ -255,7 +254,7 @@ class ImageFamily(Family):
                 run.report["processes"] = group.world_size
             if not main:
                 return
-            (run.out / "report.json").write_text(json.dumps(run.report, indent=2))
+            write_report(run.out, run.report)
             for line in self.summary(run.report, run):
                 print(line)
             print(f"trained {run.report['epochs']} epochs in {train_seconds:.0f}s; wrote {run.out}/history.csv, "

@@ -1,0 +1,246 @@
+"""Reliability matrix of run artefacts, ``compare``, sweeps, ``torchrun`` and checkpoints
+(issue 23, part A). Every case is classified by the rules of ``tests/test_reliability.py``:
+
+- ``cli``: the CLI exits 2 with exactly one line ``ppmodels: error: ...`` (never a traceback);
+- ``api``: Python raises ``PPModelsError`` with a message of at most three lines;
+- ``disk``: nothing on disk is lost (a file another writer wrote is kept byte for byte, a
+  killed write leaves the old file or the new one, and a resume completes the run);
+- ``hang``: no process is left behind or waits forever (signals reach the workers, a peer's
+  death ends the other ranks).
+
+Kills are simulated deterministically: :func:`ppmodels.rundir._fault` is called at each write
+point of :func:`ppmodels.rundir.write_artifact`, and a test replaces it by one that raises there
+(and makes every later write raise too: after a kill nothing more is written).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from ppmodels import rundir
+from ppmodels.cli import main
+from ppmodels.fit import fit, load_checkpoint, load_run
+from ppmodels.models import LinearGaussian
+from ppmodels.utils import PPModelsError
+
+SMALL = ["--hidden", "16", "--z-dim", "2", "--num-samples", "4", "--eval-subset", "20", "--quiet", "--train-subset",
+         "200"]
+COUNTS: dict[str, int] = {}
+
+
+def run_cli(args, capsys):
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as e:  # argparse
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_cli_error(code, err, expected):
+    """Class ``cli``: exit 2, one line ``ppmodels: error: ...`` holding ``expected``."""
+    lines = err.strip().splitlines()
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("ppmodels: error:"), err
+    assert expected in lines[0], lines[0]
+
+
+def assert_api_error(excinfo, expected):
+    """Class ``api``: a PPModelsError of at most three lines holding ``expected``."""
+    message = str(excinfo.value)
+    assert isinstance(excinfo.value, PPModelsError)
+    assert expected in message and len(message.splitlines()) <= 3, message
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A tiny vae run trained through the CLI on a fake MNIST, made once."""
+    from ppmodels.data import save_mnist_cache, synthetic_images
+
+    root = tmp_path_factory.mktemp("runs")
+    train_x, train_y = synthetic_images(300, seed=1)
+    test_x, test_y = synthetic_images(60, seed=2)
+    save_mnist_cache({"train_images": train_x, "train_labels": train_y, "test_images": test_x,
+                      "test_labels": test_y}, root / "data")
+    old = os.environ.get("PPMODELS_DATA")
+    os.environ["PPMODELS_DATA"] = str(root / "data")
+    assert main(["train", "vae", "--steps", "4", "--batch-size", "100", "--out", str(root / "vae"), *SMALL]) == 0
+    yield root
+    if old is None:
+        os.environ.pop("PPMODELS_DATA", None)
+    else:
+        os.environ["PPMODELS_DATA"] = old
+
+
+def _copy(runs, tmp_path, name="run"):
+    target = tmp_path / name
+    shutil.copytree(runs / "vae", target)
+    return target
+
+
+def _snapshot(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in Path(directory).iterdir() if p.is_file()}
+
+
+# -- 8. compare on files that are not a run's: one line naming the file ---------------------------
+def _no_epoch(run):
+    (run / "history.csv").write_text("step,train_loss\n1,2.0\n")
+
+
+def _empty_history(run):
+    (run / "history.csv").write_text("")
+
+
+def _binary_history(run):
+    (run / "history.csv").write_bytes(bytes(range(256)) * 8)
+
+
+def _text_epoch(run):
+    (run / "history.csv").write_text("epoch,train_loss\none,2.0\n")
+
+
+def _list_report(run):
+    (run / "report.json").write_text("[1, 2, 3]")
+
+
+def _bad_json_report(run):
+    (run / "report.json").write_text("{\"test_nll\": ")
+
+
+def _foreign_checkpoint(run):
+    state = {"params": {"w": torch.zeros(2)}, "meta": [1, 2]}
+    torch.save({**state, "checksum": rundir.checksum(state)}, run / "checkpoint.pt")
+
+
+def _no_history(run):
+    (run / "history.csv").unlink()
+
+
+FOREIGN = [("history-without-epoch", _no_epoch, "history.csv is not a run's history (no numeric epoch column)"),
+           ("history-empty", _empty_history, "history.csv is not a run's history (EmptyDataError"),
+           ("history-binary", _binary_history, "history.csv is not a run's history"),
+           ("history-text-epoch", _text_epoch, "no numeric epoch column"),
+           ("report-a-list", _list_report, "report.json holds a JSON list, not an object"),
+           ("report-not-json", _bad_json_report, "report.json is not valid JSON"),
+           ("checkpoint-foreign-meta", _foreign_checkpoint, "checkpoint.pt is not a run's checkpoint"),
+           ("no-history", _no_history, "has no history.csv")]
+
+
+@pytest.mark.parametrize("case,damage,expected", FOREIGN, ids=[c[0] for c in FOREIGN])
+def test_cli_compare_on_a_foreign_file_names_it(case, damage, expected, runs, tmp_path, capsys):
+    run = _copy(runs, tmp_path)
+    damage(run)
+    code, _, err = run_cli(["compare", runs / "vae", run, "--out", tmp_path / "c.png"], capsys)
+    assert_cli_error(code, err, expected)
+    assert str(run) in err and not (tmp_path / "c.csv").exists()
+
+
+@pytest.mark.parametrize("case,damage,expected", FOREIGN[:3], ids=[c[0] for c in FOREIGN[:3]])
+def test_api_compare_runs_on_a_foreign_file_names_it(case, damage, expected, runs, tmp_path):
+    from ppmodels.compare import compare_runs
+
+    run = _copy(runs, tmp_path)
+    damage(run)
+    with pytest.raises(PPModelsError) as err:
+        compare_runs([run])
+    assert_api_error(err, expected)
+
+
+# -- 1. compare's --out never replaces a run's or a sweep's files --------------------------------
+def _sweep_root(tmp_path):
+    root = tmp_path / "grid"
+    root.mkdir()
+    rundir.write_csv(root / "summary.csv", pd.DataFrame({"run": ["a"]}), owner="sweep")
+    return root
+
+
+def _users_file(tmp_path):
+    (tmp_path / "mine.csv").write_text("my numbers\n")
+    return tmp_path
+
+
+CLOBBER = [("run-history", lambda runs, t: (_copy(runs, t), "history.png", "history.csv", "written by a training run")),
+           ("run-report-figure", lambda runs, t: (_copy(runs, t), "samples.png", "samples.png", "written by a training run")),
+           ("sweep-summary", lambda runs, t: (_sweep_root(t), "summary.png", "summary.csv", "written by ppmodels sweep")),
+           ("users-file", lambda runs, t: (_users_file(t), "mine.png", "mine.csv", "written by none of"))]
+
+
+@pytest.mark.parametrize("case,make", CLOBBER, ids=[c[0] for c in CLOBBER])
+def test_compare_out_never_replaces_another_writers_file(case, make, runs, tmp_path, capsys):
+    folder, figure, victim, expected = make(runs, tmp_path)
+    before = _snapshot(folder)
+    code, _, err = run_cli(["compare", runs / "vae", "--out", folder / figure], capsys)
+    assert_cli_error(code, err, expected)
+    assert (folder / victim).read_bytes() == before[victim]
+    assert _snapshot(folder) == before
+
+
+def test_compare_replaces_its_own_table_and_figure(runs, tmp_path, capsys):
+    for _ in range(2):
+        code, out, err = run_cli(["compare", runs / "vae", runs / "vae", "--out", tmp_path / "c.png"], capsys)
+        assert code == 0, err
+    table = pd.read_csv(tmp_path / "c.csv")
+    history = pd.read_csv(runs / "vae" / "history.csv")
+    assert len(table) == 2 and table["epoch"].tolist() == [history["epoch"].iloc[-1]] * 2
+    assert json.loads((tmp_path / rundir.MANIFEST).read_text())["files"] == {"c.csv": "compare", "c.png": "compare"}
+
+
+# -- 9. a checkpoint without a checksum is refused unless trusted ---------------------------------
+def _unsummed(run, change=True):
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    del state["checksum"]
+    if change:
+        key = next(iter(state["params"]))
+        state["params"][key].view(-1)[0] += 1.0
+    torch.save(state, run / "checkpoint.pt")
+    return run
+
+
+UNSUMMED = [("evaluate", lambda run: ["evaluate", run, "--num-samples", "2"]),
+            ("sample", lambda run: ["sample", run, "--out", run.parent / "s.png"]),
+            ("evaluate-diagnostics", lambda run: ["evaluate", run, "--diagnostics", "--num-samples", "60"]),
+            ("resume", lambda run: ["train", "vae", "--resume", "--steps", "6", "--batch-size", "100", "--out", run,
+                                    *SMALL]),
+            ("compare", lambda run: ["compare", run, "--out", run.parent / "c.png"])]
+
+
+@pytest.mark.parametrize("command,argv", UNSUMMED, ids=[c[0] for c in UNSUMMED])
+def test_cli_a_checkpoint_without_its_checksum_is_refused(command, argv, runs, tmp_path, capsys):
+    run = _unsummed(_copy(runs, tmp_path))
+    before = _snapshot(run)
+    code, _, err = run_cli(argv(run), capsys)
+    assert_cli_error(code, err, "has no checksum")
+    assert _snapshot(run) == before
+
+
+def test_cli_trust_checkpoint_loads_it(runs, tmp_path, capsys):
+    run = _unsummed(_copy(runs, tmp_path), change=False)
+    code, out, err = run_cli(["evaluate", run, "--num-samples", "2", "--subset", "5", "--trust-checkpoint"], capsys)
+    assert code == 0, err
+    assert "test_nll" in json.loads(out)
+
+
+API_UNSUMMED = [("load-checkpoint", lambda run: load_checkpoint(run)),
+                ("load-run", lambda run: load_run(run, "cpu")),
+                ("resume-path", lambda run: fit(LinearGaussian(5, 2, seed=0), torch.zeros(10, 5), epochs=1,
+                                                resume=run / "checkpoint.pt", device="cpu"))]
+
+
+@pytest.mark.parametrize("case,call", API_UNSUMMED, ids=[c[0] for c in API_UNSUMMED])
+def test_api_a_checkpoint_without_its_checksum_is_refused(case, call, runs, tmp_path):
+    run = _unsummed(_copy(runs, tmp_path))
+    with pytest.raises(PPModelsError) as err:
+        call(run)
+    assert_api_error(err, "has no checksum")
+    assert load_checkpoint(run, trust=True)["params"]  # trusted: loaded as it is
