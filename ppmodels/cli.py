@@ -230,7 +230,7 @@ def _data(args: argparse.Namespace) -> None:
 
 
 SWEEP_OPTIONS = {"--workers": int, "--address": str, "--max-concurrent": int, "--retries": int, "--threads": int,
-                 "--gpus-per-run": float, "--out": str}
+                 "--gpus-per-run": float, "--out": str, "--max-runs": int}
 
 
 def _sweep(args: argparse.Namespace) -> None:
@@ -258,7 +258,7 @@ def _sweep(args: argparse.Namespace) -> None:
     if args.out is None:
         raise PPModelsError("sweep: give --out DIR, the folder that holds the runs")
     table = sweep(command, args.out, workers=args.workers, address=args.address, max_concurrent=args.max_concurrent,
-                  gpus_per_run=args.gpus_per_run, threads=args.threads, retries=args.retries)
+                  gpus_per_run=args.gpus_per_run, threads=args.threads, retries=args.retries, max_runs=args.max_runs)
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     failed = int((table["status"] == "failed").sum()) if "status" in table else 0

@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--threads", type=positive(int), default=1, help="torch threads per run (default 1)")
     w.add_argument("--gpus-per-run", type=float, default=0, help="Ray: GPUs per run (default 0)")
     w.add_argument("--out", default=None, help="the sweep's folder (one run directory per combination)")
+    w.add_argument("--max-runs", type=positive(int), default=10_000,
+                   help="refuse a grid of more runs than this, before any is parsed (default 10000)")
     w.add_argument("sweep_command", nargs=argparse.REMAINDER, metavar="COMMAND ...",
                    help="train MODEL ... or variance ...")
 

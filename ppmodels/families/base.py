@@ -60,6 +60,11 @@ class Family:
         """Add the family's own options to ``parser`` (its ``ppmodels train NAME`` parser, which
         already holds :func:`common_options`)."""
 
+    def resumable(self, args: argparse.Namespace) -> bool:
+        """Whether ``ppmodels train NAME ARGS --resume`` continues a run of these ``args`` that
+        was stopped after its first checkpoint (a sweep's retry asks; else it starts again)."""
+        return True
+
     def train(self, args: argparse.Namespace) -> None:
         """Run ``ppmodels train NAME`` with the parsed ``args``: train, write the run directory,
         print the figures. Errors about the user's input raise :class:`ppmodels.utils.PPModelsError`."""

@@ -63,6 +63,9 @@ class GaussianMixtureFamily(Family):
         # accepted and ignored, as before the families had parsers of their own (a mixture has no networks)
         add_network_options(parser, help=argparse.SUPPRESS)
 
+    def resumable(self, args: argparse.Namespace) -> bool:
+        return args.guide != "map"  # MAP restarts keep no training state: a retry starts again
+
     def train(self, args: argparse.Namespace) -> None:
         import pandas as pd
         import torch
@@ -76,7 +79,7 @@ class GaussianMixtureFamily(Family):
         check_seed(args.seed)
         if world_size_from_env() > 1:
             raise PPModelsError("train gmm runs in one process (its data are a few points); launch it without torchrun")
-        if args.guide == "map" and args.resume:
+        if not self.resumable(args) and args.resume:
             raise PPModelsError("train gmm: MAP restarts have no training state to resume; use --overwrite or another --out")
         lock = open_run(args.out, resume=args.resume, overwrite=args.overwrite)
         try:
