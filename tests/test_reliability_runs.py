@@ -244,3 +244,127 @@ def test_api_a_checkpoint_without_its_checksum_is_refused(case, call, runs, tmp_
         call(run)
     assert_api_error(err, "has no checksum")
     assert load_checkpoint(run, trust=True)["params"]  # trusted: loaded as it is
+
+
+# -- 6. sweeps ------------------------------------------------------------------------------------
+TRICKY = ["sub/x.csv", "sub_x.csv", "sub%2Fx.csv", "sub x.csv", "sub\\x.csv", "..", ".", "ü", "u", "a=b", "a%3Db",
+          "-1", "_1", "x" * 300, "x" * 299 + "y"]
+
+
+def test_run_names_are_injective_and_safe():
+    from ppmodels.sweep import run_name
+
+    names = [run_name({"data": v, "seed": "0"}) for v in TRICKY]
+    assert len(set(names)) == len(TRICKY)  # different values never share a directory
+    assert all("/" not in n and "\\" not in n and len(n) <= 200 and n not in (".", "..") for n in names)
+    assert run_name({"objective": "iwae", "K": "50"}) == "objective=iwae,K=50"  # plain values read as before
+
+
+SWEEP_CLI = [("empty-seed-list", lambda t: ["sweep", "train", "gmm", "--seed", ",", "--out", t / "s"], "gives no value"),
+             ("empty-attached-list", lambda t: ["sweep", "train", "gmm", "--seed=,", "--out", t / "s"], "gives no value"),
+             ("million-runs", lambda t: ["sweep", "train", "gmm", "--seed", ",".join(map(str, range(1000))),
+                                         "--restarts", ",".join(map(str, range(1, 1001))), "--out", t / "s"],
+              "the grid has 1000000 runs, more than 10000"),
+             ("over-a-lowered-cap", lambda t: ["sweep", "train", "gmm", "--seed", "0,1,2", "--max-runs", "2",
+                                               "--out", t / "s"], "the grid has 3 runs, more than 2"),
+             ("cap-zero", lambda t: ["sweep", "train", "gmm", "--seed", "0,1", "--max-runs", "0", "--out", t / "s"],
+              "max_runs must be an integer >= 1"),
+             ("foreign-run-dir", lambda t: _foreign_run_dir(t), "holds files this sweep did not make"),
+             ("damaged-record", lambda t: _damaged_record(t), "sweep.json is damaged"),
+             ("foreign-summary", lambda t: _foreign_summary(t), "summary.csv exists and was written by none of")]
+
+
+def _foreign_run_dir(t):
+    (t / "s" / "seed=0").mkdir(parents=True)
+    (t / "s" / "seed=0" / "report.json").write_text("{\"log_likelihood\": 1.0}")  # another run's numbers
+    return ["sweep", "train", "gmm", "--seed", "0,1", "--out", t / "s"]
+
+
+def _damaged_record(t):
+    (t / "s" / "seed=0").mkdir(parents=True)
+    (t / "s" / "seed=0" / "sweep.json").write_text("{\"argv\": [")
+    return ["sweep", "train", "gmm", "--seed", "0,1", "--out", t / "s"]
+
+
+def _foreign_summary(t):
+    (t / "s").mkdir()
+    (t / "s" / "summary.csv").write_text("my table\n")
+    return ["sweep", "train", "gmm", "--seed", "0,1", "--out", t / "s"]
+
+
+@pytest.mark.parametrize("case,argv,expected", SWEEP_CLI, ids=[c[0] for c in SWEEP_CLI])
+def test_cli_sweep_refuses_in_one_line_before_any_run(case, argv, expected, tmp_path, capsys):
+    args = argv(tmp_path)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    t0 = time.perf_counter()
+    code, _, err = run_cli(args, capsys)
+    assert_cli_error(code, err, expected)
+    assert time.perf_counter() - t0 < 5  # the million-run grid: refused before its commands are parsed
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    assert not list(tmp_path.rglob("checkpoint.pt"))
+
+
+RESUME_FLAGS = [("gmm-map", ["train", "gmm"], ["--overwrite"]), ("gmm-bayes", ["train", "gmm", "--guide", "bayes"], ["--resume"]),
+                ("vae", ["train", "vae", "--epochs", "1"], ["--resume"]), ("variance", ["variance", "--model", "vae"], [])]
+
+
+@pytest.mark.parametrize("case,argv,flag", RESUME_FLAGS, ids=[c[0] for c in RESUME_FLAGS])
+def test_a_retry_knows_what_each_family_can_resume(case, argv, flag, tmp_path):
+    from ppmodels.sweep import resume_flag
+
+    assert resume_flag(argv, tmp_path) == []  # nothing started: a plain run
+    (tmp_path / "checkpoint.pt").write_bytes(b"")
+    assert resume_flag(argv, tmp_path) == flag
+
+
+def test_a_sweep_of_two_data_files_with_one_sanitized_name_and_a_map_gmm_killed_before_its_report(tmp_path, capsys):
+    """``--data sub/x.csv,sub_x.csv``: two run directories, each with its own file's numbers; a MAP
+    gmm run killed between its checkpoint and its report is re-run by the retry (was: --resume
+    refused every time)."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "x.csv").write_text("a\n0\n1\n10\n")
+    (tmp_path / "sub_x.csv").write_text("a\n0\n1\n10\n11\n12\n")
+    out = tmp_path / "grid"
+    command = ["train", "gmm", "--data", f"{tmp_path}/sub/x.csv,{tmp_path}/sub_x.csv", "--restarts", "2", "--steps", "20"]
+    from ppmodels.sweep import expand, run_name
+
+    (settings, argv), _ = expand(command)
+    killed = out / run_name(settings)
+    killed.mkdir(parents=True)
+    rundir.write_json(killed / "sweep.json", {"argv": argv}, owner="sweep")
+    assert main([*argv, "--out", str(killed)]) == 0
+    (killed / "report.json").unlink()  # as if killed after the checkpoint, before the report
+    code, _, err = run_cli(["sweep", *command, "--out", out, "--workers", "2", "--retries", "0"], capsys)
+    assert code == 0, err
+    table = pd.read_csv(out / "summary.csv")
+    assert sorted(table["points"]) == [3, 5] and list(table["status"]) == ["done", "done"]
+    assert table["run"].nunique() == 2
+
+
+def test_sigterm_to_a_workers_sweep_reaches_its_runs(tmp_path):
+    """The sweep is sent SIGTERM while its run trains: the run ends too (its lock is free), and
+    the sweep exits non-zero without retrying."""
+    out = tmp_path / "grid"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    sweep = subprocess.Popen([sys.executable, "-m", "ppmodels", "sweep", "train", "gmm", "--guide", "bayes",
+                              "--steps", "1000000", "--seed", "0,1", "--out", str(out), "--workers", "1"], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lock = out / "seed=0" / ".lock"
+    deadline = time.monotonic() + 60
+    while not (lock.exists() and lock.read_text().startswith("pid")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pid = int(lock.read_text().split()[1])
+    sweep.send_signal(signal.SIGTERM)
+    _, err = sweep.communicate(timeout=30)
+    assert sweep.returncode != 0 and "interrupted" in err and "Traceback" not in err, err
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail(f"the run (pid {pid}) still trains after the sweep was stopped")
+    with rundir.RunLock(out / "seed=0"):  # free again
+        pass
