@@ -104,8 +104,8 @@ def staged_name(path: Path) -> Path:
 
 
 def _fault(point: str, path: Path, staged: Path) -> None:
-    """A no-op, called at each write point of :func:`write_artifact` (``claimed``, ``staged``,
-    ``replaced``); tests replace it to simulate a kill there."""
+    """A no-op, called at each write point of :func:`write_artifact` (``start``, ``claimed``,
+    ``staged``, ``replaced``); tests replace it to simulate a kill there."""
 
 
 def _read_manifest(directory: Path) -> dict[str, str] | None:
@@ -169,8 +169,9 @@ def write_artifact(path: str | os.PathLike, write: Any, *, owner: str = "run") -
     files), which alone may replace the file later. A file that exists and is not ``owner``'s is
     refused (one-line :class:`~ppmodels.utils.PPModelsError`) before anything is written."""
     path = Path(path)
-    _claim(path, owner)
     staged = staged_name(path)
+    _fault("start", path, staged)
+    _claim(path, owner)
     _fault("claimed", path, staged)
     try:
         write(staged)

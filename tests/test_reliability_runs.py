@@ -368,3 +368,102 @@ def test_sigterm_to_a_workers_sweep_reaches_its_runs(tmp_path):
         pytest.fail(f"the run (pid {pid}) still trains after the sweep was stopped")
     with rundir.RunLock(out / "seed=0"):  # free again
         pass
+
+
+# -- 1. a kill at each write point of each artefact, then a resume that completes -----------------
+class Killed(BaseException):
+    """A simulated kill: nothing catches it, and after it nothing more is written."""
+
+
+POINTS = ("start", "claimed", "partial", "staged", "replaced")
+
+
+def _killer(monkeypatch, name, point, nth=1):
+    """Kill at the ``nth`` write of the file ``name`` at ``point`` (``partial``: the staged file
+    half written); every write after it is refused too."""
+    seen = {"n": 0, "dead": False}
+
+    def fault(at, path, staged):
+        if seen["dead"]:
+            raise Killed("written after the kill")
+        if path.name == name and at == ("staged" if point == "partial" else point):
+            seen["n"] += 1
+            if seen["n"] == nth:
+                if point == "partial":
+                    staged.write_bytes(staged.read_bytes()[: staged.stat().st_size // 2])
+                seen["dead"] = True
+                raise Killed(f"killed at {point} of {name}")
+
+    monkeypatch.setattr(rundir, "_fault", fault)
+    return seen
+
+
+def _lg():
+    m = LinearGaussian(5, 2, seed=0)
+    return m, m.sample_data(60, seed=1)
+
+
+def _fit_run(out, **kw):
+    from ppmodels.callbacks import CollapseDiagnostics
+
+    m, x = _lg()
+    return fit(m, x, epochs=3, batch_size=20, out=out, device="cpu", keep_checkpoints=[2],
+               callbacks=[CollapseDiagnostics(x[:20])], **kw)
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+    """The uninterrupted fit run the killed ones must end up equal to."""
+    out = tmp_path_factory.mktemp("whole") / "run"
+    _fit_run(out)
+    return out
+
+
+def _assert_complete(out, whole):
+    """The run in ``out`` is the uninterrupted one: the same checkpoint parameters, history and
+    KL table (all epochs, not only the resumed ones); no staged file left; the manifest records
+    every file there."""
+    a, b = load_checkpoint(whole), load_checkpoint(out)
+    assert a["epoch"] == b["epoch"] == 3
+    assert all(torch.equal(a["params"][k], b["params"][k]) for k in a["params"])
+    assert load_checkpoint(out / "checkpoint-epoch2.pt")["epoch"] == 2 and load_checkpoint(out / rundir.PREVIOUS)["epoch"] == 2
+    for table in ("history.csv", "kl_units.csv"):
+        left, right = pd.read_csv(whole / table), pd.read_csv(out / table)
+        assert list(right["epoch"]) == [1, 2, 3], table
+        assert left.drop(columns=["seconds"], errors="ignore").equals(right.drop(columns=["seconds"], errors="ignore"))
+    files = json.loads((out / rundir.MANIFEST).read_text())["files"]
+    present = {p.name for p in out.iterdir() if p.is_file() and not p.name.startswith(".")}
+    assert present <= set(files) and not [n for n in present if ".tmp" in n], present
+
+
+def _whole_or_absent(path: Path) -> bool:
+    """``path`` is absent or a whole file of its kind (a checkpoint that verifies, a CSV table
+    ending in a newline with epochs 1, 2, ..., a PNG ending in its IEND chunk, JSON that parses)."""
+    if not path.exists():
+        return True
+    if path.suffix == ".pt":
+        return bool(load_checkpoint(path))
+    data = path.read_bytes()
+    if path.suffix == ".png":
+        return data.endswith(b"IEND\xaeB`\x82")
+    if path.suffix == ".json":
+        return isinstance(json.loads(data), dict)
+    epochs = pd.read_csv(path)["epoch"].tolist()
+    return data.endswith(b"\n") and epochs == list(range(1, len(epochs) + 1))
+
+
+FIT_ARTEFACTS = [("checkpoint.pt", 2), ("checkpoint.prev.pt", 1), ("history.csv", 2), ("checkpoint-epoch2.pt", 1),
+                 ("kl_units.csv", 1), ("kl_units.png", 1)]
+FIT_KILLS = [(name, nth, point) for name, nth in FIT_ARTEFACTS for point in POINTS]
+
+
+@pytest.mark.parametrize("name,nth,point", FIT_KILLS, ids=[f"{n}-{p}" for n, _, p in FIT_KILLS])
+def test_fit_killed_at_a_write_point_resumes_to_the_whole_run(name, nth, point, whole, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    _killer(monkeypatch, name, point, nth)
+    with pytest.raises(Killed):
+        _fit_run(out)
+    monkeypatch.setattr(rundir, "_fault", lambda *a: None)
+    assert _whole_or_absent(out / name)
+    _fit_run(out, resume=(out / "checkpoint.pt").exists())  # what a retry does
+    _assert_complete(out, whole)
