@@ -467,3 +467,69 @@ def test_fit_killed_at_a_write_point_resumes_to_the_whole_run(name, nth, point, 
     assert _whole_or_absent(out / name)
     _fit_run(out, resume=(out / "checkpoint.pt").exists())  # what a retry does
     _assert_complete(out, whole)
+
+
+TRAIN = ["train", "vae", "--steps", "4", "--batch-size", "100", *SMALL]
+CLI_KILLS = [*(("report.json", point) for point in ("claimed", "partial", "staged", "replaced")),
+             *((name, point) for name in ("samples.png", "reconstructions.png") for point in ("partial", "replaced"))]
+
+
+def _same_report(a: Path, b: Path) -> None:
+    left, right = rundir.read_report(a), rundir.read_report(b)
+    drop = lambda r: {k: v for k, v in r.items() if "seconds" not in k}  # noqa: E731
+    assert drop(left) == drop(right)
+
+
+@pytest.mark.parametrize("name,point", CLI_KILLS, ids=[f"{n}-{p}" for n, p in CLI_KILLS])
+def test_cli_train_killed_at_a_report_or_figure_write_resumes_to_the_whole_run(name, point, runs, tmp_path, monkeypatch,
+                                                                               capsys):
+    out = tmp_path / "run"
+    _killer(monkeypatch, name, point)
+    with pytest.raises(Killed):
+        main([*TRAIN, "--out", str(out)])
+    monkeypatch.setattr(rundir, "_fault", lambda *a: None)
+    assert _whole_or_absent(out / name) and load_checkpoint(out)["epoch"] == 2
+    code, _, err = run_cli([*TRAIN, "--out", out, "--resume"], capsys)
+    assert code == 0, err
+    _same_report(runs / "vae", out)
+    assert all(_whole_or_absent(out / n) and (out / n).exists() for n in ("samples.png", "reconstructions.png"))
+
+
+@pytest.mark.parametrize("point", ["start", "replaced"])
+def test_a_killed_overwrite_never_leaves_the_replaced_runs_report_beside_its_checkpoint(point, runs, tmp_path,
+                                                                                         monkeypatch, capsys):
+    run = _copy(runs, tmp_path)
+    (run / "notes.txt").write_text("mine")  # not the run's: kept
+    old = load_checkpoint(run)["params"]
+    _killer(monkeypatch, "checkpoint.pt", point)
+    with pytest.raises(Killed):
+        main([*TRAIN, "--seed", "5", "--overwrite", "--out", str(run)])
+    monkeypatch.setattr(rundir, "_fault", lambda *a: None)
+    assert not (run / "report.json").exists() and not (run / "history.csv").exists()
+    assert not (run / rundir.PREVIOUS).exists() and (run / "notes.txt").read_text() == "mine"
+    new = not all(torch.equal(old[k], v) for k, v in load_checkpoint(run)["params"].items())
+    assert new == (point == "replaced")
+    code, _, err = run_cli(["compare", run, "--out", tmp_path / "c.png"], capsys)  # the old report is not shown
+    assert_cli_error(code, err, "has no history.csv")
+    code, _, err = run_cli([*TRAIN, "--seed", "5", "--out", run, "--resume" if new else "--overwrite"], capsys)
+    assert code == 0, err
+    assert rundir.read_report(run)["test_elbo"] != rundir.read_report(runs / "vae")["test_elbo"]
+
+
+GMM = ["train", "gmm", "--restarts", "2", "--steps", "20"]
+
+
+@pytest.mark.parametrize("name", ["checkpoint.pt", "responsibilities.csv", "report.json"])
+def test_a_map_gmm_killed_at_any_artefact_is_run_again_by_a_retry(name, tmp_path, monkeypatch, capsys):
+    from ppmodels.sweep import resume_flag
+
+    out = tmp_path / "gmm"
+    assert main([*GMM, "--out", str(tmp_path / "whole")]) == 0
+    _killer(monkeypatch, name, "claimed")
+    with pytest.raises(Killed):
+        main([*GMM, "--out", str(out)])
+    monkeypatch.setattr(rundir, "_fault", lambda *a: None)
+    code, _, err = run_cli([*GMM, "--out", out, *resume_flag(GMM, out)], capsys)
+    assert code == 0, err
+    drop = lambda r: {k: v for k, v in r.items() if "seconds" not in k}  # noqa: E731
+    assert drop(rundir.read_report(out)) == drop(rundir.read_report(tmp_path / "whole"))
