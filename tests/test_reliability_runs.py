@@ -533,3 +533,40 @@ def test_a_map_gmm_killed_at_any_artefact_is_run_again_by_a_retry(name, tmp_path
     assert code == 0, err
     drop = lambda r: {k: v for k, v in r.items() if "seconds" not in k}  # noqa: E731
     assert drop(rundir.read_report(out)) == drop(rundir.read_report(tmp_path / "whole"))
+
+
+# -- 7. a peer's death under data-parallel training: one line, non-zero, no hang ------------------
+def test_when_rank_0_is_killed_the_other_rank_says_so_in_one_line(runs, tmp_path):
+    """Two ranks of ``ppmodels train`` (the environment torchrun sets, gloo on the CPU); rank 0 is
+    killed once it has written its first checkpoint (both ranks are then training): rank 1
+    stops within seconds with one line naming the lost peer, exit code 2."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "ddp"
+    ranks = []
+    for rank in (0, 1):
+        env = {**os.environ, "WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
+        ranks.append(subprocess.Popen([sys.executable, "-m", "ppmodels", "train", "vae", "--steps", "100000",
+                                       "--batch-size", "20", "--train-subset", "40", "--hidden", "8", "--z-dim", "2",
+                                       "--quiet", "--device", "cpu", "--no-jit", "--out", str(out)], env=env,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+    try:
+        deadline = time.monotonic() + 90
+        while not (out / "checkpoint.pt").exists() and time.monotonic() < deadline and ranks[0].poll() is None:
+            time.sleep(0.05)
+        assert (out / "checkpoint.pt").exists(), ranks[0].communicate(timeout=5)[1][-2000:]
+        ranks[0].send_signal(signal.SIGKILL)
+        _, err = ranks[1].communicate(timeout=60)
+    finally:
+        for proc in ranks:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert ranks[1].returncode == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ppmodels: error: data-parallel rank 1 of 2: a peer process died"), err
+    assert load_checkpoint(out)["epoch"] >= 1  # rank 0's last checkpoint is whole
