@@ -317,10 +317,23 @@ def test_a_retry_knows_what_each_family_can_resume(case, argv, flag, tmp_path):
     assert resume_flag(argv, tmp_path) == flag
 
 
-def test_a_sweep_of_two_data_files_with_one_sanitized_name_and_a_map_gmm_killed_before_its_report(tmp_path, capsys):
+def _in_process(monkeypatch):
+    """A sweep's runs as ``main(argv)`` in this process (its own processes: the SIGTERM test)."""
+    from ppmodels import sweep as sweep_module
+
+    def call(self, cmd, env):
+        assert cmd[1:3] == ["-m", "ppmodels"]
+        return main(cmd[3:]), ""
+
+    monkeypatch.setattr(sweep_module._Children, "call", call)
+
+
+def test_a_sweep_of_two_data_files_with_one_sanitized_name_and_a_map_gmm_killed_before_its_report(tmp_path, capsys,
+                                                                                                   monkeypatch):
     """``--data sub/x.csv,sub_x.csv``: two run directories, each with its own file's numbers; a MAP
     gmm run killed between its checkpoint and its report is re-run by the retry (was: --resume
     refused every time)."""
+    _in_process(monkeypatch)
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "x.csv").write_text("a\n0\n1\n10\n")
     (tmp_path / "sub_x.csv").write_text("a\n0\n1\n10\n11\n12\n")
@@ -334,7 +347,7 @@ def test_a_sweep_of_two_data_files_with_one_sanitized_name_and_a_map_gmm_killed_
     rundir.write_json(killed / "sweep.json", {"argv": argv}, owner="sweep")
     assert main([*argv, "--out", str(killed)]) == 0
     (killed / "report.json").unlink()  # as if killed after the checkpoint, before the report
-    code, _, err = run_cli(["sweep", *command, "--out", out, "--workers", "2", "--retries", "0"], capsys)
+    code, _, err = run_cli(["sweep", *command, "--out", out, "--workers", "1", "--retries", "0"], capsys)
     assert code == 0, err
     table = pd.read_csv(out / "summary.csv")
     assert sorted(table["points"]) == [3, 5] and list(table["status"]) == ["done", "done"]
@@ -342,30 +355,42 @@ def test_a_sweep_of_two_data_files_with_one_sanitized_name_and_a_map_gmm_killed_
 
 
 def test_sigterm_to_a_workers_sweep_reaches_its_runs(tmp_path):
-    """The sweep is sent SIGTERM while its run trains: the run ends too (its lock is free), and
-    the sweep exits non-zero without retrying."""
+    """The sweep (here, in this process's main thread) is sent SIGTERM while its run (a process of
+    its own) trains: the run ends too (its lock is free), and the sweep stops without retrying."""
+    import threading
+
+    from ppmodels.sweep import sweep
+
     out = tmp_path / "grid"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    sweep = subprocess.Popen([sys.executable, "-m", "ppmodels", "sweep", "train", "gmm", "--guide", "bayes",
-                              "--steps", "1000000", "--seed", "0,1", "--out", str(out), "--workers", "1"], env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    lock = out / "seed=0" / ".lock"
-    deadline = time.monotonic() + 60
-    while not (lock.exists() and lock.read_text().startswith("pid")) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    pid = int(lock.read_text().split()[1])
-    sweep.send_signal(signal.SIGTERM)
-    _, err = sweep.communicate(timeout=30)
-    assert sweep.returncode != 0 and "interrupted" in err and "Traceback" not in err, err
+    lock, seen = out / "seed=0" / ".lock", {}
+
+    def signal_when_training():
+        deadline = time.monotonic() + 60
+        while not (lock.exists() and lock.read_text().startswith("pid")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        seen["pid"] = int(lock.read_text().split()[1])
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, lambda *a: None)  # a late signal does nothing here
+    try:
+        thread = threading.Thread(target=signal_when_training, daemon=True)
+        thread.start()
+        t0 = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            sweep(["train", "gmm", "--guide", "bayes", "--steps", "1000000", "--seed", "0,1"], out, workers=1)
+        thread.join(5)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert time.monotonic() - t0 < 60 and not (out / "seed=1" / ".lock").exists()  # no other run started
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
-            os.kill(pid, 0)
+            os.kill(seen["pid"], 0)
         except ProcessLookupError:
             break
         time.sleep(0.05)
     else:
-        pytest.fail(f"the run (pid {pid}) still trains after the sweep was stopped")
+        pytest.fail(f"the run (pid {seen['pid']}) still trains after the sweep was stopped")
     with rundir.RunLock(out / "seed=0"):  # free again
         pass
 
@@ -470,8 +495,8 @@ def test_fit_killed_at_a_write_point_resumes_to_the_whole_run(name, nth, point, 
 
 
 TRAIN = ["train", "vae", "--steps", "4", "--batch-size", "100", *SMALL]
-CLI_KILLS = [*(("report.json", point) for point in ("claimed", "partial", "staged", "replaced")),
-             *((name, point) for name in ("samples.png", "reconstructions.png") for point in ("partial", "replaced"))]
+CLI_KILLS = [("report.json", "claimed"), ("report.json", "partial"), ("report.json", "replaced"),
+             ("samples.png", "partial"), ("reconstructions.png", "staged")]  # the fit artefacts: every point
 
 
 def _same_report(a: Path, b: Path) -> None:
