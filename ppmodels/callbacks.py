@@ -56,7 +56,8 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from .rundir import CHECKPOINT, NonFiniteState, atomic_copy, kept_checkpoint, remove_kept, save_checkpoint
+from .rundir import (CHECKPOINT, NonFiniteState, atomic_copy, kept_checkpoint, save_checkpoint, write_csv,
+                     write_figure)
 from .settings import COUNT, EPOCHS, FINITE, FLAG, NATURAL, NONNEGATIVE, POSITIVE, SCHEDULES, SEED, Want
 from .utils import PPModelsError, rng_state
 
@@ -403,7 +404,7 @@ class CollapseDiagnostics(Callback):
         first = len(state.history) - len(self.per_unit) + 1
         frame = pd.DataFrame(table, columns=[f"unit_{u}" for u in range(table.shape[1])])
         frame.insert(0, "epoch", range(first, first + len(frame)))
-        frame.to_csv(state.out_dir / "kl_units.csv", index=False)
+        write_csv(state.out_dir / "kl_units.csv", frame)
         import matplotlib
 
         matplotlib.use("Agg")
@@ -417,8 +418,7 @@ class CollapseDiagnostics(Callback):
         ax.set_title("KL per latent unit (nats)")
         fig.colorbar(image, ax=ax)
         fig.tight_layout()
-        fig.savefig(state.out_dir / "kl_units.png", dpi=120)
-        plt.close(fig)
+        write_figure(state.out_dir / "kl_units.png", fig, dpi=120)
 
 
 # -- built in: what fit runs around the user's callbacks ---------------------------------------
@@ -606,7 +606,7 @@ class Checkpoint(Callback):
                 "objective": {"name": state.objective.name, **state.objective.options()},
                 "callbacks": {key: _record(cb) for key, cb in self.resumable.items()},
                 **self.record,
-            })
+            }, replacing=self.replacing)  # a replacing run's first checkpoint: the old run's files go first
         except NonFiniteState as e:
             where = f"the last good checkpoint is {state.checkpoint}" if state.checkpoint else "no checkpoint was written yet"
             raise NonFiniteLoss(
@@ -614,12 +614,10 @@ class Checkpoint(Callback):
                 "Try a lower lr or clip_norm=..."
             ) from e
         state.checkpoint = self.out_dir / CHECKPOINT
-        if self.replacing:  # the replaced run's kept checkpoints would pass for this run's
-            remove_kept(self.out_dir)
-            self.replacing = False
+        self.replacing = False
         if state.epoch + 1 in self.keep_epochs:
             atomic_copy(state.checkpoint, self.out_dir / kept_checkpoint(state.epoch + 1))
-        pd.DataFrame(state.history).to_csv(self.out_dir / "history.csv", index=False)
+        write_csv(self.out_dir / "history.csv", pd.DataFrame(state.history))
 
 
 def _record(cb: Any) -> dict[str, Any]:

@@ -22,11 +22,11 @@ from .parser import build_parser
 __all__ = ["main", "build_parser"]
 
 
-def _load_run(run_dir: str, device: str):
+def _load_run(run_dir: str, device: str, trust: bool = False):
     from .fit import load_run
     from .utils import resolve_device
 
-    model, ckpt = load_run(run_dir, device)
+    model, ckpt = load_run(run_dir, device, trust=trust)
     return model, ckpt, resolve_device(device)
 
 
@@ -42,7 +42,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 
     if args.diagnostics:
         return _evaluate_diagnostics(args)
-    model, ckpt, dev = _load_run(args.run_dir, args.device)
+    model, ckpt, dev = _load_run(args.run_dir, args.device, args.trust_checkpoint)
     test = data.mnist(binarize=ckpt["meta"].get("args", {}).get("binarize", "dynamic"), device=dev)["test"]
     report = evaluation_report(model, test, args.num_samples, args.subset, args.seed)
     print(json.dumps(report, indent=2))
@@ -81,7 +81,7 @@ def _evaluate_diagnostics(args: argparse.Namespace) -> None:
         if figure.exists() and figure.name not in {e.get("figure") for e in entries.values() if isinstance(e, dict)}:
             raise PPModelsError(f"{figure} exists and was not written by evaluate --diagnostics; move it away and run "
                                 "again")
-        model, ckpt, dev = _load_run(str(source), args.device)
+        model, ckpt, dev = _load_run(str(source), args.device, args.trust_checkpoint)
         test = data.mnist(binarize=ckpt["meta"].get("args", {}).get("binarize", "dynamic"), device=dev)["test"]
         sub = test.subset(args.subset) if args.subset else test
         pyro.set_rng_seed(args.seed)
@@ -120,9 +120,9 @@ def _sample(args: argparse.Namespace) -> None:
         raise PPModelsError(f"sample: the folder of --out {out} does not exist; create it first")
     if args.n > 10_000:
         raise PPModelsError(f"sample: -n {args.n} images is more than a grid can show; ask for at most 10000")
-    model, _, _ = _load_run(args.run_dir, args.device)
+    model, _, _ = _load_run(args.run_dir, args.device, args.trust_checkpoint)
     torch.manual_seed(args.seed)
-    save_grid(model.sample(args.n), out)
+    save_grid(model.sample(args.n), out, owner="run" if args.out is None else "sample")  # the default: the run's figure
     print(f"wrote {out}")
 
 
@@ -214,17 +214,10 @@ def _variance(args: argparse.Namespace) -> None:
 def _compare(args: argparse.Namespace) -> None:
     import pandas as pd
 
-    from .compare import compare_runs, plot_runs
-    from .utils import PPModelsError
+    from .compare import write_comparison
 
     out = Path(args.out)
-    if out.suffix.lower() != ".png":
-        raise PPModelsError(f"compare: --out {out} must end in .png")
-    if not out.parent.is_dir():
-        raise PPModelsError(f"compare: the folder of --out {out} does not exist; create it first")
-    table = compare_runs(args.runs)
-    table.to_csv(out.with_suffix(".csv"), index=False)
-    plot_runs(args.runs, out)
+    table = write_comparison(args.runs, out)
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"wrote {out.with_suffix('.csv')} and {out}")
@@ -239,7 +232,7 @@ def _data(args: argparse.Namespace) -> None:
 
 
 SWEEP_OPTIONS = {"--workers": int, "--address": str, "--max-concurrent": int, "--retries": int, "--threads": int,
-                 "--gpus-per-run": float, "--out": str}
+                 "--gpus-per-run": float, "--out": str, "--max-runs": int}
 
 
 def _sweep(args: argparse.Namespace) -> None:
@@ -267,7 +260,7 @@ def _sweep(args: argparse.Namespace) -> None:
     if args.out is None:
         raise PPModelsError("sweep: give --out DIR, the folder that holds the runs")
     table = sweep(command, args.out, workers=args.workers, address=args.address, max_concurrent=args.max_concurrent,
-                  gpus_per_run=args.gpus_per_run, threads=args.threads, retries=args.retries)
+                  gpus_per_run=args.gpus_per_run, threads=args.threads, retries=args.retries, max_runs=args.max_runs)
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     failed = int((table["status"] == "failed").sum()) if "status" in table else 0

@@ -21,6 +21,11 @@ weights and locations) are in every rank's loss; so that the sum over ranks coun
 each rank scales them by 1 / world_size (:class:`ScaleOutside`, a Pyro messenger, so the
 objectives see ordinary scaled sites).
 
+When a peer process dies (killed, or out of memory), the other ranks' next collective fails
+(gloo: "Connection closed by peer"): each of them stops with one line, :class:`PeerLost` (the
+CLI: ``ppmodels: error: ...``, exit 2), and leaves at once; rank 0's last checkpoint resumes
+the run.
+
 The process group comes from the environment (``torchrun``): gloo on the CPU, NCCL on CUDA
 (each rank on ``cuda:LOCAL_RANK``). Rank r > 0 draws its own particles from the seed
 ``seed + r · 1_000_003`` (rank 0 keeps ``seed``, so a one-process run is the ordinary run).
@@ -42,7 +47,7 @@ from torch import Tensor
 
 from .utils import PPModelsError
 
-__all__ = ["Group", "setup", "rank_seed", "ScaleOutside", "plan"]
+__all__ = ["Group", "setup", "rank_seed", "ScaleOutside", "plan", "PeerLost"]
 
 RANK_SEED_STRIDE = 1_000_003
 
@@ -65,10 +70,19 @@ def _sent(tensor: Tensor) -> Tensor:
     return tensor
 
 
+class PeerLost(PPModelsError):
+    """A collective failed: another process of the data-parallel run died or left."""
+
+
+_LOST: list[bool] = []  # set once a peer was lost: nothing more to wait for at exit
+
+
 def _release_sent(timeout: float = 10.0) -> bool:
     """Wait (at most ``timeout`` seconds) until the kept tensors are referenced from Python only,
-    then drop them; ``False`` if a collective still holds one (they are then left to shutdown)."""
-    if not _SENT:
+    then drop them; ``False`` if a collective still holds one (they are then left to shutdown).
+    After a peer was lost, nothing is waited for (its failed collectives never let go)."""
+    if not _SENT or _LOST:
+        _SENT.clear()
         return True
     deadline = time.monotonic() + timeout
     if not hasattr(torch.Tensor, "_use_count"):  # a torch without it: give the workers a moment
@@ -109,6 +123,17 @@ class Group:
     def main(self) -> bool:
         return self.rank == 0
 
+    def _collective(self, op: Callable, tensor: Tensor, **kw: Any) -> None:
+        """``op(tensor, **kw)`` (a collective of ``torch.distributed``); a failure, which under a
+        healthy group means a peer died, is :class:`PeerLost`, one line."""
+        try:
+            op(_sent(tensor), **kw)
+        except RuntimeError as e:  # gloo and NCCL's errors (DistBackendError is one)
+            _LOST.append(True)
+            why = str(e).split("]", 1)[-1].strip().split(". ")[0] or type(e).__name__
+            raise PeerLost(f"data-parallel rank {self.rank} of {self.world_size}: a peer process died or left "
+                           f"({why[:120]}); this rank stops too. Resume the run from rank 0's last checkpoint") from None
+
     def shard(self, batch: tuple) -> tuple:
         """This rank's contiguous block of a global batch's rows (the tensors with as many rows as
         the first; blocks of a ragged last batch may differ by one row: the summed loss is still
@@ -130,8 +155,8 @@ class Group:
         grads = [p.grad for p in params]
         if not grads:
             return
-        flat = _sent(torch.cat([g.reshape(-1) for g in grads]))
-        torch.distributed.all_reduce(flat)
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        self._collective(torch.distributed.all_reduce, flat)
         if self.average:
             flat /= self.world_size
         offset = 0
@@ -143,8 +168,8 @@ class Group:
         """Replace each tensor by its mean over ranks (in place)."""
         if not tensors:
             return
-        flat = _sent(torch.cat([t.detach().reshape(-1).float() for t in tensors]))
-        torch.distributed.all_reduce(flat)
+        flat = torch.cat([t.detach().reshape(-1).float() for t in tensors])
+        self._collective(torch.distributed.all_reduce, flat)
         flat /= self.world_size
         offset = 0
         with torch.no_grad():
@@ -154,8 +179,8 @@ class Group:
 
     def sum(self, values: Sequence[float | Tensor], device: torch.device) -> list[float]:
         """The sums over ranks of a few numbers (one all-reduce)."""
-        flat = _sent(torch.tensor([float(v) for v in values], dtype=torch.float64, device=device))
-        torch.distributed.all_reduce(flat)
+        flat = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
+        self._collective(torch.distributed.all_reduce, flat)
         return flat.tolist()
 
     def mean_over_rows(self, per_row: Callable[[Any], Tensor], data: Any, device: torch.device) -> float:
@@ -171,7 +196,7 @@ class Group:
         """Rank 0's values of ``tensors`` on every rank (the initial parameters)."""
         for t in tensors:
             with torch.no_grad():
-                torch.distributed.broadcast(_sent(t.data), src=0)
+                self._collective(torch.distributed.broadcast, t.data, src=0)
 
 
 def setup(device: torch.device) -> tuple[Group | None, torch.device]:

@@ -96,15 +96,18 @@ def make_optimizer(params: list[Tensor], **adam: Any) -> torch.optim.Adam:
     return torch.optim.Adam(params, **{**ADAM_DEFAULTS, **adam}, **({"fused": True} if on_cuda else {"foreach": True}))
 
 
-def load_run(run_dir: str | os.PathLike, device: str | torch.device = "auto") -> tuple[Any, dict[str, Any]]:
+def load_run(run_dir: str | os.PathLike, device: str | torch.device = "auto", trust: bool = False
+             ) -> tuple[Any, dict[str, Any]]:
     """The model of a run directory written by ``ppmodels train`` (family and configuration from
     the checkpoint's ``meta``), with its trained parameters, on ``device``; and the checkpoint.
-    ``run_dir`` may also name one of its checkpoint files (a kept ``checkpoint-epoch{N}.pt``)."""
+    ``run_dir`` may also name one of its checkpoint files (a kept ``checkpoint-epoch{N}.pt``).
+    ``trust``: load a checkpoint without a checksum (refused otherwise; see
+    :func:`ppmodels.rundir.load_checkpoint`)."""
     from .models import build
 
     path = run_checkpoint(run_dir)
     dev = resolve_device(device)
-    ckpt = load_checkpoint(path, map_location=dev)
+    ckpt = load_checkpoint(path, map_location=dev, trust=trust)
     meta = ckpt.get("meta", {})
     if "family" not in meta:
         raise PPModelsError(f"{run_dir}: the checkpoint names no model family (written by fit without meta?)")

@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--subset", type=positive(int), default=None, help="first N test images (default: all)")
     e.add_argument("--device", default="auto")
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--trust-checkpoint", action="store_true",
+                   help="load a checkpoint that has no checksum (not written by ppmodels); refused otherwise")
     e.add_argument("--diagnostics", action="store_true",
                    help="also each image's Pareto k-hat of its importance weights and their ESS: print the summary "
                         "(fraction above the threshold min(1 - 1/log10 S, 0.7), NLL over all and over the reliable "
@@ -62,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default=None, help="PNG path (default RUN_DIR/samples.png; for a file, samples-FILE.png beside it)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
+    s.add_argument("--trust-checkpoint", action="store_true",
+                   help="load a checkpoint that has no checksum (not written by ppmodels); refused otherwise")
 
     v = sub.add_parser("variance", help="bias, variance and SNR of objectives' gradient estimators",
                        description="Study gradient estimators: R replicate gradients per objective and K, summarised "
@@ -102,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--threads", type=positive(int), default=1, help="torch threads per run (default 1)")
     w.add_argument("--gpus-per-run", type=float, default=0, help="Ray: GPUs per run (default 0)")
     w.add_argument("--out", default=None, help="the sweep's folder (one run directory per combination)")
+    w.add_argument("--max-runs", type=positive(int), default=10_000,
+                   help="refuse a grid of more runs than this, before any is parsed (default 10000)")
     w.add_argument("sweep_command", nargs=argparse.REMAINDER, metavar="COMMAND ...",
                    help="train MODEL ... or variance ...")
 

@@ -120,7 +120,6 @@ def summarize(khat: np.ndarray, log_lik: np.ndarray, num_samples: int) -> dict[s
 def plot_khat(khat: np.ndarray, num_samples: int, path: str | Path, title: str = "") -> Path:
     r"""A histogram of the finite :math:`\hat k` with the threshold marked, as a PNG at ``path``
     (written through a temporary file and one rename)."""
-    import os
 
     import matplotlib
 
@@ -140,9 +139,6 @@ def plot_khat(khat: np.ndarray, num_samples: int, path: str | Path, title: str =
     ax.set_title(title or f"{above:.1%} of {len(khat)} datapoints above the threshold", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    staged = path.with_name(path.name + ".tmp.png")
-    fig.savefig(staged, dpi=120)
-    plt.close(fig)
-    os.replace(staged, path)
-    return path
+    from .rundir import write_figure
+
+    return write_figure(Path(path), fig, dpi=120)

@@ -15,6 +15,14 @@
 - :func:`read_report` and :func:`write_report`: a finished run's ``report.json``, read with
   one-line errors and replaced atomically (a temporary file and one rename), so that a command
   adding its own key (``evaluate --diagnostics``) never leaves half a report.
+- :func:`write_artifact` is the one writer of every file a command leaves behind (checkpoints,
+  history, reports, tables, figures, a sweep's summary): it refuses a file that exists and that
+  the directory's manifest (``.manifest.json``: file name -> the writer, ``run``, ``compare``,
+  ``sweep``...) does not record as the same writer's, records the file before writing it, writes
+  a temporary file beside it (synced) and renames it into place. A kill at any point leaves the
+  old file or the new one, never half of one, and never a file of another writer replaced.
+  :func:`replace_run` removes the files of the run a replacing run (``--overwrite``) replaces,
+  just before its first checkpoint, so that they never pass for the new run's.
 """
 
 from __future__ import annotations
@@ -34,7 +42,8 @@ from .utils import PPModelsError
 
 __all__ = ["open_run", "RunLock", "save_checkpoint", "load_checkpoint", "checksum", "CHECKPOINT", "PREVIOUS",
            "NonFiniteState", "kept_checkpoint", "remove_kept", "atomic_copy", "run_checkpoint", "read_report",
-           "write_report", "strict_json", "REPORT"]
+           "write_report", "strict_json", "REPORT", "write_artifact", "replace_run", "MANIFEST", "staged_name", "check_writable",
+           "write_json", "write_csv", "write_figure"]
 
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"
@@ -43,8 +52,13 @@ REPORT = "report.json"
 RUN_FILES = (CHECKPOINT, "history.csv", REPORT)
 
 
-#: a kept checkpoint's file name (the epoch, then ".tmp" for a partial copy)
-KEPT = re.compile(r"checkpoint-epoch([0-9]+)\.pt(\.tmp)?")
+#: a kept checkpoint's file name (the epoch, then ".tmp.pt" for a partial copy)
+KEPT = re.compile(r"checkpoint-epoch([0-9]+)\.pt(\.tmp\.pt)?")
+#: the record of which writer wrote each file of a directory (see :func:`write_artifact`)
+MANIFEST = ".manifest.json"
+#: the writers of :func:`write_artifact`, as its errors name them
+WRITERS = {"run": "a training run", "compare": "ppmodels compare", "sweep": "ppmodels sweep",
+           "sample": "ppmodels sample"}
 
 
 def kept_checkpoint(epoch: int) -> str:
@@ -77,12 +91,122 @@ def remove_kept(directory: Path) -> None:
                                     "remove it by hand and resume") from None
 
 
-def atomic_copy(source: Path, target: Path) -> None:
-    """Copy ``source`` to ``target`` through a temporary file and one rename: ``target`` is
-    either absent, the old file, or the whole copy."""
-    staged = target.with_name(target.name + ".tmp")
-    shutil.copyfile(source, staged)
-    os.replace(staged, target)
+def atomic_copy(source: Path, target: Path, owner: str = "run") -> None:
+    """Copy ``source`` to ``target`` by :func:`write_artifact`: ``target`` is either absent, the
+    old file, or the whole copy."""
+    write_artifact(target, lambda staged: shutil.copyfile(source, staged), owner=owner)
+
+
+def staged_name(path: Path) -> Path:
+    """The temporary file beside ``path`` that :func:`write_artifact` writes first (its suffix
+    kept, so that writers choosing a format by the suffix write the right one)."""
+    return path.with_name(f"{path.name}.tmp{path.suffix}")
+
+
+def _fault(point: str, path: Path, staged: Path) -> None:
+    """A no-op, called at each write point of :func:`write_artifact` (``start``, ``claimed``,
+    ``staged``, ``replaced``); tests replace it to simulate a kill there."""
+
+
+def _read_manifest(directory: Path) -> dict[str, str] | None:
+    """The manifest of ``directory`` (file name -> writer), or None if it has none."""
+    import json
+
+    path = directory / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        files = json.loads(path.read_text()).get("files", {})
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        raise PPModelsError(f"{path} is damaged (not the manifest ppmodels writes); remove it and run again") from None
+    if not isinstance(files, dict):
+        raise PPModelsError(f"{path} is damaged (not the manifest ppmodels writes); remove it and run again")
+    return files
+
+
+def _write_manifest(directory: Path, files: dict[str, str]) -> None:
+    import json
+
+    path = directory / MANIFEST
+    staged = staged_name(path)
+    with open(staged, "w") as f:
+        f.write(json.dumps({"files": dict(sorted(files.items()))}, indent=1))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(staged, path)
+
+
+def _claim(path: Path, owner: str, record: bool = True) -> None:
+    """Check that ``owner`` may write ``path`` (absent, or recorded as ``owner``'s) and record it
+    (``record=False``: only check; a command writing several files checks them all first)."""
+    directory, name = path.parent, path.name
+    files = _read_manifest(directory)
+    if files is None:
+        files = {}
+        if (directory / CHECKPOINT).is_file():  # a run written before manifests: its files are its own
+            files = {p.name: "run" for p in directory.iterdir() if p.is_file() and not p.name.startswith(".")}
+    recorded = files.get(name)
+    if path.exists() and recorded != owner:
+        if path.is_dir():
+            raise PPModelsError(f"{path} is a directory; {owner} writes a file there: move it away or write elsewhere")
+        who = WRITERS.get(recorded, recorded) if recorded else "none of this directory's ppmodels commands"
+        raise PPModelsError(f"{path} exists and was written by {who}, not by {WRITERS.get(owner, owner)}, which does "
+                            "not replace it; move it away or write elsewhere")
+    if record and (recorded != owner or not (directory / MANIFEST).exists()):
+        files[name] = owner
+        _write_manifest(directory, files)
+
+
+def check_writable(*paths: str | os.PathLike, owner: str = "run") -> None:
+    """The error :func:`write_artifact` would raise for any of ``paths``, before any is written."""
+    for path in paths:
+        _claim(Path(path), owner, record=False)
+
+
+def write_artifact(path: str | os.PathLike, write: Any, *, owner: str = "run") -> Path:
+    """Write the file ``path`` by ``write(staged)``, which writes the whole content to the path it
+    is given; see the module docstring. ``owner``: the writer (``run`` for a training run's
+    files), which alone may replace the file later. A file that exists and is not ``owner``'s is
+    refused (one-line :class:`~ppmodels.utils.PPModelsError`) before anything is written."""
+    path = Path(path)
+    staged = staged_name(path)
+    _fault("start", path, staged)
+    _claim(path, owner)
+    _fault("claimed", path, staged)
+    try:
+        write(staged)
+        with open(staged, "rb+") as f:
+            os.fsync(f.fileno())
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
+    _fault("staged", path, staged)
+    os.replace(staged, path)
+    _fault("replaced", path, staged)
+    return path
+
+
+def replace_run(directory: str | os.PathLike, keep: tuple[str, ...] = (CHECKPOINT,)) -> None:
+    """Remove the files of the run in ``directory`` (those its manifest records as the run's, its
+    kept checkpoints and its previous checkpoint), but ``keep``: what a run replacing it does
+    before its first checkpoint, so that the old run's report, history or figures never stand
+    beside the new run's checkpoint."""
+    directory = Path(directory)
+    files = _read_manifest(directory)
+    if files is None:
+        files = {p.name: "run" for p in directory.iterdir() if p.is_file() and not p.name.startswith(".")
+                 and (p.name in RUN_FILES or p.name == PREVIOUS)} if (directory / CHECKPOINT).is_file() else {}
+    remove_kept(directory)
+    doomed = [name for name, owner in files.items() if owner == "run" and name not in keep]
+    for name in doomed:
+        try:
+            (directory / name).unlink(missing_ok=True)
+        except OSError as e:
+            raise PPModelsError(f"cannot remove {directory / name}, a file of the replaced run ({e.strerror}); "
+                                "remove it by hand and run again") from None
+    left = {name: owner for name, owner in files.items() if name not in doomed and not KEPT.fullmatch(name)}
+    if (directory / MANIFEST).exists() or left:
+        _write_manifest(directory, left)
 
 
 class NonFiniteState(PPModelsError, FloatingPointError):
@@ -198,30 +322,35 @@ def _non_finite(state: dict[str, Any]) -> list[str]:
             if t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
-def save_checkpoint(directory: str | os.PathLike, state: dict[str, Any]) -> Path:
+def save_checkpoint(directory: str | os.PathLike, state: dict[str, Any], replacing: bool = False) -> Path:
     """Write ``state`` as ``directory/checkpoint.pt`` (see the module docstring); raise
-    :class:`NonFiniteState` without writing if a parameter or optimizer tensor is not finite."""
+    :class:`NonFiniteState` without writing if a parameter or optimizer tensor is not finite.
+    ``replacing``: the first checkpoint of a run that replaces the directory's run: the old
+    run's files go first (:func:`replace_run`), and no previous checkpoint is kept."""
     directory = Path(directory)
     bad = _non_finite(state)
     if bad:
         raise NonFiniteState(f"{len(bad)} tensors are NaN/inf (first: {bad[0]}); the checkpoint was not replaced")
     state = {**state, "checksum": checksum(state)}
-    target, tmp, previous = directory / CHECKPOINT, directory / (CHECKPOINT + ".tmp"), directory / PREVIOUS
+    target, previous = directory / CHECKPOINT, directory / PREVIOUS
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    with open(tmp, "wb") as f:
-        f.write(buffer.getvalue())
-        f.flush()
-        os.fsync(f.fileno())
-    load_checkpoint(tmp)  # read back and verify before anything is replaced
-    if target.exists():  # a copy becomes the previous one: checkpoint.pt is never missing
+
+    def write(staged: Path) -> None:
+        staged.write_bytes(buffer.getvalue())
+        load_checkpoint(staged)  # read back and verify before anything is replaced
+
+    if replacing:
+        replace_run(directory)
+    elif target.exists():  # a copy becomes the previous one: checkpoint.pt is never missing
         atomic_copy(target, previous)
-    os.replace(tmp, target)  # one atomic rename
-    return target
+    return write_artifact(target, write)
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
-    """A checkpoint, loaded with ``weights_only=True`` and verified (one-line errors)."""
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", trust: bool = False) -> dict[str, Any]:
+    """A checkpoint, loaded with ``weights_only=True`` and verified (one-line errors): its
+    checksum must match, and one without a checksum (not written by ppmodels, or with the entry
+    removed) is refused unless ``trust=True`` (the CLI's ``--trust-checkpoint``)."""
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT
@@ -244,6 +373,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     if not isinstance(state, dict) or "params" not in state:
         raise PPModelsError(f"checkpoint {path} is not a ppmodels checkpoint (no parameters)")
     expected = state.get("checksum")
+    if expected is None and not trust:
+        raise PPModelsError(f"checkpoint {path} has no checksum, so its weights cannot be verified; if you trust the "
+                            "file, pass --trust-checkpoint (trust=True)")
     if expected is not None and checksum(state) != expected:
         raise PPModelsError(f"checkpoint {path} is corrupted (checksum mismatch); use {PREVIOUS} beside it, or train again")
     return state
@@ -282,16 +414,29 @@ def strict_json(value: Any) -> Any:
 
 
 def write_report(directory: str | os.PathLike, report: dict[str, Any]) -> Path:
-    """Replace ``directory/report.json`` by ``report`` at once: through a temporary file, synced,
-    and one rename. Non-finite numbers are written as the strings "inf", "-inf", "nan" (strict
-    JSON has none)."""
+    """Replace ``directory/report.json`` by ``report`` at once (:func:`write_artifact`).
+    Non-finite numbers are written as the strings "inf", "-inf", "nan" (strict JSON has none)."""
+    return write_json(Path(directory) / REPORT, report)
+
+
+def write_json(path: str | os.PathLike, value: Any, owner: str = "run") -> Path:
+    """``value`` as strict JSON in ``path`` (:func:`write_artifact`)."""
     import json
 
-    path = Path(directory) / REPORT
-    staged = path.with_name(REPORT + ".tmp")
-    with open(staged, "w") as f:
-        f.write(json.dumps(strict_json(report), indent=2, allow_nan=False))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(staged, path)
-    return path
+    text = json.dumps(strict_json(value), indent=2, allow_nan=False)
+    return write_artifact(path, lambda staged: Path(staged).write_text(text), owner=owner)
+
+
+def write_csv(path: str | os.PathLike, frame: Any, owner: str = "run") -> Path:
+    """A pandas table as CSV in ``path`` (:func:`write_artifact`)."""
+    return write_artifact(path, lambda staged: frame.to_csv(staged, index=False), owner=owner)
+
+
+def write_figure(path: str | os.PathLike, fig: Any, owner: str = "run", **savefig: Any) -> Path:
+    """A matplotlib figure in ``path`` (:func:`write_artifact`); the figure is closed."""
+    import matplotlib.pyplot as plt
+
+    try:
+        return write_artifact(path, lambda staged: fig.savefig(staged, **savefig), owner=owner)
+    finally:
+        plt.close(fig)

@@ -127,12 +127,12 @@ def test_a_run_with_an_earlier_stages_checkpoint_is_resumed(tmp_path, monkeypatc
 
     commands = []
 
-    def fake_run(cmd, **kw):
+    def fake_call(cmd, env):
         commands.append(cmd)
         (tmp_path / "run" / "report.json").write_text("{}")
-        return subprocess.CompletedProcess(cmd, 0, "", "")
+        return 0, ""
 
-    monkeypatch.setattr(sweep_module.subprocess, "run", fake_run)
+    monkeypatch.setattr(sweep_module._CHILDREN, "call", fake_call)
     (tmp_path / "run" / "baseline").mkdir(parents=True)
     (tmp_path / "run" / "baseline" / "checkpoint.pt").write_bytes(b"")
     sweep_module.run_one(["train", "cvae", "--epochs", "1"], str(tmp_path / "run"), "report.json", 1, 0)

@@ -10,7 +10,6 @@ is the parent parser of the options every family takes.
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +59,11 @@ class Family:
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         """Add the family's own options to ``parser`` (its ``ppmodels train NAME`` parser, which
         already holds :func:`common_options`)."""
+
+    def resumable(self, args: argparse.Namespace) -> bool:
+        """Whether ``ppmodels train NAME ARGS --resume`` continues a run of these ``args`` that
+        was stopped after its first checkpoint (a sweep's retry asks; else it starts again)."""
+        return True
 
     def train(self, args: argparse.Namespace) -> None:
         """Run ``ppmodels train NAME`` with the parsed ``args``: train, write the run directory,
@@ -206,7 +210,7 @@ class ImageFamily(Family):
         import torch
 
         from .. import data
-        from ..rundir import CHECKPOINT, open_run
+        from ..rundir import CHECKPOINT, open_run, write_report
         from ..utils import PPModelsError, check_memory
 
         if args.epochs is None and args.steps is None:
@@ -255,7 +259,7 @@ class ImageFamily(Family):
                 run.report["processes"] = group.world_size
             if not main:
                 return
-            (run.out / "report.json").write_text(json.dumps(run.report, indent=2))
+            write_report(run.out, run.report)
             for line in self.summary(run.report, run):
                 print(line)
             print(f"trained {run.report['epochs']} epochs in {train_seconds:.0f}s; wrote {run.out}/history.csv, "

@@ -20,11 +20,15 @@ __all__ = ["ints", "positive", "nonnegative", "save_grid", "evaluation_report", 
 
 
 # -- outputs --------------------------------------------------------------------------------------
-def save_grid(images, path: Path, nrow: int = 8) -> None:
-    """Rows of 784 pixels as one PNG grid of 28 x 28 images, ``nrow`` to a row."""
+def save_grid(images, path: Path, nrow: int = 8, owner: str = "run") -> None:
+    """Rows of 784 pixels as one PNG grid of 28 x 28 images, ``nrow`` to a row (written by
+    :func:`ppmodels.rundir.write_artifact`, as ``owner``'s)."""
     from torchvision.utils import save_image
 
-    save_image(images.reshape(-1, 1, 28, 28).float().cpu(), path, nrow=nrow)
+    from ..rundir import write_artifact
+
+    grid = images.reshape(-1, 1, 28, 28).float().cpu()
+    write_artifact(path, lambda staged: save_image(grid, staged, nrow=nrow), owner=owner)
 
 
 def evaluation_report(model, test, num_samples: int, subset: int | None, seed: int, group=None,

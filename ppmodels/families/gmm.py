@@ -4,7 +4,6 @@ points), fitted by MAP restarts or, with ``--guide bayes``, a mean-field guide t
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -64,12 +63,15 @@ class GaussianMixtureFamily(Family):
         # accepted and ignored, as before the families had parsers of their own (a mixture has no networks)
         add_network_options(parser, help=argparse.SUPPRESS)
 
+    def resumable(self, args: argparse.Namespace) -> bool:
+        return args.guide != "map"  # MAP restarts keep no training state: a retry starts again
+
     def train(self, args: argparse.Namespace) -> None:
         import pandas as pd
         import torch
 
         from ..models import GaussianMixture
-        from ..rundir import open_run, save_checkpoint
+        from ..rundir import open_run, save_checkpoint, write_csv, write_report
         from ..utils import PPModelsError, check_memory
 
         from ..distributed import world_size_from_env
@@ -77,7 +79,7 @@ class GaussianMixtureFamily(Family):
         check_seed(args.seed)
         if world_size_from_env() > 1:
             raise PPModelsError("train gmm runs in one process (its data are a few points); launch it without torchrun")
-        if args.guide == "map" and args.resume:
+        if not self.resumable(args) and args.resume:
             raise PPModelsError("train gmm: MAP restarts have no training state to resume; use --overwrite or another --out")
         lock = open_run(args.out, resume=args.resume, overwrite=args.overwrite)
         try:
@@ -95,7 +97,7 @@ class GaussianMixtureFamily(Family):
                 values = gmm.fit_map(x, restarts=args.restarts, steps=args.steps or 600, lr=args.lr, seed=args.seed)
                 with open_run(out, overwrite=True):
                     save_checkpoint(out, {"params": {f"module.{k}": v for k, v in gmm.state_dict().items()},
-                                          "meta": {"family": self.model_key, "config": config}})
+                                          "meta": {"family": self.model_key, "config": config}}, replacing=True)
                 extra = {"map_objective": float(values.max()), "restarts": args.restarts}
             else:
                 if args.epochs is None and args.steps is None:
@@ -107,10 +109,9 @@ class GaussianMixtureFamily(Family):
             ll = gmm.log_likelihood(x)
             report = {"log_likelihood": float(ll.sum()), "log_likelihood_per_point": float(ll.mean()),
                       "points": len(x), "seconds": time.perf_counter() - t0, **extra, **point}
-            pd.DataFrame(gmm.responsibilities(x).cpu().numpy(),
-                         columns=[f"component_{k}" for k in range(args.components)]).to_csv(
-                             out / "responsibilities.csv", index=False)
-            (out / "report.json").write_text(json.dumps(report, indent=2))
+            write_csv(out / "responsibilities.csv", pd.DataFrame(gmm.responsibilities(x).cpu().numpy(),
+                                                                 columns=[f"component_{k}" for k in range(args.components)]))
+            write_report(out, report)
             print(f"log-likelihood {report['log_likelihood']:.3f} ({len(x)} points); weights "
                   + ", ".join(f"{w:.3f}" for w in point["weights"]))
             print(f"wrote {out}/report.json, responsibilities.csv, checkpoint.pt")
