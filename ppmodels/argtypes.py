@@ -3,14 +3,20 @@
 An option whose one value is a comma-separated list (``--hidden 200,200``) is list-valued: a
 sweep (:mod:`ppmodels.sweep`) passes it whole instead of expanding it into runs. Options of type
 :func:`ints` are list-valued; mark any other with :func:`list_valued`.
+
+Which options need or exclude which is declared with :class:`Needs` and :class:`Excludes`, in a
+table beside the options (a family's :attr:`~ppmodels.families.base.Family.rules`); the parser
+checks them after parsing (:func:`broken_rule`), so that an option that would do nothing, or that
+something else would override, is one error (exit 2) instead of being ignored.
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Collection
 
-__all__ = ["ints", "positive", "nonnegative", "list_valued", "is_list_valued"]
+__all__ = ["ints", "positive", "nonnegative", "list_valued", "is_list_valued", "Needs", "Excludes", "broken_rule"]
 
 
 def ints(text: str) -> tuple[int, ...]:
@@ -59,3 +65,53 @@ def list_valued(action: argparse.Action) -> argparse.Action:
 def is_list_valued(action: argparse.Action) -> bool:
     """Whether one value of the option is a list: marked by :func:`list_valued`, or of type :func:`ints`."""
     return bool(getattr(action, "list_valued", False)) or action.type is ints
+
+
+@dataclass(frozen=True)
+class Needs:
+    """``option``, when given, needs ``other``: given (``values`` empty), or with a value (given or
+    its default) among ``values``; ``why``: what ``option`` does, for the error."""
+
+    option: str
+    other: str
+    values: tuple = ()
+    why: str = ""
+
+    def broken(self, given: Collection[str], value: Callable[[str], Any]) -> str | None:
+        if self.option not in given:
+            return None
+        if self.values and value(self.other) in self.values or not self.values and self.other in given:
+            return None
+        wanted = " or ".join(str(v) for v in self.values if v is not None)
+        return f"{self.option} needs {self.other}{' ' + wanted if wanted else ''}{f' ({self.why})' if self.why else ''}"
+
+
+@dataclass(frozen=True)
+class Excludes:
+    """``option``, when given (with a value among ``when``, if any), excludes each of ``others``
+    (it would override them, or they it); ``why`` (which may name ``{other}``): what to do."""
+
+    option: str
+    others: tuple[str, ...]
+    when: tuple = ()
+    why: str = ""
+
+    def broken(self, given: Collection[str], value: Callable[[str], Any]) -> str | None:
+        if self.option not in given or self.when and value(self.option) not in self.when:
+            return None
+        for other in self.others:
+            if other in given:
+                subject = f"{self.option} {value(self.option)}" if self.when else self.option
+                return f"{subject} and {other} do not go together; {(self.why or 'drop one').format(other=other)}"
+        return None
+
+
+def broken_rule(rules: Collection[Needs | Excludes], given: Collection[str],
+                value: Callable[[str], Any]) -> str | None:
+    """The first of ``rules`` broken by the options ``given`` (their longest option strings), whose
+    values (given or default) ``value(option)`` returns; None when all hold."""
+    for rule in rules:
+        said = rule.broken(given, value)
+        if said:
+            return said
+    return None

@@ -9,26 +9,65 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["build_parser"]
+__all__ = ["build_parser", "option_name"]
+
+
+#: the action classes that also record, in the parser that parses, that their option was given
+_RECORDING: dict[type, type] = {}
+
+
+def _recording(cls: type) -> type:
+    if getattr(cls, "records_given", False):
+        return cls
+    if cls not in _RECORDING:
+        def __call__(self, parser, namespace, values, option_string=None):
+            if isinstance(parser, _Parser):
+                parser.given.add(option_name(self))
+            cls.__call__(self, parser, namespace, values, option_string)
+
+        _RECORDING[cls] = type(cls.__name__, (cls,), {"__call__": __call__, "records_given": True})
+    return _RECORDING[cls]
+
+
+def option_name(action: argparse.Action) -> str:
+    """How rules and ``args.given_options`` name an option: its longest option string (``--num-particles``
+    for ``-K``), or a positional's dest."""
+    return max(action.option_strings, key=len) if action.option_strings else action.dest
 
 
 class _Parser(argparse.ArgumentParser):
+    #: which options need or exclude which (:class:`ppmodels.argtypes.Needs`, ``Excludes``),
+    #: checked after parsing
+    rules: tuple = ()
+
     def error(self, message: str) -> None:  # one line, exit code 2
         self.exit(2, f"ppmodels: error: {message} (see `{self.prog} --help`)\n")
 
     def parse_known_args(self, args=None, namespace=None):
+        from .argtypes import broken_rule
+
+        self.given: set[str] = set()
+        for action in self._actions:
+            action.__class__ = _recording(type(action))
         # the innermost parser reports what nothing recognized, so that the line points to the
         # --help that lists the options, e.g. `ppmodels train vae --help`
         namespace, extras = super().parse_known_args(args, namespace)
         if extras:
             self.error(f"unrecognized arguments: {' '.join(extras)}")
+        # the options typed on the command line (not their defaults), for what must tell them apart
+        namespace.given_options = frozenset(getattr(namespace, "given_options", ())) | frozenset(self.given)
+        actions = {option_name(a): a for a in self._actions}
+        broken = broken_rule(self.rules, namespace.given_options,
+                             lambda option: getattr(namespace, actions[option].dest))
+        if broken:
+            self.error(broken)
         return namespace, extras
 
 
 def build_parser() -> argparse.ArgumentParser:
     from . import families
     from .argtypes import ints, list_valued, positive
-    from .families.base import common_options
+    from .families.base import COMMON_RULES as common_rules, common_options
 
     p = _Parser(prog="ppmodels", description="Latent-variable models as Pyro programs: train, evaluate, sample.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -42,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
         f = models.add_parser(name, parents=[common_options(family)], help=family.help,
                               description=family.description or family.help)
         family.add_options(f)
+        f.rules = (*common_rules, *family.rules)
+        named = {option_name(a) for a in f._actions}
+        for rule in f.rules:  # a rule about an option the family does not take is a bug of the family
+            for option in (rule.option, *getattr(rule, "others", (getattr(rule, "other", rule.option),))):
+                assert option in named, f"train {name}: rule {rule} names {option}, not an option of the family"
 
     e = sub.add_parser("evaluate", help="test ELBO and importance-sampled NLL of a run",
                        description="Evaluate a trained run: test ELBO, importance-sampled NLL (K samples), active units.")

@@ -112,7 +112,7 @@ def test_a_bad_weight_decay_is_one_line(value):
 def test_the_train_command_takes_weight_decay(capsys):
     parse = build_parser().parse_args
     assert parse(["train", "vae", "--out", "r"]).weight_decay == 0.0
-    assert parse(["train", "gmm", "--weight-decay", "1e-4", "--out", "r"]).weight_decay == 1e-4
+    assert parse(["train", "gmm", "--guide", "bayes", "--weight-decay", "1e-4", "--out", "r"]).weight_decay == 1e-4
     with pytest.raises(SystemExit) as exit_:
         parse(["train", "vae", "--weight-decay", "-1", "--out", "r"])
     assert exit_.value.code == 2 and "expected a finite number >= 0, got '-1'" in capsys.readouterr().err

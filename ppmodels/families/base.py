@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..argtypes import Excludes, Needs
 from ..settings import add_flags
-from .common import (evaluation_report, fit_stage, ints, network_config, nonnegative, positive, save_grid,
-                     unlabelled, check_seed)
+from .common import (check_model_size, evaluation_report, fit_stage, ints, network_config, nonnegative, positive,
+                     save_grid, unlabelled, check_seed)
 
-__all__ = ["Family", "ImageFamily", "TrainingRun", "common_options", "add_network_options"]
+__all__ = ["Family", "ImageFamily", "TrainingRun", "common_options", "COMMON_RULES", "add_network_options"]
 
 
 class Family:
@@ -39,6 +40,10 @@ class Family:
     help: str = ""
     #: the top of ``ppmodels train NAME --help``
     description: str = ""
+    #: which of the family's options need or exclude which (:class:`ppmodels.argtypes.Needs`,
+    #: :class:`~ppmodels.argtypes.Excludes`), beside :data:`COMMON_RULES`; the parser refuses
+    #: what breaks one (exit 2), so that no option is silently ignored or overridden
+    rules: tuple = ()
 
     @property
     def model_key(self) -> str:
@@ -71,10 +76,21 @@ class Family:
         raise NotImplementedError(f"family {self.name!r} does not define train()")
 
 
+#: which of :func:`common_options` need or exclude which (see :attr:`Family.rules`)
+COMMON_RULES = (
+    Excludes("--epochs", ("--steps",), why="give the run's length once, not both"),
+    Needs("--kl-cycles", "--kl-warmup", why="cycles of the KL warm-up; alone it does nothing"),
+)
+
+#: the most parameters a ``ppmodels train`` model may have unless --max-parameters says more
+MAX_PARAMETERS = 100_000_000
+
+
 def common_options(family: Family) -> argparse.ArgumentParser:
     """The parent parser of the options every ``ppmodels train NAME`` takes, with ``family``'s
     defaults (objective; training settings, see :class:`Family`). The training settings' flags
-    are those :mod:`ppmodels.settings` declares."""
+    are those :mod:`ppmodels.settings` declares. The options about MNIST images (binarization,
+    splits, the test NLL) only for an :class:`ImageFamily`."""
     from ..objectives import names
 
     t = argparse.ArgumentParser(add_help=False)
@@ -93,16 +109,21 @@ def common_options(family: Family) -> argparse.ArgumentParser:
     t.add_argument("--tensorboard", nargs="?", const="", default=None, metavar="DIR",
                    help="write TensorBoard event files (default DIR: RUN_DIR/tensorboard); needs ppmodels[tensorboard]")
     add_flags(t, family)  # --epochs, --steps, --batch-size, --lr, ...
-    t.add_argument("--binarize", choices=["dynamic", "fixed"], default="dynamic")
-    t.add_argument("--validation", type=int, default=0, help="hold out this many training images")
-    t.add_argument("--train-subset", type=positive(int), default=None, help="train on the first N images only")
+    if isinstance(family, ImageFamily):
+        t.add_argument("--binarize", choices=["dynamic", "fixed"], default="dynamic")
+        t.add_argument("--validation", type=int, default=0, help="hold out this many training images")
+        t.add_argument("--train-subset", type=positive(int), default=None, help="train on the first N images only")
     t.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     t.add_argument("--out", required=True, help="run directory")
     t.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
-    t.add_argument("--eval-subset", type=positive(int), default=1000,
-                   help="test images for the importance-sampled NLL (default 1000)")
-    t.add_argument("--num-samples", type=positive(int), default=1000, help="importance samples for the NLL")
+    if isinstance(family, ImageFamily):
+        t.add_argument("--eval-subset", type=positive(int), default=1000,
+                       help="test images for the importance-sampled NLL (default 1000)")
+        t.add_argument("--num-samples", type=positive(int), default=1000, help="importance samples for the NLL")
+    t.add_argument("--max-parameters", type=positive(int), default=MAX_PARAMETERS,
+                   help=f"refuse a model of more parameters than this, counted before it is built (default "
+                        f"{MAX_PARAMETERS:.0e}); raise it for a larger model")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("--no-jit", action="store_true",
                    help="never take the fast path (default: the step captured, or compiled for long runs, where the "
@@ -168,6 +189,15 @@ class ImageFamily(Family):
 
         return build(self.model_key, **run.config)
 
+    def sized(self, args: argparse.Namespace, config: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        """The models the command builds, as ``(REGISTRY key, config)``, whose parameters are
+        counted before any is built or any data is read (default: the model of :meth:`config`)."""
+        return [(self.model_key, config)]
+
+    #: config keys that count identical layers (parameters linear in them); see
+    #: :func:`~ppmodels.families.common.check_model_size`
+    repeated: tuple[str, ...] = ()
+
     def fit_test(self, run: TrainingRun) -> Any:
         """The test data the SVI loop evaluates each epoch."""
         return run.test
@@ -215,8 +245,6 @@ class ImageFamily(Family):
 
         if args.epochs is None and args.steps is None:
             raise PPModelsError("train: give --epochs N or --steps N")
-        if args.epochs is not None and args.steps is not None:
-            raise PPModelsError("train: give --epochs N or --steps N, not both")
         objective = args.objective or self.default_objective
         check_seed(args.seed)
         from .. import distributed
@@ -225,6 +253,9 @@ class ImageFamily(Family):
         group, device = distributed.setup(resolve_device(args.device))  # under torchrun: this rank's device
         args.device = str(device)
         main = group is None or group.main  # rank 0 alone writes the run directory and prints
+        config = self.config(args)
+        for key, sized in self.sized(args, config):  # before any is built (e.g. a baseline in prepare) or data read
+            check_model_size(key, sized, args.max_parameters, args.device, self.repeated)
         # --resume of a run killed after an earlier stage (see :attr:`stages`) and before its
         # own first checkpoint: the stages resume or start on their own
         staged = (args.resume and not args.overwrite and not (Path(args.out) / CHECKPOINT).exists()
@@ -237,7 +268,7 @@ class ImageFamily(Family):
             train, test = splits["train"], splits["test"]
             if args.train_subset:
                 train = train.subset(args.train_subset)
-            run = TrainingRun(args=args, out=Path(args.out), train=train, test=test, config=self.config(args))
+            run = TrainingRun(args=args, out=Path(args.out), train=train, test=test, config=config)
             run.state.update(group=group, main=main)
             self.prepare(run)
             K, batch = args.num_particles or 1, min(args.batch_size, len(run.train))

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 from ..argtypes import ints, nonnegative, positive
 
 __all__ = ["ints", "positive", "nonnegative", "save_grid", "evaluation_report", "unlabelled", "network_config",
-           "check_seed", "callbacks", "objective_options", "fit_stage"]
+           "check_seed", "callbacks", "objective_options", "fit_stage", "count_parameters", "check_model_size"]
 
 
 # -- outputs --------------------------------------------------------------------------------------
@@ -72,6 +72,96 @@ def unlabelled(data):
     out = data.subset(slice(None))
     out.tensors = out.tensors[:1]
     return out
+
+
+# -- the model's size, before it is built ------------------------------------------------------------
+#: a tensor of more elements than this is made on the meta device while parameters are counted
+_META_ABOVE = 4096
+
+
+class _TooMany(Exception):
+    pass
+
+
+def _meta_factories():
+    """A torch function mode that makes large new tensors on the meta device (shape, no memory),
+    small ones as usual (code that builds a model may read small tensors' values)."""
+    import math
+
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    sized = {torch.empty, torch.zeros, torch.ones, torch.rand, torch.randn}
+
+    class MetaFactories(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = dict(kwargs or {})
+            if func in sized and kwargs.get("device") is None:
+                shape = args[0] if len(args) == 1 and isinstance(args[0], (tuple, list, torch.Size)) else args
+                try:
+                    large = math.prod(int(d) for d in shape) > _META_ABOVE
+                except (TypeError, ValueError):
+                    large = False
+                if large:
+                    kwargs["device"] = "meta"
+            return func(*args, **kwargs)
+
+    return MetaFactories()
+
+
+def count_parameters(key: str, config: dict[str, Any], bound: int, repeated: Sequence[str] = ()) -> int:
+    """The parameters of ``models.build(key, **config)``, counted without allocating its large
+    tensors (they are made on the meta device) and without building more than ``bound``
+    parameters (above it: ``bound + 1``). A config key in ``repeated`` counts identical layers:
+    the model is built with 1 and 2 of each and the count extrapolated, so that a million layers
+    cost two."""
+    import torch
+    from torch.nn.modules.module import register_module_parameter_registration_hook
+
+    from ..models import build
+
+    def count(cfg: dict[str, Any]) -> int:
+        seen = [0]
+
+        def hook(module, name, param):
+            if param is not None:
+                seen[0] += param.numel()
+                if seen[0] > bound:
+                    raise _TooMany
+
+        handle = register_module_parameter_registration_hook(hook)
+        try:
+            with _meta_factories(), torch.no_grad():
+                build(key, **cfg)
+        except _TooMany:
+            return bound + 1
+        finally:
+            handle.remove()
+        return seen[0]
+
+    layers = {k: config[k] for k in repeated if isinstance(config.get(k), int) and config[k] > 2}
+    if not layers:
+        return count(config)
+    base = count({**config, **{k: 1 for k in layers}})
+    total = base + sum((n - 1) * (count({**config, **{k: 1 for k in layers}, k: 2}) - base)
+                       for k, n in layers.items())
+    return min(total, bound + 1)
+
+
+def check_model_size(key: str, config: dict[str, Any], bound: int, device: str = "cpu",
+                     repeated: Sequence[str] = ()) -> int:
+    """The parameter count of the model (:func:`count_parameters`), checked before it is built:
+    at most ``bound`` (``--max-parameters``), and it, its gradients and Adam's two moments within
+    the free memory of ``device``; else a one-line :class:`PPModelsError`."""
+    from ..utils import PPModelsError, check_memory
+
+    n = count_parameters(key, config, bound, repeated)
+    if n > bound:
+        raise PPModelsError(f"train: the {key} model would have more than {bound:,} parameters (--max-parameters); "
+                            "make it smaller or raise --max-parameters")
+    check_memory(16.0 * n, f"the {key} model ({n:,} parameters, their gradients and Adam's moments)",
+                 "make it smaller", device if device != "auto" else "cpu")
+    return n
 
 
 # -- the train command's settings -----------------------------------------------------------------
@@ -146,7 +236,8 @@ def fit_stage(model, train, test, args: argparse.Namespace, out: Path, family: s
         model, train, objective=objective, **settings, device=args.device, test=test, out=out, resume=resume,
         overwrite=args.overwrite, progress=False if args.quiet else None,
         jit=False if args.no_jit else None, callbacks=callbacks(args, out, diagnose, extra_callbacks),
-        meta={"family": family, "config": config, "args": {k: str(v) for k, v in vars(args).items()}},
+        meta={"family": family, "config": config,
+              "args": {k: str(v) for k, v in vars(args).items() if k != "given_options"}},
         **objective_options(args),
     )
     return history, time.perf_counter() - t0

@@ -33,13 +33,17 @@ class ConditionalVAEFamily(ImageFamily):
     def config(self, args: argparse.Namespace) -> dict[str, Any]:
         return network_config(args, {"quadrants": args.quadrants})  # "baseline" added by prepare
 
+    def sized(self, args: argparse.Namespace, config: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        """The baseline network, and the CVAE with its copy of it."""
+        base = _baseline_config(args)
+        return [("cvae-baseline", base), (self.model_key, {**config, "baseline": None if args.no_baseline_input else base})]
+
     def prepare(self, run: TrainingRun) -> None:
         """Train the baseline network (objective elbo) into RUN_DIR/baseline."""
         from ..models.cvae import QuadrantBaseline
 
         args = run.args
-        base_config = network_config(args, {"quadrants": args.quadrants})
-        base_config.pop("z_dim", None)
+        base_config = _baseline_config(args)
         baseline = QuadrantBaseline(**base_config)
         _, seconds = fit_stage(baseline, run.train, run.test, args, run.out / "baseline", "cvae-baseline",
                                base_config, "elbo", args.baseline_epochs or args.epochs)
@@ -85,6 +89,13 @@ class ConditionalVAEFamily(ImageFamily):
         return [f"{who}: test -log p(y|x) {report[who + '_nll']:.2f} nats ({args.quadrants} quadrant(s) given, "
                 f"{report['nll_images']} images{', K=%d' % args.num_samples if who == 'cvae' else ', exact'})"
                 for who in ("cvae", "baseline")]
+
+
+def _baseline_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The baseline network's configuration (the CVAE's networks, no latent)."""
+    config = network_config(args, {"quadrants": args.quadrants})
+    config.pop("z_dim", None)
+    return config
 
 
 FAMILY = ConditionalVAEFamily()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..argtypes import Needs
 from .base import ImageFamily
 from .common import network_config, positive
 
@@ -15,6 +16,10 @@ class DiscreteVAEFamily(ImageFamily):
     description = ("Train a VAE with discrete latents on MNIST by SVI (REINFORCE by default); writes history.csv, "
                    "checkpoint.pt, report.json, samples.png and reconstructions.png to --out and prints the test "
                    "figures.")
+    rules = (
+        Needs("--groups", "--latent", ("categorical",), why="groups of categoricals; a mixture has one"),
+        Needs("--z-dim", "--latent", ("mixture",), why="the Gaussian z of the mixture; categoricals have none"),
+    )
 
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         g = parser.add_argument_group("dvae options")

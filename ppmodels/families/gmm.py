@@ -8,8 +8,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .base import Family, add_network_options
-from .common import check_seed, fit_stage, positive
+from ..argtypes import Needs
+from .base import Family
+from .common import check_model_size, check_seed, fit_stage, positive
+
+#: the options of SVI, which MAP restarts (--guide map, the default) do not use: their own Adam over --steps at --lr
+SVI_ONLY = ("--epochs", "--batch-size", "--objective", "--num-particles", "--alpha", "--baseline", "--kl-weight",
+            "--free-bits", "--kl-warmup", "--tensorboard", "--lr-schedule", "--weight-decay", "--no-jit",
+            "--compile-min-steps", "--device", "--resume", "--quiet")
 
 
 def read_points(spec: str):
@@ -51,6 +57,11 @@ class GaussianMixtureFamily(Family):
     default_lr = 0.05
     default_batch_size = None
     batch_size_help = "default: all points"
+    rules = (
+        *(Needs(option, "--guide", ("bayes",), why="an option of SVI; MAP restarts take --steps, --lr and --seed and ignore it")
+          for option in SVI_ONLY),
+        Needs("--restarts", "--guide", ("map",), why="restarts of the MAP fit; SVI has none"),
+    )
 
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         g = parser.add_argument_group("gmm options")
@@ -60,8 +71,6 @@ class GaussianMixtureFamily(Family):
         g.add_argument("--components", type=positive(int), default=2, help="mixture components K")
         g.add_argument("--covariance", choices=["full", "tied", "diag", "spherical"], default="tied")
         g.add_argument("--restarts", type=positive(int), default=32, help="random restarts of the MAP fit")
-        # accepted and ignored, as before the families had parsers of their own (a mixture has no networks)
-        add_network_options(parser, help=argparse.SUPPRESS)
 
     def resumable(self, args: argparse.Namespace) -> bool:
         return args.guide != "map"  # MAP restarts keep no training state: a retry starts again
@@ -81,12 +90,13 @@ class GaussianMixtureFamily(Family):
             raise PPModelsError("train gmm runs in one process (its data are a few points); launch it without torchrun")
         if not self.resumable(args) and args.resume:
             raise PPModelsError("train gmm: MAP restarts have no training state to resume; use --overwrite or another --out")
+        x = read_points(args.data)
+        config = {"num_components": args.components, "dim": x.shape[1], "covariance": args.covariance,
+                  "guide": args.guide}
+        check_model_size(self.model_key, config, args.max_parameters)
         lock = open_run(args.out, resume=args.resume, overwrite=args.overwrite)
         try:
-            x = read_points(args.data)
             out = Path(args.out)
-            config = {"num_components": args.components, "dim": x.shape[1], "covariance": args.covariance,
-                      "guide": args.guide}
             torch.manual_seed(args.seed)  # the initial parameters too
             gmm = GaussianMixture(**config)
             t0 = time.perf_counter()

@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..argtypes import Excludes, Needs
 from .base import ImageFamily, TrainingRun
 from .common import ints, network_config, positive
+
+#: the options --recipe burda2016 sets itself (the paper's protocol): given with it, they are refused
+RECIPE_FIXES = ("--epochs", "--steps", "--batch-size", "--lr", "--lr-schedule", "--binarize")
 
 
 class VAEFamily(ImageFamily):
@@ -15,6 +19,14 @@ class VAEFamily(ImageFamily):
     description = ("Train a VAE on MNIST by SVI; writes history.csv, checkpoint.pt, report.json, samples.png, "
                    "reconstructions.png and the posterior-collapse diagnostics (kl_units.csv and its heat map) "
                    "to --out and prints the test figures.")
+    rules = (
+        Needs("--flow-layers", "--guide", ("iaf",), why="the IAF guide's layers; alone it does nothing"),
+        Needs("--passes", "--recipe", ("burda2016",), why="the recipe's passes; use --epochs otherwise"),
+        Needs("--recipe", "--preset", (None, "burda", "burda2"), why="the paper's architectures"),
+        Excludes("--recipe", RECIPE_FIXES, why="burda2016 sets its own (batch 20, Adam at 1e-3, the 3^i schedule "
+                 "over --passes, dynamic binarization); drop {other}"),
+    )
+    repeated = ("flow_layers",)
 
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         from ..models import PRESETS
@@ -28,7 +40,8 @@ class VAEFamily(ImageFamily):
         g.add_argument("--recipe", choices=["burda2016"], default=None,
                        help="burda2016: Burda et al.'s protocol (Glorot init, output bias at the mean pixel's logit, "
                             "Adam eps 1e-4, batch 20, the 3^i schedule over --passes, NLL with K=5000 on all 10,000 "
-                            "test images unless --num-samples/--eval-subset say otherwise)")
+                            "test images unless --num-samples/--eval-subset say otherwise; it refuses "
+                            + ", ".join(RECIPE_FIXES) + ", which it sets)")
         g.add_argument("--passes", type=positive(int), default=None,
                        help="--recipe: passes over the data (default 3280, the paper's; fewer compress the schedule)")
         g.add_argument("--nll-at", type=ints, default=(),
@@ -36,12 +49,8 @@ class VAEFamily(ImageFamily):
         super().add_options(g)
 
     def train(self, args: argparse.Namespace) -> None:
-        from ..utils import PPModelsError
-
         if args.recipe == "burda2016":
             _burda2016(args)
-        elif args.passes is not None:
-            raise PPModelsError("train vae: --passes goes with --recipe burda2016; use --epochs otherwise")
         args.preset = args.preset or "pyro"
         super().train(args)
 
@@ -74,23 +83,20 @@ class VAEFamily(ImageFamily):
 
 
 def _burda2016(args: argparse.Namespace) -> None:
-    """The recipe's settings (:data:`ppmodels.recipes.BURDA2016`) into ``args``; options the
-    recipe fixes may not be given."""
+    """The recipe's settings (:data:`ppmodels.recipes.BURDA2016`) into ``args``. The options it
+    sets (:data:`RECIPE_FIXES`) were refused by the parser if given; the evaluation's
+    (--num-samples, --eval-subset) are the paper's unless given."""
     from ..recipes import BURDA2016
-    from ..utils import PPModelsError
 
-    if args.epochs is not None or args.steps is not None:
-        raise PPModelsError("train vae: --recipe burda2016 sets the epochs from --passes; drop --epochs/--steps")
-    if args.preset not in (None, "burda", "burda2"):
-        raise PPModelsError(f"train vae: --recipe burda2016 is for --preset burda or burda2, not {args.preset}")
+    given = getattr(args, "given_options", frozenset())
     args.preset = args.preset or "burda"
     args.epochs = args.passes or 3280
     args.batch_size, args.lr, args.eps = BURDA2016["batch_size"], BURDA2016["lr"], BURDA2016["eps"]
     args.lr_schedule = BURDA2016["lr_schedule"]
     args.binarize = "dynamic"
-    if args.num_samples == 1000:  # the command's defaults: the paper's evaluation instead
+    if "--num-samples" not in given:
         args.num_samples = 5000
-    if args.eval_subset == 1000:
+    if "--eval-subset" not in given:
         args.eval_subset = None
 
 
