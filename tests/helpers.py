@@ -39,3 +39,16 @@ def step_clock():
         return 1.0
 
     return clock, schedule
+
+
+def run_cli(args, capsys):
+    """``(exit code, stdout, stderr)`` of ``ppmodels ARGS`` run in this process (argparse's
+    SystemExit taken as the exit code)."""
+    from ppmodels.cli import main
+
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as e:  # argparse
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -33,22 +33,13 @@ from ppmodels.objectives import make
 from ppmodels.rundir import PREVIOUS, RunLock
 from ppmodels.utils import PPModelsError
 
-from helpers import step_clock
+from helpers import run_cli, step_clock
 
 SMALL = ["--hidden", "16", "--z-dim", "2", "--num-samples", "4", "--eval-subset", "20", "--quiet", "--train-subset", "200"]
 #: SMALL for dvae's categoricals (no Gaussian z: --z-dim would do nothing, and is refused)
 DVAE_SMALL = [a for i, a in enumerate(SMALL) if "--z-dim" not in SMALL[max(i - 1, 0):i + 1]]
 #: SMALL for gmm: its points are no images (no networks, splits or test NLL)
 GMM_SMALL = ["--quiet"]
-
-
-def run_cli(args, capsys):
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as e:  # argparse
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def assert_one_line_error(code, err, expected):

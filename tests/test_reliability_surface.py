@@ -22,16 +22,9 @@ from ppmodels.models import LinearGaussian
 from ppmodels.parser import build_parser
 from ppmodels.utils import PPModelsError
 
+from helpers import run_cli
+
 SMALL = ["--hidden", "16", "--z-dim", "2", "--num-samples", "4", "--eval-subset", "20", "--quiet", "--train-subset", "200"]
-
-
-def run_cli(args, capsys):
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as e:  # argparse
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def assert_cli_refused(code, err, expected):
