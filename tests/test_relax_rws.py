@@ -22,18 +22,7 @@ from ppmodels.objectives.rws import Rws
 from ppmodels.utils import PPModelsError
 
 from helpers import Z_BOUND, assert_unbiased
-from test_discrete import OneHotMixture, exact_gradient
-
-D, X = 8, 4
-R = 2000
-
-
-@pytest.fixture
-def belief():
-    torch.manual_seed(1)
-    m = BernoulliBelief(D, X)
-    x = torch.randn(3, X)
-    return m, x
+from test_discrete import D, R, X, OneHotMixture, belief, exact_gradient  # noqa: F401 (belief: a fixture)
 
 
 # -- the Pyro adapter's plate nesting -------------------------------------------------------------
