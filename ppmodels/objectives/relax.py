@@ -52,6 +52,7 @@ from torch import Tensor
 from .. import program
 from ..program import ProgramFacts
 from ..program.weights import at_site, to_terms
+from ..settings import COUNT
 from ..utils import PPModelsError
 from .elbo import Elbo, _device, elbo_surrogate
 
@@ -148,8 +149,7 @@ class Relax(Elbo):
 
     def __init__(self, num_particles: int = 1, *, hidden: int = 32, temperature: float = 0.5, **kwargs: Any) -> None:
         super().__init__(num_particles, **kwargs)
-        if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
-            raise PPModelsError(f"objective 'relax': hidden must be an integer >= 1, got {hidden!r}")
+        COUNT.check("objective 'relax'", "hidden", hidden)
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) \
                 or temperature <= 0:
             raise PPModelsError(f"objective 'relax': temperature (the surrogate's initial one) must be a finite "

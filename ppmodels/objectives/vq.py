@@ -20,7 +20,6 @@ K = 1 is the natural choice.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable
 
 import torch
@@ -30,6 +29,7 @@ from torch import Tensor
 from ..distributions import VectorQuantized
 from ..program.facts import sample_sites
 from ..program.weights import to_terms
+from ..settings import NONNEGATIVE
 from ..utils import PPModelsError
 from .base import Objective
 from .elbo import elbo_surrogate
@@ -75,10 +75,7 @@ class Vq(Objective):
 
     def __init__(self, num_particles: int = 1, *, commitment: float = 0.25, **kwargs: Any) -> None:
         super().__init__(num_particles, **kwargs)
-        if isinstance(commitment, bool) or not isinstance(commitment, (int, float)) or not math.isfinite(commitment) \
-                or commitment < 0:
-            raise PPModelsError(f"objective 'vq': commitment must be a finite number >= 0, got {commitment!r}")
-        self.commitment = float(commitment)
+        self.commitment = float(NONNEGATIVE.check("objective 'vq'", "commitment", commitment))
 
     def options(self) -> dict[str, Any]:
         return {**super().options(), "commitment": self.commitment}
