@@ -19,6 +19,10 @@ from typing import Any, Callable, Collection
 __all__ = ["ints", "positive", "nonnegative", "list_valued", "is_list_valued", "Needs", "Excludes", "broken_rule"]
 
 
+#: the help of ``--trust-checkpoint`` (train's resume, evaluate, sample)
+TRUST_HELP = "load a checkpoint that has no checksum (not written by ppmodels); refused otherwise"
+
+
 def ints(text: str) -> tuple[int, ...]:
     """``"200,200"`` -> ``(200, 200)``: comma-separated positive integers."""
     try:

@@ -48,6 +48,7 @@ import inspect
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -223,6 +224,10 @@ class KLAnnealing(Callback):
             raise PPModelsError(
                 f"KLAnnealing: objective {state.objective.name!r} has no KL weight; use elbo, meanfield, stl or reinforce"
             )
+        if self.steps > state.total_steps and state.step < state.total_steps:
+            warnings.warn(f"KLAnnealing: the warm-up of {self.steps} steps is longer than the run's {state.total_steps}; "
+                          f"β ends at {self.weight(state.total_steps - 1):.3g}, not {self.end:g} (resume with more "
+                          "epochs to finish it, or shorten the warm-up)", stacklevel=2)
         state.objective.kl_scheduled = True
         state.objective.set_kl_weight(self.weight(state.step))
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -189,10 +190,15 @@ def _variance(args: argparse.Namespace) -> None:
     from .utils import PPModelsError
 
     from .analysis import gradient_study, plot_study
+    from .rundir import check_writable, write_csv, write_figure
 
     objectives = [_parse_objective(s) for s in args.objectives.split(",") if s.strip()]
     if not objectives:
         raise PPModelsError(f"variance: --objectives {args.objectives!r} names no objective; e.g. elbo,iwae")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise PPModelsError(f"variance: --out {out} is a file; give a folder")
+    check_writable(out / "study.csv", out / "study.png", owner="variance")  # refused before the study, not after
     m, batch, params = _study_target(args)
     exact = None if args.exact == "none" else (args.exact if args.exact == "auto" else _parse_objective(args.exact))
     df = gradient_study(m.model, m.guide, *batch, objectives=objectives, num_particles=args.num_particles,
@@ -200,10 +206,13 @@ def _variance(args: argparse.Namespace) -> None:
                         reference_replicates=args.reference_replicates)
     if df.empty:  # every (objective, K) was refused: say why, in one line, before writing anything
         raise PPModelsError(f"variance: no objective ran; {'; '.join(df.attrs.get('skipped', [])) or 'nothing to study'}")
-    out = Path(args.out)
+    import matplotlib
+
+    matplotlib.use("Agg")
     out.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out / "study.csv", index=False)
-    plot_study(df, out / "study.png", title=f"{args.model}: R={args.replicates}, batch {args.batch_size}")
+    write_csv(out / "study.csv", df, owner="variance")
+    write_figure(out / "study.png", plot_study(df, title=f"{args.model}: R={args.replicates}, batch {args.batch_size}"),
+                 owner="variance", dpi=110)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(df.drop(columns=["reference"]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     for line in df.attrs.get("skipped", []):
@@ -277,6 +286,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    with warnings.catch_warnings():
+        if not os.environ.get("PPMODELS_DEBUG"):
+            warnings.showwarning = _warning_line
+        return _run(args)
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one line on stderr, ``ppmodels: warning: ...`` (the source line only with
+    ``PPMODELS_DEBUG=1``)."""
+    print(f"ppmodels: warning: {str(message).splitlines()[0] if str(message) else category.__name__}", file=sys.stderr)
+
+
+def _run(args: argparse.Namespace) -> int:
+    import os
+
     from .utils import PPModelsError, first_line
 
     try:

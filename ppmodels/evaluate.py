@@ -65,7 +65,7 @@ def _per_datapoint_facts(obj: Any, batch: tuple, data_plate: str | None) -> Prog
     if not found.per_datapoint:
         raise PPModelsError(f"{where}: per-datapoint evaluation needs a batch plate around every site, but "
                             f"{found.why_batch}")
-    program.check_program(found, where=where)
+    program.check_program(found, where=where, sampling_ok=True)  # importance sampling draws marked sites
     return found
 
 

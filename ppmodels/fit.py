@@ -130,6 +130,7 @@ def fit(
     out: str | os.PathLike | None = None,
     resume: bool | str | os.PathLike = False,
     overwrite: bool = False,
+    trust: bool = False,
     meta: dict[str, Any] | None = None,
     progress: bool | None = None,
     jit: bool | None = None,
@@ -149,7 +150,8 @@ def fit(
     ``checkpoint.prev.pt``; see :mod:`ppmodels.rundir`); ``out`` holding another run is
     refused unless ``resume=True`` (continue from its checkpoint, on the same trajectory as an
     uninterrupted run, with the same settings) or ``overwrite=True``; ``resume=PATH`` starts
-    from another run's checkpoint. ``keep_checkpoints``: epochs (1-based) whose checkpoint is
+    from another run's checkpoint; ``trust=True`` resumes from a checkpoint without a checksum
+    (one not written by ppmodels; refused otherwise). ``keep_checkpoints``: epochs (1-based) whose checkpoint is
     also kept as ``checkpoint-epoch{N}.pt`` (loadable with :func:`load_run`), e.g. to evaluate
     a learning curve's points again later; with ``out``, a callback's own ``keep_checkpoints``
     (:class:`ppmodels.callbacks.ImportanceNLL`'s epochs) are kept too.
@@ -219,7 +221,7 @@ def fit(
                 check_data(obj, data, what, device)
         lock = open_run(out_dir, resume=resume is True, overwrite=overwrite) if out_dir is not None and main else None
         return _fit(obj, train, objective, device, run, out_dir, resume, validation, test, meta, progress, jit,
-                    callbacks, group, seen)
+                    callbacks, group, seen, trust)
     finally:
         set_rng_state(caller_rng)
         if lock is not None:
@@ -250,7 +252,8 @@ class Run(TrainSettings):
 
 
 def _fit(obj, train, objective, device, run: Run, out_dir, resume, validation, test, meta, progress, jit,
-         callbacks, group: distributed.Group | None = None, seen: program.Probe | None = None) -> pd.DataFrame:
+         callbacks, group: distributed.Group | None = None, seen: program.Probe | None = None,
+         trust: bool = False) -> pd.DataFrame:
     """Set up (parameters, the loss, the optimizer, a resumed state, the callbacks) and run the loop;
     between saving and restoring the caller's random state. ``group``: data-parallel ranks."""
     name = model_name(obj)
@@ -295,7 +298,7 @@ def _fit(obj, train, objective, device, run: Run, out_dir, resume, validation, t
     settings = run.trajectory(objective)
     resumable = stateful(callbacks)
     if resume:
-        _restore(state, Path(resume) if not isinstance(resume, bool) else out_dir, settings, device, resumable)
+        _restore(state, Path(resume) if not isinstance(resume, bool) else out_dir, settings, device, resumable, trust)
         if group is not None and group.rank > 0:  # rank 0 continues the checkpoint's stream, others their own
             set_seed(distributed.rank_seed(run.seed, group.rank) ^ state.step)
 
@@ -400,13 +403,13 @@ def train_loop(state: FitState, batches: Callable[[int], Any], step: Callable[[t
 
 
 def _restore(state: FitState, path: Path | None, settings: dict[str, Any], device: torch.device,
-             callbacks: dict[str, Any]) -> None:
+             callbacks: dict[str, Any], trust: bool = False) -> None:
     """Continue from the checkpoint at ``path``: parameters, optimizer, RNG, step, epoch, time,
     history, and the state of the ``callbacks`` that keep one (:func:`ppmodels.callbacks.stateful`);
     refused when its parameters, trajectory settings or such callbacks differ."""
     if path is None:
         raise PPModelsError("fit: resume=True needs out=RUN_DIR (or resume=PATH)")
-    ckpt = load_checkpoint(path, map_location=device)
+    ckpt = load_checkpoint(path, map_location=device, trust=trust)
     params, name = state.params, state.name
     missing = set(params) ^ set(ckpt["params"])
     if missing:

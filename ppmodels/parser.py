@@ -66,7 +66,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from . import families
-    from .argtypes import ints, list_valued, positive
+    from .argtypes import TRUST_HELP, ints, list_valued, positive
     from .families.base import COMMON_RULES as common_rules, common_options
 
     p = _Parser(prog="ppmodels", description="Latent-variable models as Pyro programs: train, evaluate, sample.")
@@ -94,8 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--subset", type=positive(int), default=None, help="first N test images (default: all)")
     e.add_argument("--device", default="auto")
     e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--trust-checkpoint", action="store_true",
-                   help="load a checkpoint that has no checksum (not written by ppmodels); refused otherwise")
+    e.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     e.add_argument("--diagnostics", action="store_true",
                    help="also each image's Pareto k-hat of its importance weights and their ESS: print the summary "
                         "(fraction above the threshold min(1 - 1/log10 S, 0.7), NLL over all and over the reliable "
@@ -108,8 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default=None, help="PNG path (default RUN_DIR/samples.png; for a file, samples-FILE.png beside it)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
-    s.add_argument("--trust-checkpoint", action="store_true",
-                   help="load a checkpoint that has no checksum (not written by ppmodels); refused otherwise")
+    s.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
 
     v = sub.add_parser("variance", help="bias, variance and SNR of objectives' gradient estimators",
                        description="Study gradient estimators: R replicate gradients per objective and K, summarised "

@@ -27,6 +27,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -56,9 +57,11 @@ RUN_FILES = (CHECKPOINT, "history.csv", REPORT)
 KEPT = re.compile(r"checkpoint-epoch([0-9]+)\.pt(\.tmp\.pt)?")
 #: the record of which writer wrote each file of a directory (see :func:`write_artifact`)
 MANIFEST = ".manifest.json"
+#: the lock a command holds while it reads and rewrites a directory's manifest
+MANIFEST_LOCK = ".manifest.lock"
 #: the writers of :func:`write_artifact`, as its errors name them
 WRITERS = {"run": "a training run", "compare": "ppmodels compare", "sweep": "ppmodels sweep",
-           "sample": "ppmodels sample"}
+           "sample": "ppmodels sample", "variance": "ppmodels variance"}
 
 
 def kept_checkpoint(epoch: int) -> str:
@@ -136,9 +139,36 @@ def _write_manifest(directory: Path, files: dict[str, str]) -> None:
     os.replace(staged, path)
 
 
+@contextlib.contextmanager
+def _manifest_held(directory: Path) -> Iterator[None]:
+    """Hold ``directory``'s manifest for one read and rewrite: an exclusive ``flock`` on
+    ``.manifest.lock`` beside it (released on exit, or when the process dies), so that two
+    commands writing into one folder at the same moment never drop each other's entries. Where
+    there is no ``fcntl`` (Windows), nothing is held."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with open(directory / MANIFEST_LOCK, "a") as file:
+        fcntl.flock(file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(file, fcntl.LOCK_UN)
+
+
 def _claim(path: Path, owner: str, record: bool = True) -> None:
     """Check that ``owner`` may write ``path`` (absent, or recorded as ``owner``'s) and record it
     (``record=False``: only check; a command writing several files checks them all first)."""
+    if not record:
+        _claim_held(path, owner, record)
+        return
+    with _manifest_held(path.parent):
+        _claim_held(path, owner, record)
+
+
+def _claim_held(path: Path, owner: str, record: bool) -> None:
     directory, name = path.parent, path.name
     files = _read_manifest(directory)
     if files is None:
@@ -192,6 +222,11 @@ def replace_run(directory: str | os.PathLike, keep: tuple[str, ...] = (CHECKPOIN
     before its first checkpoint, so that the old run's report, history or figures never stand
     beside the new run's checkpoint."""
     directory = Path(directory)
+    with _manifest_held(directory):
+        _replace_run_held(directory, keep)
+
+
+def _replace_run_held(directory: Path, keep: tuple[str, ...]) -> None:
     files = _read_manifest(directory)
     if files is None:
         files = {p.name: "run" for p in directory.iterdir() if p.is_file() and not p.name.startswith(".")

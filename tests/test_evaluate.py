@@ -206,3 +206,23 @@ def test_every_evaluation_entry_point_refuses_a_bad_row_as_fit_does(bad):
     assert "\n" not in str(e.value)
     x[100, 7] = 1.0  # the same data with the row mended: every entry point runs
     assert torch.isfinite(evaluate.log_likelihood(vae, x, num_samples=4)).all()
+
+
+def test_evaluation_samples_guide_sites_marked_for_enumeration_without_a_warning():
+    """Importance sampling draws every guide site (M2's y, marked for enumeration): that is the
+    method, not a lost enumeration, so evaluation says nothing; an objective that samples it
+    still warns once."""
+    import warnings
+
+    from ppmodels.models import SemiSupervisedVAE
+    from ppmodels.objectives import make
+
+    torch.manual_seed(0)
+    m = SemiSupervisedVAE(x_dim=12, z_dim=2, hidden=(8,), aux_loss=0.0)
+    x = torch.bernoulli(torch.full((6, 12), 0.5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert evaluate.elbo(m, x).shape == (6,)
+        assert evaluate.log_likelihood(m, x, 4).shape == (6,)
+    with pytest.warns(UserWarning, match="marked for enumeration"):
+        make("elbo").loss(m.model, m.guide, x)

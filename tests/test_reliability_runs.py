@@ -224,6 +224,50 @@ def test_cli_trust_checkpoint_loads_it(runs, tmp_path, capsys):
     assert "test_nll" in json.loads(out)
 
 
+def test_cli_resume_with_trust_checkpoint_continues_an_unsummed_run(runs, tmp_path, capsys):
+    run = _unsummed(_copy(runs, tmp_path), change=False)
+    code, _, err = run_cli(["train", "vae", "--resume", "--trust-checkpoint", "--steps", "6", "--batch-size", "100",
+                            "--out", run, *SMALL], capsys)
+    assert code == 0, err
+    assert load_checkpoint(run)["step"] == 6  # resumed from step 4, and the new checkpoint has its checksum
+
+
+def _claim_many(directory: str, prefix: str, n: int) -> None:
+    for i in range(n):
+        rundir.write_artifact(Path(directory) / f"{prefix}{i}.txt", lambda staged: Path(staged).write_text("x"),
+                              owner="compare")
+
+
+def test_commands_writing_into_one_folder_at_once_keep_every_manifest_entry(tmp_path):
+    """Four processes record 25 files each in one folder at the same moment (two `compare`s
+    into one --out): the manifest holds all 100 (without its lock, entries were lost)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    workers = [ctx.Process(target=_claim_many, args=(str(tmp_path), f"w{k}-", 25)) for k in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    assert all(w.exitcode == 0 for w in workers)
+    files = json.loads((tmp_path / rundir.MANIFEST).read_text())["files"]
+    assert len(files) == 100 and set(files.values()) == {"compare"}
+
+
+def test_cli_variance_writes_through_the_writer_and_never_over_a_run(runs, tmp_path, capsys):
+    run = _copy(runs, tmp_path)
+    (run / "study.csv").write_text("a user's own table\n")
+    before = _snapshot(run)
+    argv = ["variance", "--model", "linear-gaussian", "--objectives", "elbo", "--replicates", "5", "--out"]
+    code, _, err = run_cli([*argv, run], capsys)
+    assert_cli_error(code, err, "study.csv exists")
+    assert _snapshot(run) == before  # refused before the study: nothing written
+    out = tmp_path / "study"
+    assert run_cli([*argv, out], capsys)[0] == 0
+    assert run_cli([*argv, out], capsys)[0] == 0  # its own files: replaced
+    assert json.loads((out / rundir.MANIFEST).read_text())["files"] == {"study.csv": "variance", "study.png": "variance"}
+
+
 API_UNSUMMED = [("load-checkpoint", lambda run: load_checkpoint(run)),
                 ("load-run", lambda run: load_run(run, "cpu")),
                 ("resume-path", lambda run: fit(LinearGaussian(5, 2, seed=0), torch.zeros(10, 5), epochs=1,

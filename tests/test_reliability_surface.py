@@ -11,6 +11,7 @@ tests/test_reliability.py's docstring:
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -208,9 +209,30 @@ def test_early_stopping_patience_survives_an_interruption(tmp_path):
     assert load_checkpoint(tmp_path / "cut")["epoch"] == load_checkpoint(tmp_path / "whole")["epoch"] == len(whole)
 
 
+def test_a_kl_warmup_longer_than_the_run_is_said_once(tmp_path):
+    m, x = _lg()
+    with pytest.warns(UserWarning, match=r"warm-up of 50 steps is longer than the run's 4; β ends at 0\.06") as seen:
+        fit(m, x, epochs=1, batch_size=10, device="cpu", callbacks=[KLAnnealing(steps=50)])
+    assert len([w for w in seen if "warm-up" in str(w.message)]) == 1
+    m2, _ = _lg()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warm-up the run finishes: no word
+        fit(m2, x, epochs=2, batch_size=10, device="cpu", callbacks=[KLAnnealing(steps=8)])
+
+
+def test_cli_warnings_are_one_line_each(fake_mnist, tmp_path, capsys):
+    code, _, err = run_cli(["train", "vae", "--steps", "2", "--batch-size", "100", "--kl-warmup", "50", "--out",
+                            tmp_path / "w", *SMALL], capsys)
+    assert code == 0, err
+    lines = [line for line in err.strip().splitlines() if line]
+    assert lines and all(line.startswith("ppmodels: warning: ") for line in lines), err
+    assert any("warm-up of 50 steps is longer than the run's 2" in line for line in lines), err
+
+
 def test_cli_resume_with_another_kl_warmup_is_one_line(fake_mnist, tmp_path, capsys):
     out = tmp_path / "r"
     assert main(["train", "vae", "--steps", "2", "--batch-size", "100", "--kl-warmup", "4", "--out", str(out), *SMALL]) == 0
+    capsys.readouterr()  # its warning: the warm-up outlasts this first part of the run
     before = (out / "checkpoint.pt").read_bytes()
     code, _, err = run_cli(["train", "vae", "--steps", "4", "--batch-size", "100", "--kl-warmup", "8", "--resume",
                             "--out", out, *SMALL], capsys)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..argtypes import Excludes, Needs
+from ..argtypes import TRUST_HELP, Excludes, Needs
 from ..settings import add_flags
 from .common import (check_model_size, evaluation_report, fit_stage, ints, network_config, nonnegative, positive,
                      save_grid, unlabelled, check_seed)
@@ -80,6 +80,7 @@ class Family:
 COMMON_RULES = (
     Excludes("--epochs", ("--steps",), why="give the run's length once, not both"),
     Needs("--kl-cycles", "--kl-warmup", why="cycles of the KL warm-up; alone it does nothing"),
+    Needs("--trust-checkpoint", "--resume", why="it trusts the checkpoint a resume loads"),
 )
 
 #: the most parameters a ``ppmodels train`` model may have unless --max-parameters says more
@@ -116,6 +117,7 @@ def common_options(family: Family) -> argparse.ArgumentParser:
     t.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     t.add_argument("--out", required=True, help="run directory")
     t.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
+    t.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     t.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     if isinstance(family, ImageFamily):
         t.add_argument("--eval-subset", type=positive(int), default=1000,

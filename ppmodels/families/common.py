@@ -234,7 +234,7 @@ def fit_stage(model, train, test, args: argparse.Namespace, out: Path, family: s
     t0 = time.perf_counter()
     history = fit(
         model, train, objective=objective, **settings, device=args.device, test=test, out=out, resume=resume,
-        overwrite=args.overwrite, progress=False if args.quiet else None,
+        overwrite=args.overwrite, trust=args.trust_checkpoint, progress=False if args.quiet else None,
         jit=False if args.no_jit else None, callbacks=callbacks(args, out, diagnose, extra_callbacks),
         meta={"family": family, "config": config,
               "args": {k: str(v) for k, v in vars(args).items() if k != "given_options"}},

@@ -15,7 +15,7 @@ from .common import check_model_size, check_seed, fit_stage, positive
 #: the options of SVI, which MAP restarts (--guide map, the default) do not use: their own Adam over --steps at --lr
 SVI_ONLY = ("--epochs", "--batch-size", "--objective", "--num-particles", "--alpha", "--baseline", "--kl-weight",
             "--free-bits", "--kl-warmup", "--tensorboard", "--lr-schedule", "--weight-decay", "--no-jit",
-            "--compile-min-steps", "--device", "--resume", "--quiet")
+            "--compile-min-steps", "--device", "--resume", "--trust-checkpoint", "--quiet")
 
 
 def read_points(spec: str):

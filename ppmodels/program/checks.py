@@ -20,13 +20,15 @@ _PASSED: "weakref.WeakKeyDictionary[ProgramFacts, set[tuple[str, bool]]]" = weak
 __all__ = ["check_program"]
 
 
-def check_program(found: ProgramFacts, *, where: str, enumerates: bool = False) -> None:
+def check_program(found: ProgramFacts, *, where: str, enumerates: bool = False, sampling_ok: bool = False) -> None:
     """Raise a one-line :class:`PPModelsError` for the first structure problem of ``found``;
     ``enumerates``: the objective sums out model-side enumerated latents (and guide sites
-    marked for enumeration), so they need no guide site and no declared shape. A check that
-    passed is not repeated for the same facts (every draw calls this)."""
+    marked for enumeration), so they need no guide site and no declared shape. Otherwise a
+    guide site marked for enumeration is warned about once (it is sampled), unless
+    ``sampling_ok`` (evaluation by importance sampling, where drawing it is the method). A
+    check that passed is not repeated for the same facts (every draw calls this)."""
     passed = _PASSED.setdefault(found, set())
-    if (where, enumerates) in passed:
+    if (where, enumerates, sampling_ok) in passed:
         return
     for kind, detail in found.problems:
         if kind == "stray_plate":
@@ -54,11 +56,11 @@ def check_program(found: ProgramFacts, *, where: str, enumerates: bool = False) 
             continue
         raise PPModelsError(f"{where}: site {name!r} has batch shape {shape} that its plates do not declare; "
                             "wrap its batch dims in pyro.plate or use .to_event()")
-    if not enumerates:
+    if not enumerates and not sampling_ok:
         for name in found.guide_marked:
             warn_once(found, f"{where}: guide site {name!r} is marked for enumeration, which this objective does "
                              "not do: it is sampled; use objective 'enum' to enumerate it")
-    passed.add((where, enumerates))
+    passed.add((where, enumerates, sampling_ok))
 
 
 def _check_sites(guide_latents: set, model_latents: set, aux: set, enumerated: set, where: str) -> None:
