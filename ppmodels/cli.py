@@ -178,10 +178,23 @@ def _study_target(args: argparse.Namespace):
         return m.to(dev), (test.subset(B).full()[0],), None
     if Path(name).is_dir():
         m, ckpt, dev = _load_run(name, args.device)
+        _restore_learned_state(ckpt)
         test = data.mnist(binarize="fixed", device=dev)["test"]
         return m, (test.subset(B).full()[0],), None
     raise PPModelsError(f"--model {name!r}: expected vae, dvae, linear-gaussian, categorical-gaussian, "
                         "bernoulli-belief, gaussian-toy or a run directory")
+
+
+def _restore_learned_state(ckpt: dict) -> None:
+    """Put what the run's estimator learned (its param-store entries, ``param.*`` in the
+    checkpoint: RELAX's surrogate, a baseline's average) into a fresh param store, so that the
+    lab measures the estimator as trained, not as it starts."""
+    import pyro
+
+    pyro.clear_param_store()
+    for key, value in ckpt["params"].items():
+        if key.startswith("param."):
+            pyro.param(key[len("param."):], value.detach().clone())
 
 
 def _variance(args: argparse.Namespace) -> None:
