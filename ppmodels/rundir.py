@@ -18,7 +18,8 @@
 - :func:`write_artifact` is the one writer of every file a command leaves behind (checkpoints,
   history, reports, tables, figures, a sweep's summary): it refuses a file that exists and that
   the directory's manifest (``.manifest.json``: file name -> the writer, ``run``, ``compare``,
-  ``sweep``...) does not record as the same writer's, records the file before writing it, writes
+  ``sweep``...) does not record as the same writer's, records the file before writing it (the
+  manifest read and rewritten under an ``flock`` on ``.manifest.lock``), writes
   a temporary file beside it (synced) and renames it into place. A kill at any point leaves the
   old file or the new one, never half of one, and never a file of another writer replaced.
   :func:`replace_run` removes the files of the run a replacing run (``--overwrite``) replaces,
