@@ -40,17 +40,19 @@ if a.plot is not None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for path in a.plot:
+    fig, ax = plt.subplots(figsize=(11, 4.5))
+    colors = plt.cm.tab20.colors[::2] + plt.cm.tab20.colors[1::2]
+    for i, path in enumerate(a.plot):
         rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-        ax.plot([r["epoch"] + 1 for r in rows], [r["test"] for r in rows], marker=".", label=rows[0]["recipe"])
+        ax.plot([r["epoch"] + 1 for r in rows], [r["test"] for r in rows], marker=".", color=colors[i % 20],
+                ls="-" if i < 10 else "--", label=f"{rows[0]['tag']}: {rows[0]['recipe']}")
     ax.axhline(0.90, color="k", ls="--", lw=0.8)
     ax.text(1, 0.905, "target 0.90", fontsize=8)
     ax.set(xlabel="epoch", ylabel="test accuracy of argmax q(y|x)", ylim=(0.15, 1.0),
            title="M2, 100 labels: test accuracy per epoch")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
-    fig.savefig(a.figure, dpi=110)
+    fig.savefig(a.figure, dpi=110, bbox_inches="tight")
     print("wrote", a.figure)
     raise SystemExit
 
