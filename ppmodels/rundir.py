@@ -162,14 +162,11 @@ def _manifest_held(directory: Path) -> Iterator[None]:
 def _claim(path: Path, owner: str, record: bool = True) -> None:
     """Check that ``owner`` may write ``path`` (absent, or recorded as ``owner``'s) and record it
     (``record=False``: only check; a command writing several files checks them all first)."""
-    if not record:
-        _claim_held(path, owner, record)
-        return
-    with _manifest_held(path.parent):
-        _claim_held(path, owner, record)
+    with _manifest_held(path.parent) if record else contextlib.nullcontext():
+        _claim_unlocked(path, owner, record)
 
 
-def _claim_held(path: Path, owner: str, record: bool) -> None:
+def _claim_unlocked(path: Path, owner: str, record: bool) -> None:
     directory, name = path.parent, path.name
     files = _read_manifest(directory)
     if files is None:
@@ -224,25 +221,21 @@ def replace_run(directory: str | os.PathLike, keep: tuple[str, ...] = (CHECKPOIN
     beside the new run's checkpoint."""
     directory = Path(directory)
     with _manifest_held(directory):
-        _replace_run_held(directory, keep)
-
-
-def _replace_run_held(directory: Path, keep: tuple[str, ...]) -> None:
-    files = _read_manifest(directory)
-    if files is None:
-        files = {p.name: "run" for p in directory.iterdir() if p.is_file() and not p.name.startswith(".")
-                 and (p.name in RUN_FILES or p.name == PREVIOUS)} if (directory / CHECKPOINT).is_file() else {}
-    remove_kept(directory)
-    doomed = [name for name, owner in files.items() if owner == "run" and name not in keep]
-    for name in doomed:
-        try:
-            (directory / name).unlink(missing_ok=True)
-        except OSError as e:
-            raise PPModelsError(f"cannot remove {directory / name}, a file of the replaced run ({e.strerror}); "
-                                "remove it by hand and run again") from None
-    left = {name: owner for name, owner in files.items() if name not in doomed and not KEPT.fullmatch(name)}
-    if (directory / MANIFEST).exists() or left:
-        _write_manifest(directory, left)
+        files = _read_manifest(directory)
+        if files is None:
+            files = {p.name: "run" for p in directory.iterdir() if p.is_file() and not p.name.startswith(".")
+                     and (p.name in RUN_FILES or p.name == PREVIOUS)} if (directory / CHECKPOINT).is_file() else {}
+        remove_kept(directory)
+        doomed = [name for name, owner in files.items() if owner == "run" and name not in keep]
+        for name in doomed:
+            try:
+                (directory / name).unlink(missing_ok=True)
+            except OSError as e:
+                raise PPModelsError(f"cannot remove {directory / name}, a file of the replaced run ({e.strerror}); "
+                                    "remove it by hand and run again") from None
+        left = {name: owner for name, owner in files.items() if name not in doomed and not KEPT.fullmatch(name)}
+        if (directory / MANIFEST).exists() or left:
+            _write_manifest(directory, left)
 
 
 class NonFiniteState(PPModelsError, FloatingPointError):
