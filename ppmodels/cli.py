@@ -149,7 +149,8 @@ def _parse_objective(spec: str):
 
 
 def _study_target(args: argparse.Namespace):
-    """``(model object, batch, params or None)`` for ``--model``."""
+    """``(model object, batch, params or None, saved)`` for ``--model``; ``saved``: a run
+    directory's checkpoint parameters (empty for the built-in models)."""
     import torch
 
     from . import data
@@ -162,39 +163,38 @@ def _study_target(args: argparse.Namespace):
     torch.manual_seed(args.seed)
     if name == "linear-gaussian":
         m = LinearGaussian(5, 2, seed=args.seed)
-        return m, (m.sample_data(B, seed=args.seed + 1),), None
+        return m, (m.sample_data(B, seed=args.seed + 1),), None, {}
     if name == "categorical-gaussian":
         m = CategoricalGaussian(3, 2, seed=args.seed)
-        return m, (torch.randn(B, 2, generator=torch.Generator().manual_seed(args.seed)) * 2,), None
+        return m, (torch.randn(B, 2, generator=torch.Generator().manual_seed(args.seed)) * 2,), None, {}
     if name == "bernoulli-belief":
         m = BernoulliBelief(8, 4, seed=args.seed)
-        return m, (m.sample_data(B, seed=args.seed + 1),), None
+        return m, (m.sample_data(B, seed=args.seed + 1),), None, {}
     if name == "gaussian-toy":
         m, x = gaussian_toy(seed=args.seed)
-        return m, (x[:B],), {"model": [m.b], "guide": [m.A, m.c]}
+        return m, (x[:B],), {"model": [m.b], "guide": [m.A, m.c]}, {}
     if name in ("vae", "dvae"):
         m = VAE.preset("burda") if name == "vae" else DiscreteVAE("categorical")
         test = data.mnist(binarize="fixed", device=dev)["test"]
-        return m.to(dev), (test.subset(B).full()[0],), None
+        return m.to(dev), (test.subset(B).full()[0],), None, {}
     if Path(name).is_dir():
         m, ckpt, dev = _load_run(name, args.device)
-        _restore_learned_state(ckpt)
         test = data.mnist(binarize="fixed", device=dev)["test"]
-        return m, (test.subset(B).full()[0],), None
+        return m, (test.subset(B).full()[0],), None, ckpt["params"]
     raise PPModelsError(f"--model {name!r}: expected vae, dvae, linear-gaussian, categorical-gaussian, "
                         "bernoulli-belief, gaussian-toy or a run directory")
 
 
-def _restore_learned_state(ckpt: dict) -> None:
-    """Put what the run's estimator learned (its param-store entries, ``param.*`` in the
-    checkpoint: RELAX's surrogate, a baseline's average) into a fresh param store, so that the
-    lab measures the estimator as trained, not as it starts."""
+def _restore_learned_state(saved: dict, objectives: list) -> None:
+    """Give each objective what it learned in the run (its ``state_names`` among the checkpoint's
+    ``param.*``: RELAX's surrogate, a baseline's average) by its ``load_state_dict``, in a fresh
+    param store, so that the lab measures the estimator as trained, not as it starts."""
     import pyro
 
     pyro.clear_param_store()
-    for key, value in ckpt["params"].items():
-        if key.startswith("param."):
-            pyro.param(key[len("param."):], value.detach().clone())
+    for objective in (o for o in objectives if callable(getattr(o, "load_state_dict", None))):
+        objective.load_state_dict({n: saved[f"param.{n}"] for n in getattr(objective, "state_names", ())
+                                   if f"param.{n}" in saved})
 
 
 def _variance(args: argparse.Namespace) -> None:
@@ -212,7 +212,9 @@ def _variance(args: argparse.Namespace) -> None:
     if out.exists() and not out.is_dir():
         raise PPModelsError(f"variance: --out {out} is a file; give a folder")
     check_writable(out / "study.csv", out / "study.png", owner="variance")  # refused before the study, not after
-    m, batch, params = _study_target(args)
+    m, batch, params, saved = _study_target(args)
+    if saved:
+        _restore_learned_state(saved, objectives)
     exact = None if args.exact == "none" else (args.exact if args.exact == "auto" else _parse_objective(args.exact))
     df = gradient_study(m.model, m.guide, *batch, objectives=objectives, num_particles=args.num_particles,
                         replicates=args.replicates, params=params, exact=exact, device=args.device, seed=args.seed,
