@@ -254,14 +254,19 @@ def test_commands_writing_into_one_folder_at_once_keep_every_manifest_entry(tmp_
     assert len(files) == 100 and set(files.values()) == {"compare"}
 
 
-def test_cli_variance_writes_through_the_writer_and_never_over_a_run(runs, tmp_path, capsys):
+def test_cli_variance_writes_through_the_writer_and_never_over_a_run(runs, tmp_path, capsys, monkeypatch):
+    import ppmodels.analysis
+
+    studies = []
+    study = ppmodels.analysis.gradient_study
+    monkeypatch.setattr(ppmodels.analysis, "gradient_study", lambda *a, **k: studies.append(1) or study(*a, **k))
     run = _copy(runs, tmp_path)
     (run / "study.csv").write_text("a user's own table\n")
     before = _snapshot(run)
     argv = ["variance", "--model", "linear-gaussian", "--objectives", "elbo", "--replicates", "5", "--out"]
     code, _, err = run_cli([*argv, run], capsys)
     assert_cli_error(code, err, "study.csv exists")
-    assert _snapshot(run) == before  # refused before the study: nothing written
+    assert _snapshot(run) == before and not studies  # refused before the study: nothing written
     out = tmp_path / "study"
     assert run_cli([*argv, out], capsys)[0] == 0
     assert run_cli([*argv, out], capsys)[0] == 0  # its own files: replaced
