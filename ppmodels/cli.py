@@ -203,14 +203,13 @@ def _variance(args: argparse.Namespace) -> None:
     from .utils import PPModelsError
 
     from .analysis import gradient_study, plot_study
-    from .rundir import check_writable, write_csv, write_figure
+    from .rundir import check_folder, check_writable, write_csv, write_figure
 
     objectives = [_parse_objective(s) for s in args.objectives.split(",") if s.strip()]
     if not objectives:
         raise PPModelsError(f"variance: --objectives {args.objectives!r} names no objective; e.g. elbo,iwae")
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise PPModelsError(f"variance: --out {out} is a file; give a folder")
+    check_folder(out, "variance: --out")
     check_writable(out / "study.csv", out / "study.png", owner="variance")  # refused before the study, not after
     m, batch, params, saved = _study_target(args)
     if saved:

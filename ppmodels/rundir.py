@@ -45,7 +45,7 @@ from .utils import PPModelsError
 __all__ = ["open_run", "RunLock", "save_checkpoint", "load_checkpoint", "checksum", "CHECKPOINT", "PREVIOUS",
            "NonFiniteState", "kept_checkpoint", "remove_kept", "atomic_copy", "run_checkpoint", "read_report",
            "write_report", "strict_json", "REPORT", "write_artifact", "replace_run", "MANIFEST", "staged_name", "check_writable",
-           "write_json", "write_csv", "write_figure"]
+           "write_json", "write_csv", "write_figure", "check_folder"]
 
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"
@@ -293,16 +293,21 @@ class RunLock:
         self.release()
 
 
+def check_folder(directory: Path, what: str) -> None:
+    """One line if ``directory`` (for --out) is a file or lies under one."""
+    for parent in [directory, *directory.parents]:
+        if parent.exists() and not parent.is_dir():
+            where = "is a file" if parent == directory else f"is under the file {parent}"
+            raise PPModelsError(f"{what} {directory} {where}; pass a directory for --out")
+
+
 def open_run(path: str | os.PathLike, *, resume: bool = False, overwrite: bool = False) -> RunLock:
     """Check ``path`` as a run directory and lock it; see the module docstring. Errors name
     the path and what to do."""
     if path is None or str(path).strip() == "":
         raise PPModelsError("run directory: an empty path was given; pass --out DIR")
     directory = Path(path)
-    for parent in [directory, *directory.parents]:
-        if parent.exists() and not parent.is_dir():
-            where = "is a file" if parent == directory else f"is under the file {parent}"
-            raise PPModelsError(f"run directory {directory} {where}; pass a directory for --out")
+    check_folder(directory, "run directory")
     if resume and overwrite:
         raise PPModelsError("run directory: --resume and --overwrite contradict each other; pass one")
     try:

@@ -636,3 +636,13 @@ def test_when_rank_0_is_killed_the_other_rank_says_so_in_one_line(runs, tmp_path
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ppmodels: error: data-parallel rank 1 of 2: a peer process died"), err
     assert load_checkpoint(out)["epoch"] >= 1  # rank 0's last checkpoint is whole
+
+
+@pytest.mark.parametrize("where,expected", [("file", "is a file"), ("under", "is under the file")])
+def test_cli_variance_out_on_a_file_is_one_line_before_the_study(where, expected, tmp_path, capsys):
+    (tmp_path / "f").write_text("a user's file\n")
+    out = tmp_path / "f" if where == "file" else tmp_path / "f" / "lab"
+    code, _, err = run_cli(["variance", "--model", "linear-gaussian", "--objectives", "elbo", "--replicates", "5",
+                            "--out", out], capsys)
+    assert_cli_error(code, err, expected)
+    assert (tmp_path / "f").read_text() == "a user's file\n"
