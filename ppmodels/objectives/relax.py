@@ -14,15 +14,27 @@ site's term (its datapoint, or the batch) and a surrogate :math:`c_\phi`, the es
 .. math:: \hat\nabla_\alpha = \big(f(b) - c_\phi(\tilde z)\big)\,\nabla_\alpha \log q(b \mid \alpha)
           + \nabla_\alpha c_\phi(z) - \nabla_\alpha c_\phi(\tilde z),
 
-unbiased for any :math:`c_\phi` (the last two terms correct the first's control variate in
-expectation). :math:`c_\phi` is a one-hidden-layer tanh network of the term's relaxed sample
-:math:`\sigma(z/\tau)` (one-hot: :math:`\operatorname{softmax}(z/\tau)`) of every discrete
-guide site, concatenated with the term's input :math:`x` when terms are per datapoint; the
-temperature :math:`\tau` is learned with it. :math:`\phi` (and :math:`\tau`) are trained to
-minimise the estimator's variance: the surrogate carries :math:`-\sum\hat\nabla_\alpha^2`
-(per term, mean over particles), whose gradient in :math:`\phi` is that of the squared estimate
-(its mean, the true gradient, does not depend on :math:`\phi`) and which carries no gradient to
-the model or the guide. So one backward pass of ``fit`` trains the model, the guide and the
+unbiased for any :math:`c_\phi` continuous in :math:`z` (the last two terms correct the first's
+control variate in expectation). With :math:`\sigma_\tau(z)` the relaxed sample
+:math:`\sigma(z/\tau)` (one-hot: :math:`\operatorname{softmax}(z/\tau)`) of every discrete guide
+site, the surrogate is REBAR's term plus a learned residual (the paper's discrete experiments),
+
+.. math:: c_\phi(z) = \eta\, f(\sigma_\tau(z)) + \rho_\phi\big(\sigma_\tau(z), x\big),
+
+:math:`f(\sigma_\tau(z))` being the term's log weight with the model and the guide run again at
+the relaxed values (their other latents at the drawn ones; one-hot densities evaluated linearly in
+the value, as under ``gumbel``; Pyro's support checks off for that run). :math:`\rho_\phi` is a
+one-hidden-layer tanh network whose input is concatenated with the term's input :math:`x` when
+terms are per datapoint; its last layer starts at zero and :math:`\eta` at 1, so the surrogate
+starts as REBAR's. ``rebar=false`` drops the first term: a program that cannot run at relaxed
+values needs it (an error says so), and so does one that reads its latent through a jump (an
+argmax, a comparison), which would make :math:`c_\phi` discontinuous and the estimator biased. :math:`\phi`, :math:`\eta` and :math:`\tau`
+are trained to minimise the estimator's variance :math:`\sum\hat\nabla_\alpha^2` (per term, mean
+over particles), whose gradient in them is that of the squared estimate (its mean, the true
+gradient, does not depend on them). That gradient is taken inside the loss, by
+``torch.autograd.grad`` with respect to those parameters alone, and enters the surrogate as a
+linear term in them: :math:`f` depends on the model's parameters, which must not learn to lower
+the estimator's variance. So one backward pass of ``fit`` trains the model, the guide and the
 surrogate, with one optimizer.
 
 The chain rule takes :math:`\hat\nabla_\alpha` to the guide's parameters (the surrogate is
@@ -51,10 +63,11 @@ from torch import Tensor
 
 from .. import program
 from ..program import ProgramFacts
-from ..program.weights import at_site, to_terms
+from ..program.weights import at_site, log_weights, to_terms
 from ..settings import COUNT
 from ..utils import PPModelsError
 from .elbo import Elbo, _device, elbo_surrogate
+from .gumbel import _LinearDensities
 
 __all__ = ["Relax"]
 
@@ -103,6 +116,22 @@ class _Thresholded(Messenger):
         msg["done"] = True
 
 
+class _Replayed(Messenger):
+    """Replay a guide run with the discrete sites at given (relaxed) values and every other latent
+    at its drawn value, detached: the guide's densities at REBAR's relaxed sample."""
+
+    def __init__(self, values: dict[str, Tensor], trace: Any) -> None:
+        super().__init__()
+        self.values, self.trace = values, trace
+
+    def _pyro_sample(self, msg: dict) -> None:
+        if msg["is_observed"] or msg["name"] not in self.trace.nodes:
+            return
+        value = self.values.get(msg["name"])
+        msg["value"] = self.trace.nodes[msg["name"]]["value"].detach() if value is None else value
+        msg["done"] = True
+
+
 def _relaxed_logit(kind: str, alpha: Tensor, u: Tensor) -> Tensor:
     """:math:`z(\\alpha, u)`: logistic (Bernoulli) or Gumbel-perturbed log-probabilities (one-hot)."""
     if kind == "bernoulli":
@@ -147,21 +176,25 @@ class Relax(Elbo):
     jit_safe = False  # a second-order gradient inside the loss
     draws_update_state = False  # the surrogate changes by the optimizer only
 
-    def __init__(self, num_particles: int = 1, *, hidden: int = 32, temperature: float = 0.5, **kwargs: Any) -> None:
+    def __init__(self, num_particles: int = 1, *, hidden: int = 32, temperature: float = 0.5, rebar: bool = True,
+                 **kwargs: Any) -> None:
         super().__init__(num_particles, **kwargs)
         COUNT.check("objective 'relax'", "hidden", hidden)
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) \
                 or temperature <= 0:
             raise PPModelsError(f"objective 'relax': temperature (the surrogate's initial one) must be a finite "
                                 f"number > 0, got {temperature!r}")
-        self.hidden, self.temperature = hidden, float(temperature)
+        if not isinstance(rebar, bool):
+            raise PPModelsError(f"objective 'relax': rebar must be true or false, got {rebar!r}")
+        self.hidden, self.temperature, self.rebar = hidden, float(temperature), rebar
 
     def options(self) -> dict[str, Any]:
-        return {**super().options(), "hidden": self.hidden, "temperature": self.temperature}
+        return {**super().options(), "hidden": self.hidden, "temperature": self.temperature, "rebar": self.rebar}
 
     @property
     def state_names(self) -> tuple[str, ...]:
-        return tuple(f"{NET}.{n}" for n in ("w1", "b1", "w2", "b2", "log_temperature"))
+        names = ("w1", "b1", "w2", "b2", "log_temperature") + (("eta",) if self.rebar else ())
+        return tuple(f"{NET}.{n}" for n in names)
 
     # -- the surrogate, in the param store ---------------------------------------------------
     def init_state(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> None:
@@ -190,19 +223,18 @@ class Relax(Elbo):
         return x.reshape(x.shape[0], -1).to(torch.get_default_dtype())
 
     def _network(self, width: int, device: torch.device) -> Callable[[Tensor], Tensor]:
-        """:math:`c_\\phi` on (..., width) inputs, and the learned temperature: params
-        ``relax_surrogate.*`` (created on first use, Glorot-uniform, from the random stream)."""
+        """:math:`\\rho_\\phi` on (..., width) inputs, the learned temperature and REBAR's scale
+        :math:`\\eta`: params ``relax_surrogate.*`` (created on first use, Glorot-uniform, from the
+        random stream; the last layer at zero, so :math:`c_\\phi` starts as REBAR's term alone)."""
         h = self.hidden
-
-        def glorot(rows: int, cols: int) -> Callable[[], Tensor]:
-            bound = math.sqrt(6.0 / (rows + cols))
-            return lambda: (torch.rand(rows, cols, device=device) * 2 - 1) * bound
-
-        w1 = pyro.param(f"{NET}.w1", glorot(width, h))
+        bound = math.sqrt(6.0 / (width + h))
+        w1 = pyro.param(f"{NET}.w1", lambda: (torch.rand(width, h, device=device) * 2 - 1) * bound)
         b1 = pyro.param(f"{NET}.b1", lambda: torch.zeros(h, device=device))
-        w2 = pyro.param(f"{NET}.w2", glorot(h, 1))
+        w2 = pyro.param(f"{NET}.w2", lambda: torch.zeros(h, 1, device=device))
         b2 = pyro.param(f"{NET}.b2", lambda: torch.zeros(1, device=device))
         pyro.param(f"{NET}.log_temperature", lambda: torch.tensor(math.log(self.temperature), device=device))
+        if self.rebar:
+            pyro.param(f"{NET}.eta", lambda: torch.ones((), device=device))
         if w1.shape[0] != width:
             raise PPModelsError(f"objective 'relax': the surrogate's params {NET}.* take inputs of width {w1.shape[0]}, "
                                 f"but this program's are {width} wide; clear the param store for a new program")
@@ -214,6 +246,23 @@ class Relax(Elbo):
         the site) times :math:`\nabla_\alpha \log q(b)`, plus the control variate's correction
         :math:`\nabla_\alpha c_\phi(z) - \nabla_\alpha c_\phi(\tilde z)`."""
         return coefficient * score + correction
+
+    def _relaxed_log_weight(self, model: Callable, guide: Callable, args: tuple, kwargs: dict, found: ProgramFacts,
+                            guide_trace: Any, values: dict[str, Tensor], K: int) -> Tensor:
+        r""":math:`f(\sigma(z/\tau))` (K, U): the program's log weight with its discrete sites at
+        relaxed values (one-hot densities linear in the value, as under ``gumbel``)."""
+        try:
+            with pyro.validation_enabled(False), _LinearDensities():
+                pair = program.run_pair(model, guide, args, kwargs, num_particles=K,
+                                        max_plate_nesting=found.max_plate_nesting,
+                                        guide_handler=_Replayed(values, guide_trace))
+                return log_weights(*pair, found, num_particles=K, kl_weight=self._kl_weight(_device(args))).log_w
+        except PPModelsError:
+            raise
+        except Exception as e:  # noqa: BLE001 - whatever the user's program raises at a relaxed value
+            raise PPModelsError(f"objective 'relax': the program does not run at relaxed values of its discrete sites "
+                                f"(REBAR's term; {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                                "use relax:rebar=false") from e
 
     def surrogate_terms(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
         found = self.facts(model, guide, args, kwargs)
@@ -245,12 +294,16 @@ class Relax(Elbo):
         tau = pyro.param(f"{NET}.log_temperature").exp()
 
         def c(logits: list[Tensor]) -> Tensor:  # (K, U)
-            parts = [_features(torch.sigmoid(l / tau) if kind == "bernoulli" else torch.softmax(l / tau, -1),
-                               s, found, particles) for l, s, (kind, _, _) in zip(logits, nodes, noise)]
-            parts = [p.expand(K, lw.log_w.shape[1], -1) for p in parts]
+            soft = [torch.sigmoid(l / tau) if kind == "bernoulli" else torch.softmax(l / tau, -1)
+                    for l, (kind, _, _) in zip(logits, noise)]
+            parts = [_features(p, s, found, particles).expand(K, lw.log_w.shape[1], -1) for p, s in zip(soft, nodes)]
             if x is not None:
                 parts.append(x.expand(K, -1, -1))
-            return net(torch.cat(parts, -1))
+            out = net(torch.cat(parts, -1))
+            if self.rebar:
+                f = self._relaxed_log_weight(model, guide, args, kwargs, found, guide_trace, dict(zip(sites, soft)), K)
+                out = out + pyro.param(f"{NET}.eta") * f
+            return out
 
         c_z, c_cond = c(relaxed["z"]), c(relaxed["z~"])
         pathwise = torch.autograd.grad((c_z - c_cond).sum(), leaves, create_graph=True)
@@ -266,5 +319,10 @@ class Relax(Elbo):
                 term, square = term.sum(event), square.sum(event)
             surrogate = surrogate + to_terms(term, pdim, found.data_dim).sum(0) / K
             variance = variance + to_terms(square, pdim, found.data_dim).sum(0) / K
+        # the surrogate's params descend the variance; nothing else does (c depends on the model
+        # through REBAR's term, and the model must not learn to lower the estimator's variance)
+        own = [pyro.param(n) for n in self.state_names]
+        grads = torch.autograd.grad(variance.sum(), own, allow_unused=True)
+        penalty = sum((g.detach() * p).sum() for g, p in zip(grads, own) if g is not None)
         bound = lw.scale * lw.log_w.mean(0)
-        return bound, lw.scale * (surrogate - variance)
+        return bound, lw.scale * (surrogate - penalty / surrogate.shape[-1])
