@@ -6,7 +6,8 @@ A linear sigmoid belief net as in the DisARM experiments (784 observed pixels, 2
 latents, batch 50, synthetic binary images), one model instance for every estimator; a step is
 the loss and its backward pass. Reported: the median over interleaved rounds of each
 estimator's time over REINFORCE's (no baseline) at the same K. Target: RLOO, ARM and DisARM
-within 1.3x of REINFORCE.
+within 1.3x of REINFORCE. RELAX is reported beside them, not held to it: each of its steps runs
+the program twice more (REBAR's term at two relaxed samples) and a second-order gradient.
 """
 
 import argparse
@@ -68,9 +69,10 @@ def steps(objective):
 rows = []
 for K in (2, 4, 8):
     estimators = {"reinforce": make("reinforce", baseline="none", num_particles=K), "rloo": make("rloo", num_particles=K),
-                  "arm": make("arm", num_particles=K), "disarm": make("disarm", num_particles=K)}
+                  "arm": make("arm", num_particles=K), "disarm": make("disarm", num_particles=K),
+                  "relax": make("relax", num_particles=K)}
     times = interleaved({name: steps(obj) for name, obj in estimators.items()}, rounds=args.rounds, device=device)
-    for name in ("rloo", "arm", "disarm"):
+    for name in ("rloo", "arm", "disarm", "relax"):
         median, low, high = ratio(times[name], times["reinforce"])
         rows.append({"K": K, "estimator": name, "ms_per_step": 1e3 * min(times[name]) / args.steps,
                      "reinforce_ms": 1e3 * min(times["reinforce"]) / args.steps, "ratio": median,

@@ -5,7 +5,8 @@
 
 The recipe's knobs: how often the labelled rows are presented (--repeats: each labelled image that
 many times per epoch), the auxiliary weight α, the learning rate and Adam's β1, the batch size, the
-size of z, and the data: dynamically binarized (default), fixed, or grey levels scored as Bernoulli
+size of z, a warm-up of the unlabelled rows' bound (--warmup E: their terms weighted by
+(epoch + 1)/(E + 1), 0-based epochs, until that reaches 1; the labelled rows and α's term always at 1), and the data: dynamically binarized (default), fixed, or grey levels scored as Bernoulli
 as Pyro's ss-vae tutorial does (--binarize none; the likelihood's support is relaxed to [0, 1] for
 this script only, since ppmodels' Bernoulli refuses non-binary data). The labels are drawn (10 per
 class, --seed) from the first 50,000 training images; the last 10,000 are the validation set.
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 import torch
+from pyro import poutine
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 p.add_argument("--tag", default="m2", help="the run's name; writes OUT/TAG.jsonl")
@@ -28,6 +30,7 @@ p.add_argument("--batch", type=int, default=200)
 p.add_argument("--z", type=int, default=50)
 p.add_argument("--binarize", choices=["dynamic", "fixed", "none"], default="dynamic")
 p.add_argument("--epochs", type=int, default=10)
+p.add_argument("--warmup", type=int, default=0, help="epochs over which the unlabelled rows' weight rises from 0 to 1")
 p.add_argument("--seed", type=int, default=0, help="the label draw and the training seed")
 p.add_argument("--out", default="runs/m2")
 p.add_argument("--plot", nargs="*", default=None, help="draw these runs' curves instead of training")
@@ -72,9 +75,30 @@ splits = data.mnist(binarize=None if a.binarize == "none" else a.binarize, label
 full = splits["train"]
 train_part, val = full.subset(slice(0, 50000)), full.subset(slice(50000, 60000))
 train = semi_supervised(train_part, 100, seed=a.seed, repeats=a.repeats)
-model = SemiSupervisedVAE(z_dim=a.z, aux_loss=a.aux)
+
+
+class WarmedUp(SemiSupervisedVAE):
+    """M2 with the unlabelled rows' terms (model and guide) scaled by ``weight``."""
+
+    static_structure = False  # the weight changes between epochs: no captured fast path
+    weight = 1.0
+
+    def _scaled(self, program, x, y):
+        unlabelled = ~self._labels(x, y, "WarmedUp")[1]
+        scale = torch.where(unlabelled, torch.tensor(self.weight), torch.tensor(1.0)).to(x.dtype)
+        with poutine.scale(scale=scale):
+            program(x, y)
+
+    def model(self, x, y=None):
+        self._scaled(super().model, x, y)
+
+    def guide(self, x, y=None):
+        self._scaled(super().guide, x, y)
+
+
+model = WarmedUp(z_dim=a.z, aux_loss=a.aux) if a.warmup else SemiSupervisedVAE(z_dim=a.z, aux_loss=a.aux)
 recipe = (f"repeats {a.repeats}, α {a.aux:g}, lr {a.lr:g}, β1 {a.beta1:g}, batch {a.batch}, z {a.z}, "
-          f"{a.binarize}")
+          f"{a.binarize}" + (f", warm-up {a.warmup}" if a.warmup else ""))
 out = Path(a.out)
 out.mkdir(parents=True, exist_ok=True)
 log = open(out / f"{a.tag}.jsonl", "w")
@@ -85,6 +109,10 @@ class Accuracy:
 
     def on_fit_start(self, state):
         self.t0 = time.time()
+
+    def on_epoch_start(self, state):
+        if a.warmup:
+            model.weight = min(1.0, (state.epoch + 1) / (a.warmup + 1))
 
     def on_epoch_end(self, state):
         row = dict(tag=a.tag, recipe=recipe, epoch=state.epoch, val=model.accuracy(val),
