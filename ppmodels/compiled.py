@@ -215,16 +215,21 @@ def build_step(
             total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
             factor = torch.clamp(clip_norm / (total + 1e-6), max=1.0)
             grads = [g * factor for g in grads]
-        for p, g, s, m, v in zip(params, grads, steps, exp_avgs, exp_avg_sqs):  # torch.optim.Adam's update
-            s.add_(1)
-            if weight_decay:
-                g = g.add(p, alpha=weight_decay)
-            m.lerp_(g, 1 - beta1)
-            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-            t = s.double()
-            step_size = lr_now / (1 - beta1 ** t)
-            denom = v.sqrt() / torch.sqrt(1 - beta2 ** t) + eps
-            p.sub_((m / denom) * step_size)
+        # torch.optim.Adam's multi-tensor update, over all parameters at once (a dozen operations
+        # whatever their number: each operation of the graph is one Python call when it runs)
+        torch._foreach_add_(steps, 1)
+        moved = torch._foreach_add(grads, params, alpha=weight_decay) if weight_decay else grads
+        torch._foreach_lerp_(exp_avgs, moved, 1 - beta1)
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, moved, moved, value=1 - beta2)
+        # (as its capturable form writes it: the step sizes stay tensors, on the steps' device)
+        t = torch.stack(steps).double()
+        step_sizes = (-lr_now.to(t.device) / (1 - beta1 ** t)).to(params[0].dtype)
+        denoms = torch._foreach_sqrt(exp_avg_sqs)
+        torch._foreach_div_(denoms, list(torch.sqrt(1 - beta2 ** t).to(params[0].dtype).unbind()))
+        torch._foreach_add_(denoms, eps)
+        torch._foreach_div_(denoms, list(step_sizes.unbind()))
+        torch._foreach_addcdiv_(params, exp_avgs, denoms)
         return (loss.detach(), *grads)
 
     inputs = [*batch, *state, lr, *extra]

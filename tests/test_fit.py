@@ -193,6 +193,22 @@ def test_fast_path_is_used_only_where_proven_equal(images, device):
         assert all(torch.allclose(a, b, rtol=1e-3, atol=1e-5) for a, b in zip(p_fast, p_plain)), name
 
 
+@pytest.mark.parametrize("options", [{"weight_decay": 0.1}, {"clip_norm": 0.5}, {"lr_schedule": "cosine"}],
+                         ids=lambda o: next(iter(o)))
+def test_the_graphs_adam_update_follows_torchs_with_weight_decay_clipping_and_a_schedule(images, options):
+    """The captured step writes Adam's update itself (multi-tensor): eight steps with weight
+    decay, gradient clipping or a changing learning rate end where torch.optim.Adam's do."""
+    x = images[0].full(torch.Generator().manual_seed(0))[0][:60]
+    runs = []
+    for jit in (True, False):
+        vae = small_vae()
+        history = fit(vae, x, steps=8, batch_size=20, lr=1e-2, device="cpu", jit=jit, seed=2, **options)
+        runs.append((history, [p.detach().clone() for p in vae.parameters()]))
+    (fast, p_fast), (plain, p_plain) = runs
+    assert fast.attrs["fast_path"] == "graph", fast.attrs["fast_path_reason"]
+    assert all(torch.allclose(a, b, rtol=1e-3, atol=1e-5) for a, b in zip(p_fast, p_plain))
+
+
 class _Shifted(torch.nn.Module):
     """A static-structure model whose likelihood reads a plain tensor attribute (a capture
     records ``shift`` as a constant) and, when ``python_noise``, Python's own random numbers
