@@ -224,7 +224,7 @@ def build_step(
         torch._foreach_addcmul_(exp_avg_sqs, moved, moved, value=1 - beta2)
         # (as its capturable form writes it: the step sizes stay tensors, on the steps' device)
         t = torch.stack(steps).double()
-        step_sizes = (-lr_now.to(t.device) / (1 - beta1 ** t)).to(params[0].dtype)
+        step_sizes = (-lr_now / (1 - beta1 ** t)).to(params[0].dtype)
         denoms = torch._foreach_sqrt(exp_avg_sqs)
         torch._foreach_div_(denoms, list(torch.sqrt(1 - beta2 ** t).to(params[0].dtype).unbind()))
         torch._foreach_add_(denoms, eps)

@@ -28,8 +28,8 @@ one-hidden-layer tanh network whose input is concatenated with the term's input 
 terms are per datapoint; its last layer starts at zero and :math:`\eta` at 1, so the surrogate
 starts as REBAR's. ``rebar=false`` drops the first term: a program that cannot run at relaxed
 values needs it (an error says so), and so does one that reads its latent through a jump (an
-argmax, a comparison), which would make :math:`c_\phi` discontinuous and the estimator biased. :math:`\phi`, :math:`\eta` and :math:`\tau`
-are trained to minimise the estimator's variance :math:`\sum\hat\nabla_\alpha^2` (per term, mean
+argmax, a comparison), which would make :math:`c_\phi` discontinuous and the estimator biased.
+:math:`\phi`, :math:`\eta` and :math:`\tau` are trained to minimise the estimator's variance :math:`\sum\hat\nabla_\alpha^2` (per term, mean
 over particles), whose gradient in them is that of the squared estimate (its mean, the true
 gradient, does not depend on them). That gradient is taken inside the loss, by
 ``torch.autograd.grad`` with respect to those parameters alone, and enters the surrogate as a
@@ -118,7 +118,9 @@ class _Thresholded(Messenger):
 
 class _Replayed(Messenger):
     """Replay a guide run with the discrete sites at given (relaxed) values and every other latent
-    at its drawn value, detached: the guide's densities at REBAR's relaxed sample."""
+    at its drawn value, detached: the guide's densities at REBAR's relaxed sample. (Pyro's
+    ``poutine.replay`` takes a trace's values as they are; here some are replaced, the rest
+    detached, and the drawn trace is left untouched.)"""
 
     def __init__(self, values: dict[str, Tensor], trace: Any) -> None:
         super().__init__()
