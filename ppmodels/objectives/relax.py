@@ -31,9 +31,9 @@ values needs it (an error says so), and so does one that reads its latent throug
 argmax, a comparison), which would make :math:`c_\phi` discontinuous and the estimator biased.
 :math:`\phi`, :math:`\eta` and :math:`\tau` are trained to minimise the estimator's variance
 :math:`\sum\hat\nabla_\alpha^2` (per term, mean over particles), whose gradient in them is
-that of the squared estimate (its mean, the true gradient, does not depend on them). That gradient is taken inside the loss, by
-``torch.autograd.grad`` with respect to those parameters alone, and enters the surrogate as a
-linear term in them: :math:`f` depends on the model's parameters, which must not learn to lower
+that of the squared estimate (its mean, the true gradient, does not depend on them). That
+gradient is taken inside the loss, by ``torch.autograd.grad`` with respect to those parameters
+alone, and enters the surrogate as a linear term in them: :math:`f` depends on the model's parameters, which must not learn to lower
 the estimator's variance. So one backward pass of ``fit`` trains the model, the guide and the
 surrogate, with one optimizer.
 
