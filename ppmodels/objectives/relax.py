@@ -33,9 +33,9 @@ argmax, a comparison), which would make :math:`c_\phi` discontinuous and the est
 :math:`\sum\hat\nabla_\alpha^2` (per term, mean over particles), whose gradient in them is
 that of the squared estimate (its mean, the true gradient, does not depend on them). That
 gradient is taken inside the loss, by ``torch.autograd.grad`` with respect to those parameters
-alone, and enters the surrogate as a linear term in them: :math:`f` depends on the model's parameters, which must not learn to lower
-the estimator's variance. So one backward pass of ``fit`` trains the model, the guide and the
-surrogate, with one optimizer.
+alone, and enters the surrogate as a linear term in them: :math:`f` depends on the model's
+parameters, which must not learn to lower the estimator's variance. So one backward pass of
+``fit`` trains the model, the guide and the surrogate, with one optimizer.
 
 The chain rule takes :math:`\hat\nabla_\alpha` to the guide's parameters (the surrogate is
 :math:`\sum \overline{\hat\nabla_\alpha}\,\alpha`, as in :mod:`.disarm`); the model's parameters
