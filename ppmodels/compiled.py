@@ -1,4 +1,4 @@
-r"""The fast path: one SVI step (loss, gradients, clipping, Adam's update) as one graph, compiled
+r"""The fast path: one SVI step's loss and gradients as one graph, compiled
 with ``torch.compile`` where that pays, and used only where it is proven equal to the plain step.
 
 **Capture.** :func:`capture` records the tensor operations of one call with
@@ -16,11 +16,13 @@ guards on every call; the program's operations are static here, so they are reco
 the graph, pure ATen, is what ``torch.compile`` sees. (``torch.jit.trace``, which this replaces,
 is deprecated in the torch the project installs.)
 
-**The step.** :func:`build_step` records ``loss → grads → (clip) → Adam`` with the optimizer's
-own state tensors (``exp_avg``, ``exp_avg_sq``, ``step``) updated in place, and the learning rate
-an input (a schedule changes it every step). The update is written out here because it must be
-part of the graph; it is the same arithmetic as ``torch.optim.Adam``'s multi-tensor step, and
-the equality check below compares the two.
+**The step.** :func:`build_step` records ``loss → grads`` (``torch.autograd.grad`` inside the
+recording) as the graph; clipping and the optimizer's own ``step`` run after it, as in the plain
+step. The update was part of the graph until inductor's kernel for it proved slower than torch's
+fused Adam: on this project's 2-core CPU, the VAE's (689k parameters) update took 1.6 ms in the
+compiled graph and 0.6 ms as ``torch.optim.Adam(fused=True)`` (``torch.profiler`` with
+inductor's kernel profiling, batch 20). Keeping it outside also lets the fast path take any
+optimizer.
 
 **The rule.** A fast step is used only if, from the same parameters, optimizer state and seed,
 it gives the plain step's loss, gradients, parameters after the step and optimizer state (see
@@ -38,6 +40,7 @@ the compiled step uses ``mode="reduce-overhead"`` (CUDA graphs; the shapes are s
 
 from __future__ import annotations
 
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -50,14 +53,20 @@ from torch import Tensor
 from .program.probe import forked_rng
 
 __all__ = ["FastPath", "capture", "compile_graph", "build_step", "graph_of_call", "choose", "equal_calls", "CHECK_SEED",
-           "CAPTURE_MIN_STEPS", "forked_rng"]
+           "CAPTURE_MIN_STEPS", "CAPTURE_MIN_STEPS_WARM", "capture_min_steps",
+           "forked_rng"]
 
 CHECK_SEED = 12345
 
-#: a call with fewer steps stays plain: capturing the VAE's step took 0.3 s, and the first capture
-#: in a process 1.7–3.6 s, most of it importing TorchDynamo (the 2-core CPU, under load; a
-#: ``cProfile`` of ``make_fx``'s first call)
+#: a call with fewer steps stays plain: the first capture in a process imports TorchDynamo and
+#: inductor (``make_fx`` imports them), 1.7 s of a 2.0 s first capture of the VAE's step (the
+#: 2-core CPU; a ``cProfile`` of ``make_fx``'s first call)
 CAPTURE_MIN_STEPS = 1500
+
+#: once they are imported (an earlier capture or compilation in the process), a capture takes
+#: 0.2–0.3 s, and the graph's step saved 1.2 ms (batch 20) and 1.7 ms (batch 128) of the VAE's
+#: plain step (5.7 and 10.0 ms): it pays back from about 250 steps
+CAPTURE_MIN_STEPS_WARM = 300
 
 
 @dataclass
@@ -76,15 +85,23 @@ class FastPath:
                 "capture_seconds": round(self.capture_seconds, 3), "compile_seconds": round(self.compile_seconds, 3)}
 
 
-def choose(steps: int, compile_min_steps: int, asked: bool | None) -> str:
+def choose(steps: int, compile_min_steps: int, asked: bool | None, warm: bool | None = None) -> str:
     """The kind of step a call of ``steps`` steps should try: ``"compiled"`` from
-    ``compile_min_steps`` steps (0: never), else ``"graph"`` from :data:`CAPTURE_MIN_STEPS` steps
-    (or whenever ``asked`` is True), else ``"plain"``; ``asked=False``: always plain."""
+    ``compile_min_steps`` steps (0: never), else ``"graph"`` from :data:`CAPTURE_MIN_STEPS` steps,
+    or :data:`CAPTURE_MIN_STEPS_WARM` when ``warm`` (TorchDynamo already imported; None: look),
+    or whenever ``asked`` is True, else ``"plain"``; ``asked=False``: always plain."""
     if asked is False:
         return "plain"
     if compile_min_steps and steps >= compile_min_steps:
         return "compiled"
-    return "graph" if asked or steps >= CAPTURE_MIN_STEPS else "plain"
+    return "graph" if asked or steps >= capture_min_steps(warm) else "plain"
+
+
+def capture_min_steps(warm: bool | None = None) -> int:
+    """The fewest steps that pay back a capture: :data:`CAPTURE_MIN_STEPS`, or
+    :data:`CAPTURE_MIN_STEPS_WARM` when ``warm`` (None: whether TorchDynamo is imported)."""
+    warm = "torch._dynamo" in sys.modules if warm is None else warm
+    return CAPTURE_MIN_STEPS_WARM if warm else CAPTURE_MIN_STEPS
 
 
 def capture(fn: Callable[..., Any], inputs: Sequence[Tensor]) -> torch.fx.GraphModule:
@@ -145,43 +162,33 @@ def equal_calls(plain: Callable[[], Sequence[Tensor]], fast: Callable[[], Sequen
 # -- the step -------------------------------------------------------------------------------------
 
 
-def _adam_state(optimizer: torch.optim.Adam, params: list[Tensor]) -> tuple[list[list[Tensor]], list[Tensor]]:
-    """[steps, exp_avgs, exp_avg_sqs] of ``optimizer`` for ``params``, made as torch makes them at
-    the first step where it has none yet (so that ``optimizer.step`` and the graph share them);
-    and the parameters whose state was made here (removed again if the fast path is not taken)."""
-    group = optimizer.param_groups[0]
-    on_device = group.get("fused") or group.get("capturable")
-    made = []
-    for p in params:
-        state = optimizer.state[p]
-        if len(state) == 0:
-            made.append(p)
-            state["step"] = torch.zeros((), dtype=torch.float32, device=p.device if on_device else "cpu")
-            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-    return [[optimizer.state[p][k] for p in params] for k in ("step", "exp_avg", "exp_avg_sq")], made
+def _optimizer_state(optimizer: torch.optim.Optimizer) -> Callable[[], None]:
+    """A function that puts ``optimizer``'s state back as it is now: each parameter's state
+    tensors copied back, and any state made since removed."""
+    saved = {p: {k: v.detach().clone() if torch.is_tensor(v) else v for k, v in st.items()}
+             for p, st in optimizer.state.items()}
 
-
-def _unsupported(optimizer: torch.optim.Optimizer) -> str | None:
-    """Why the graph cannot take ``optimizer``'s step, or None."""
-    if type(optimizer) is not torch.optim.Adam:
-        return f"the optimizer is {type(optimizer).__name__}, not torch.optim.Adam"
-    if len(optimizer.param_groups) != 1:
-        return "the optimizer has more than one parameter group"
-    group = optimizer.param_groups[0]
-    for flag in ("amsgrad", "maximize", "differentiable", "decoupled_weight_decay"):
-        if group.get(flag):
-            return f"Adam's {flag} is not part of the graph's update"
-    if torch.is_tensor(group["lr"]):
-        return "a tensor learning rate"
-    return None
+    def restore() -> None:
+        for p in list(optimizer.state):
+            if p not in saved:
+                del optimizer.state[p]
+        for p, st in saved.items():
+            for k in set(optimizer.state[p]) - set(st):
+                del optimizer.state[p][k]
+            for k, v in st.items():
+                if torch.is_tensor(v) and torch.is_tensor(optimizer.state[p].get(k)):
+                    with torch.no_grad():
+                        optimizer.state[p][k].copy_(v)
+                else:
+                    optimizer.state[p][k] = v
+    return restore
 
 
 def build_step(
     loss_fn: Callable[..., Tensor],
     batch: tuple,
     params: list[Tensor],
-    optimizer: torch.optim.Adam,
+    optimizer: torch.optim.Optimizer,
     *,
     clip_norm: float | None = None,
     extra: Sequence[Tensor] = (),
@@ -190,83 +197,55 @@ def build_step(
     cuda_graphs: bool = True,
 ) -> tuple[Callable[[tuple], Tensor] | None, FastPath]:
     """The fast step for ``loss_fn(*batch)`` (the objective's loss on a batch of ``batch``'s
-    shapes; it reads ``params`` and the tensors ``extra``, e.g. a scheduled KL weight) with
-    ``optimizer``'s Adam update, of ``kind`` ``"graph"`` or ``"compiled"``, if it equals
-    ``plain_step`` (:func:`equal_calls` on ``batch``: loss, gradients, parameters and optimizer
-    state after the step); else None. Returns it with its :class:`FastPath`."""
-    why = _unsupported(optimizer)
-    if why is not None:
-        return None, FastPath("plain", why)
-    group = optimizer.param_groups[0]
-    beta1, beta2 = group["betas"]
-    eps, weight_decay = group["eps"], group["weight_decay"]
-    (steps, exp_avgs, exp_avg_sqs), made = _adam_state(optimizer, params)
-    n, k = len(batch), len(params)
-    lr = torch.tensor(float(group["lr"]), dtype=torch.float64)
-    state = [*params, *steps, *exp_avgs, *exp_avg_sqs]
+    shapes; it reads ``params`` and the tensors ``extra``, e.g. a scheduled KL weight): its loss
+    and gradients by a graph of ``kind`` ``"graph"`` or ``"compiled"``, then (clipping and)
+    ``optimizer``'s own step, if it equals ``plain_step`` (:func:`equal_calls` on ``batch``: loss,
+    gradients, parameters and optimizer state after the step); else None. Returns it with its
+    :class:`FastPath`."""
+    n = len(batch)
 
-    def step(*inputs: Tensor) -> tuple[Tensor, ...]:
-        data, lr_now = inputs[:n], inputs[n + 4 * k]
+    def grads_of(*inputs: Tensor) -> tuple[Tensor, ...]:
         with torch.enable_grad():
-            loss = loss_fn(*data)
-            grads = list(torch.autograd.grad(loss, params, allow_unused=True))
-        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
-        if clip_norm is not None:  # torch.nn.utils.clip_grad_norm_'s arithmetic
-            total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-            factor = torch.clamp(clip_norm / (total + 1e-6), max=1.0)
-            grads = [g * factor for g in grads]
-        # torch.optim.Adam's multi-tensor update, over all parameters at once (a dozen operations
-        # whatever their number: each operation of the graph is one Python call when it runs)
-        torch._foreach_add_(steps, 1)
-        moved = torch._foreach_add(grads, params, alpha=weight_decay) if weight_decay else grads
-        torch._foreach_lerp_(exp_avgs, moved, 1 - beta1)
-        torch._foreach_mul_(exp_avg_sqs, beta2)
-        torch._foreach_addcmul_(exp_avg_sqs, moved, moved, value=1 - beta2)
-        # (as its capturable form writes it: the step sizes stay tensors, on the steps' device)
-        t = torch.stack(steps).double()
-        step_sizes = (-lr_now / (1 - beta1 ** t)).to(params[0].dtype)
-        denoms = torch._foreach_sqrt(exp_avg_sqs)
-        torch._foreach_div_(denoms, list(torch.sqrt(1 - beta2 ** t).to(params[0].dtype).unbind()))
-        torch._foreach_add_(denoms, eps)
-        torch._foreach_div_(denoms, list(step_sizes.unbind()))
-        torch._foreach_addcdiv_(params, exp_avgs, denoms)
-        return (loss.detach(), *grads)
+            loss = loss_fn(*inputs[:n])
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+        return (loss.detach(), *(torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)))
 
-    inputs = [*batch, *state, lr, *extra]
-    saved = [t.detach().clone() for t in state]
+    run, info = _graph(grads_of, [*batch, *params, *extra], kind, params[0].device, cuda_graphs, "step")
+    if run is None:
+        return None, info
+    every = [p for g in optimizer.param_groups for p in g["params"]]
+
+    def fast(b: tuple) -> Tensor:
+        with torch.no_grad():
+            loss, *grads = run(*b, *params, *extra)
+        for p, g in zip(params, grads):
+            p.grad = g
+        if clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(every, clip_norm)
+        optimizer.step()
+        return loss
+
+    saved = [p.detach().clone() for p in params]
+    restore_optimizer = _optimizer_state(optimizer)
 
     def restore() -> None:
         with torch.no_grad():
-            for t, s in zip(state, saved):
-                t.copy_(s)
+            for p, s in zip(params, saved):
+                p.copy_(s)
         optimizer.zero_grad(set_to_none=True)
+        restore_optimizer()
 
-    run, info = _graph(step, inputs, kind, params[0].device, cuda_graphs, "step")
-    restore()  # the capture ran the step
-    if run is None:
-        _forget(optimizer, made)
-        return None, info
-
-    def fast(b: tuple) -> tuple[Tensor, ...]:
-        lr.fill_(group["lr"])
-        with torch.no_grad():
-            return run(*b, *state, lr, *extra)
-
-    def plain_out() -> list[Tensor]:
-        loss = plain_step(batch)
+    def after(loss: Tensor) -> list[Tensor]:
         grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
-        return [loss, *grads, *state]
+        state = [v for p in params for v in optimizer.state[p].values() if torch.is_tensor(v)]
+        return [loss, *grads, *params, *state]
 
-    def fast_out() -> list[Tensor]:
-        loss, *grads = _timed_first_call(info, lambda: fast(batch))
-        return [loss, *grads, *state]
-
-    if not equal_calls(plain_out, fast_out, restore):
-        _forget(optimizer, made)
+    if not equal_calls(lambda: after(plain_step(batch)), lambda: after(_timed_first_call(info, lambda: fast(batch))),
+                       restore):
         return None, FastPath("plain", f"the {kind} step differs from the plain step on the first batch (or failed)",
                               info.capture_seconds, info.compile_seconds)
     info.reason = f"equal to the plain step on the first batch ({kind})"
-    return (lambda b: fast(b)[0]), info
+    return fast, info
 
 
 def _graph(fn: Callable[..., Any], inputs: Sequence[Tensor], kind: str, device: torch.device, cuda_graphs: bool,
@@ -290,12 +269,6 @@ def _timed_first_call(info: FastPath, call: Callable[[], Any]) -> Any:
     if info.kind == "compiled" and not info.compile_seconds:
         info.compile_seconds = time.perf_counter() - t0
     return out
-
-
-def _forget(optimizer: torch.optim.Optimizer, made: list[Tensor]) -> None:
-    """Remove the optimizer state :func:`_adam_state` made (a fast path not taken changes nothing)."""
-    for p in made:
-        optimizer.state.pop(p, None)
 
 
 def graph_of_call(fn: Callable[..., Tensor], inputs: Sequence[Tensor], kind: str = "graph",

@@ -195,9 +195,10 @@ def test_fast_path_is_used_only_where_proven_equal(images, device):
 
 @pytest.mark.parametrize("options", [{"weight_decay": 0.1}, {"clip_norm": 0.5}, {"lr_schedule": "cosine"}],
                          ids=lambda o: next(iter(o)))
-def test_the_graphs_adam_update_follows_torchs_with_weight_decay_clipping_and_a_schedule(images, options):
-    """The captured step writes Adam's update itself (multi-tensor): eight steps with weight
-    decay, gradient clipping or a changing learning rate end where torch.optim.Adam's do."""
+def test_the_fast_step_follows_the_plain_one_with_weight_decay_clipping_and_a_schedule(images, options):
+    """The graph gives the loss and the gradients; clipping and the optimizer's own step follow
+    it: eight steps with weight decay, gradient clipping or a changing learning rate end where
+    the plain steps do."""
     x = images[0].full(torch.Generator().manual_seed(0))[0][:60]
     runs = []
     for jit in (True, False):
@@ -255,11 +256,13 @@ def test_each_fit_captures_its_own_step_and_a_step_that_differs_is_not_used():
 
 
 def test_the_fast_path_policy_by_steps():
-    from ppmodels.compiled import CAPTURE_MIN_STEPS, choose
+    from ppmodels.compiled import CAPTURE_MIN_STEPS, CAPTURE_MIN_STEPS_WARM, choose
 
     assert choose(10, 5000, None) == "plain" and choose(10, 5000, True) == "graph"
-    assert choose(CAPTURE_MIN_STEPS, 5000, None) == "graph" and choose(5000, 5000, None) == "compiled"
+    assert choose(CAPTURE_MIN_STEPS, 5000, None, warm=False) == "graph" and choose(5000, 5000, None) == "compiled"
     assert choose(10**6, 0, None) == "graph" and choose(10**6, 5000, False) == "plain"
+    assert choose(CAPTURE_MIN_STEPS_WARM, 5000, None, warm=True) == "graph"  # TorchDynamo imported already
+    assert choose(CAPTURE_MIN_STEPS_WARM, 5000, None, warm=False) == "plain"
     m, x = _Shifted(), torch.randn(40, 2, generator=torch.Generator().manual_seed(0))
     history = fit(m, x, steps=3, batch_size=20, device="cpu", seed=0)
     assert history.attrs["fast_path"] == "plain" and "pay back a capture" in history.attrs["fast_path_reason"]
@@ -368,6 +371,49 @@ def test_captured_dreg_agrees_with_captured_iwae_in_expectation():
     k = sum(p.numel() for p in m.model_parameters())
     assert b[:, k:].var(0).sum() < a[:, k:].var(0).sum()  # and DReG's guide gradient is quieter
 
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam-with-state"])
+def test_the_fast_step_takes_any_optimizer_and_leaves_its_state_as_found(optimizer):
+    """The graph gives loss and gradients only, so the fast step takes any optimizer (SGD with
+    momentum here) and equals the plain step over five steps; an Adam that has taken steps
+    before keeps its state through the check (the check's two steps are undone)."""
+    from ppmodels import compiled
+    from ppmodels.fit import make_optimizer, prepare, svi_step
+    from ppmodels.objectives import make
+
+    m, x = _Shifted(), torch.randn(20, 2, generator=torch.Generator().manual_seed(0))
+    obj = make("elbo")
+    params, pair = prepare(m, obj, (x,))
+    plist = list(params.values())
+    plain_loss = lambda b: obj.differentiable_loss(pair.model, pair.guide, *b)  # noqa: E731
+    results = []
+    for fast in (True, False):
+        with torch.no_grad():
+            for p in plist:
+                p.zero_()
+        if optimizer == "sgd":
+            opt = torch.optim.SGD(plist, lr=0.05, momentum=0.9)
+        else:
+            opt = make_optimizer(plist, lr=0.05)
+            torch.manual_seed(1)
+            for _ in range(3):
+                svi_step(plain_loss, opt, (x,))
+        state = {(i, k): v.clone() for i, p in enumerate(plist) for k, v in opt.state[p].items() if torch.is_tensor(v)}
+        kept = [p.detach().clone() for p in plist]
+        plain = lambda b: svi_step(plain_loss, opt, b)  # noqa: E731
+        step = plain
+        if fast:
+            step, info = compiled.build_step(lambda *b: plain_loss(b), (x,), plist, opt, plain_step=plain)
+            assert step is not None, info.reason
+            assert all(torch.equal(p, k) for p, k in zip(plist, kept))
+            now = {(i, k): v for i, p in enumerate(plist) for k, v in opt.state[p].items() if torch.is_tensor(v)}
+            assert now.keys() == state.keys() and all(torch.equal(now[k], state[k]) for k in state)
+        torch.manual_seed(2)
+        losses = [float(step((x,))) for _ in range(5)]
+        results.append((losses, [p.detach().clone() for p in plist]))
+    (a, pa), (b, pb) = results
+    assert np.allclose(a, b, rtol=1e-5) and all(torch.allclose(u, v, rtol=1e-5, atol=1e-7) for u, v in zip(pa, pb))
 
 
 def test_a_fast_path_not_taken_changes_nothing():
