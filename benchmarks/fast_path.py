@@ -11,9 +11,7 @@ its per-tensor loop), the ``ratio_default_adam`` column:
   after the first (compilation is in the first), ratio of medians, per batch size.
 - ``first``: one epoch of a fresh copy of the model through ``fit`` with its default policy (set-up
   included: the probe, parameters, the fast path's choice) against one epoch of the loop on a fresh
-  copy; the median of the per-round ratios. Run after ``steady`` in one process, TorchDynamo is
-  imported by then and a capture is cheap (``ppmodels.compiled.CAPTURE_MIN_STEPS_WARM``);
-  ``--only first`` measures a process that has captured nothing yet.
+  copy; the median of the per-round ratios.
 - ``multi``: IWAE and DReG steps at K = 5 and 50 (batch 128, the Burda preset), the compiled step
   against the hand-written one, interleaved.
 - ``nll``: ``evaluate.log_likelihood`` at K = 5000 against a hand-written batched evaluator.

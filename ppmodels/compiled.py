@@ -25,22 +25,21 @@ inductor's kernel profiling, batch 20). Keeping it outside also lets the fast pa
 optimizer.
 
 **The rule.** A fast step is used only if, from the same parameters, optimizer state and seed,
-it gives the plain step's loss, gradients, parameters after the step and optimizer state (see
-:func:`_close`). Otherwise, or if anything fails, the plain step runs, and
+it gives the plain step's loss and gradients (see :func:`_close`; the update after them is the
+optimizer's own in both). Otherwise, or if anything fails, the plain step runs, and
 :class:`FastPath` says why. Every check restores the parameters, the optimizer state and the
 random state, so a failed attempt changes nothing.
 
 **Compiling** (``torch.compile``, inductor; ``fallback_random`` so that the random draws are
 eager torch's and a compiled run equals the plain run draw for draw) costs seconds to tens of
 seconds on a CPU, less from inductor's on-disk cache. :func:`choose` decides by the steps a call
-will take: a short call stays plain (the first capture imports TorchDynamo, 1.5 s or more),
-a longer one runs the captured graph, a long one compiles it. On CUDA with ``cuda_graphs``
+will take: a short call stays plain (:data:`CAPTURE_MIN_STEPS`), a longer one runs the captured
+graph, a long one compiles it. On CUDA with ``cuda_graphs``
 the compiled step uses ``mode="reduce-overhead"`` (CUDA graphs; the shapes are static).
 """
 
 from __future__ import annotations
 
-import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -53,20 +52,17 @@ from torch import Tensor
 from .program.probe import forked_rng
 
 __all__ = ["FastPath", "capture", "compile_graph", "build_step", "graph_of_call", "choose", "equal_calls", "CHECK_SEED",
-           "CAPTURE_MIN_STEPS", "CAPTURE_MIN_STEPS_WARM", "capture_min_steps",
-           "forked_rng"]
+           "CAPTURE_MIN_STEPS", "forked_rng"]
 
 CHECK_SEED = 12345
 
-#: a call with fewer steps stays plain: the first capture in a process imports TorchDynamo and
-#: inductor (``make_fx`` imports them), 1.7 s of a 2.0 s first capture of the VAE's step (the
-#: 2-core CPU; a ``cProfile`` of ``make_fx``'s first call)
-CAPTURE_MIN_STEPS = 1500
-
-#: once they are imported (an earlier capture or compilation in the process), a capture takes
-#: 0.2–0.3 s, and the graph's step saved 1.2 ms (batch 20) and 1.7 ms (batch 128) of the VAE's
-#: plain step (5.7 and 10.0 ms): it pays back from about 250 steps
-CAPTURE_MIN_STEPS_WARM = 300
+#: a call with fewer steps stays plain. A capture of the VAE's step took 0.2–0.3 s, and the
+#: graph's step saved 1.2 ms (batch 20) and 1.7 ms (batch 128) of the plain step's 5.7 and 10.0
+#: ms: it pays back from about 250 steps (the 2-core CPU). ``make_fx`` imports TorchDynamo and
+#: inductor (1.6 s), but so does the constructor of any ``torch.optim`` optimizer, ours or a
+#: hand-written loop's (``torch._compile``'s lazy import), before the first step: not a cost of
+#: the capture.
+CAPTURE_MIN_STEPS = 300
 
 
 @dataclass
@@ -85,23 +81,15 @@ class FastPath:
                 "capture_seconds": round(self.capture_seconds, 3), "compile_seconds": round(self.compile_seconds, 3)}
 
 
-def choose(steps: int, compile_min_steps: int, asked: bool | None, warm: bool | None = None) -> str:
+def choose(steps: int, compile_min_steps: int, asked: bool | None) -> str:
     """The kind of step a call of ``steps`` steps should try: ``"compiled"`` from
-    ``compile_min_steps`` steps (0: never), else ``"graph"`` from :data:`CAPTURE_MIN_STEPS` steps,
-    or :data:`CAPTURE_MIN_STEPS_WARM` when ``warm`` (TorchDynamo already imported; None: look),
-    or whenever ``asked`` is True, else ``"plain"``; ``asked=False``: always plain."""
+    ``compile_min_steps`` steps (0: never), else ``"graph"`` from :data:`CAPTURE_MIN_STEPS` steps
+    (or whenever ``asked`` is True), else ``"plain"``; ``asked=False``: always plain."""
     if asked is False:
         return "plain"
     if compile_min_steps and steps >= compile_min_steps:
         return "compiled"
-    return "graph" if asked or steps >= capture_min_steps(warm) else "plain"
-
-
-def capture_min_steps(warm: bool | None = None) -> int:
-    """The fewest steps that pay back a capture: :data:`CAPTURE_MIN_STEPS`, or
-    :data:`CAPTURE_MIN_STEPS_WARM` when ``warm`` (None: whether TorchDynamo is imported)."""
-    warm = "torch._dynamo" in sys.modules if warm is None else warm
-    return CAPTURE_MIN_STEPS_WARM if warm else CAPTURE_MIN_STEPS
+    return "graph" if asked or steps >= CAPTURE_MIN_STEPS else "plain"
 
 
 def capture(fn: Callable[..., Any], inputs: Sequence[Tensor]) -> torch.fx.GraphModule:
@@ -199,9 +187,8 @@ def build_step(
     """The fast step for ``loss_fn(*batch)`` (the objective's loss on a batch of ``batch``'s
     shapes; it reads ``params`` and the tensors ``extra``, e.g. a scheduled KL weight): its loss
     and gradients by a graph of ``kind`` ``"graph"`` or ``"compiled"``, then (clipping and)
-    ``optimizer``'s own step, if it equals ``plain_step`` (:func:`equal_calls` on ``batch``: loss,
-    gradients, parameters and optimizer state after the step); else None. Returns it with its
-    :class:`FastPath`."""
+    ``optimizer``'s own step, if it equals ``plain_step`` (:func:`equal_calls` on ``batch``: the
+    loss and the gradients the step used); else None. Returns it with its :class:`FastPath`."""
     n = len(batch)
 
     def grads_of(*inputs: Tensor) -> tuple[Tensor, ...]:
@@ -236,9 +223,11 @@ def build_step(
         restore_optimizer()
 
     def after(loss: Tensor) -> list[Tensor]:
-        grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
-        state = [v for p in params for v in optimizer.state[p].values() if torch.is_tensor(v)]
-        return [loss, *grads, *params, *state]
+        # loss and gradients: the update after them is the optimizer's own code in both steps.
+        # Comparing the parameters after it would measure Adam, not the graph: its first step
+        # moves each entry by about lr·sign(g), so a gradient entry near 0 whose rounding differs
+        # by 3e-5 of the largest (IWAE, K = 5, compiled) moved a parameter by 2·lr
+        return [loss, *(torch.zeros_like(p) if p.grad is None else p.grad for p in params)]
 
     if not equal_calls(lambda: after(plain_step(batch)), lambda: after(_timed_first_call(info, lambda: fast(batch))),
                        restore):

@@ -342,13 +342,13 @@ def fast_step(obj: Any, objective: Objective, plain_loss: Callable[[tuple], Tens
     always (the graph at least), None (default) for models that declare ``static_structure =
     True`` (a graph freezes Python control flow). Returns the step with its
     :class:`~ppmodels.compiled.FastPath` (what ran and why)."""
-    left, fewest = run.total_steps - done, fastpath.capture_min_steps()
+    left = run.total_steps - done
     kind = fastpath.choose(left, run.compile_min_steps, jit)
     if jit is None and not getattr(obj, "static_structure", False):
         return None, fastpath.FastPath("plain", "the model does not declare static_structure = True")
     if kind == "plain":
         why = "asked (jit=False)" if jit is False else (
-            f"{left} steps: fewer than {fewest} pay back a capture")
+            f"{left} steps: fewer than {fastpath.CAPTURE_MIN_STEPS} pay back a capture")
         return None, fastpath.FastPath("plain", why)
     if not getattr(objective, "jit_safe", False):
         return None, fastpath.FastPath("plain", f"objective {objective.name!r} is not marked jit_safe: it keeps state "

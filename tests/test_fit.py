@@ -256,13 +256,12 @@ def test_each_fit_captures_its_own_step_and_a_step_that_differs_is_not_used():
 
 
 def test_the_fast_path_policy_by_steps():
-    from ppmodels.compiled import CAPTURE_MIN_STEPS, CAPTURE_MIN_STEPS_WARM, choose
+    from ppmodels.compiled import CAPTURE_MIN_STEPS, choose
 
     assert choose(10, 5000, None) == "plain" and choose(10, 5000, True) == "graph"
-    assert choose(CAPTURE_MIN_STEPS, 5000, None, warm=False) == "graph" and choose(5000, 5000, None) == "compiled"
+    assert choose(CAPTURE_MIN_STEPS, 5000, None) == "graph" and choose(5000, 5000, None) == "compiled"
     assert choose(10**6, 0, None) == "graph" and choose(10**6, 5000, False) == "plain"
-    assert choose(CAPTURE_MIN_STEPS_WARM, 5000, None, warm=True) == "graph"  # TorchDynamo imported already
-    assert choose(CAPTURE_MIN_STEPS_WARM, 5000, None, warm=False) == "plain"
+    assert choose(CAPTURE_MIN_STEPS - 1, 5000, None) == "plain"
     m, x = _Shifted(), torch.randn(40, 2, generator=torch.Generator().manual_seed(0))
     history = fit(m, x, steps=3, batch_size=20, device="cpu", seed=0)
     assert history.attrs["fast_path"] == "plain" and "pay back a capture" in history.attrs["fast_path_reason"]
