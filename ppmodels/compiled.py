@@ -40,6 +40,8 @@ the compiled step uses ``mode="reduce-overhead"`` (CUDA graphs; the shapes are s
 
 from __future__ import annotations
 
+import importlib
+import logging
 import time
 import warnings
 from dataclasses import dataclass
@@ -107,10 +109,23 @@ def compile_graph(gm: torch.fx.GraphModule, device: torch.device, cuda_graphs: b
     """``torch.compile`` of a captured graph: static shapes, the whole graph, eager torch's random
     draws (``fallback_random``); CUDA graphs on CUDA (``reduce-overhead``) when ``cuda_graphs``.
     Compilation happens at the first call."""
+    _import_quietly("torch.utils.cpp_extension")  # inductor imports it; on a CPU it logs "No CUDA runtime is found"
     options = {"fallback_random": True}
     if device.type == "cuda" and cuda_graphs:
         options["triton.cudagraphs"] = True
     return torch.compile(gm, dynamic=False, fullgraph=True, options=options)
+
+
+def _import_quietly(module: str) -> None:
+    """Import ``module`` with its logger's warnings off (a CUDA build of torch on a machine with
+    no GPU logs one about CUDA_HOME when inductor first imports its C++ extension module)."""
+    log = logging.getLogger(module)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        importlib.import_module(module)
+    finally:
+        log.setLevel(level)
 
 
 def _close(u: Tensor, v: Tensor) -> bool:
