@@ -186,6 +186,7 @@ def test_relax_on_a_program_that_cannot_take_relaxed_values_says_to_drop_rebars_
     with pytest.raises(PPModelsError, match="does not run at relaxed values .*ValueError: binary values only.*"
                                             "relax:rebar=false"):
         make("relax").differentiable_loss(m.model, m.guide, x)
+    assert not [n for n in pyro.get_param_store().keys() if n.startswith("relax_surrogate.")]  # made, then removed
     make("relax", rebar=False).differentiable_loss(m.model, m.guide, x).backward()
 
 

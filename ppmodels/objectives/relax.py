@@ -53,8 +53,9 @@ vectorized.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pyro
 import torch
@@ -92,6 +93,20 @@ def _logits(fn: Any, shape: torch.Size) -> Tensor:
         fn = fn.base_dist
     return fn.logits.expand(shape)
 
+
+
+@contextlib.contextmanager
+def _removed_on_failure() -> Iterator[None]:
+    """Params ``relax_surrogate.*`` created inside the block are removed from Pyro's param store
+    again if it raises."""
+    store = pyro.get_param_store()
+    before = {n for n in store.keys() if n.startswith(f"{NET}.")}
+    try:
+        yield
+    except BaseException:
+        for name in [n for n in store.keys() if n.startswith(f"{NET}.") and n not in before]:
+            del store[name]
+        raise
 
 class _Thresholded(Messenger):
     """Draw every Bernoulli and one-hot guide site as the hard threshold of its continuous
@@ -267,6 +282,10 @@ class Relax(Elbo):
                                 "use relax:rebar=false") from e
 
     def surrogate_terms(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
+        with _removed_on_failure():  # a call that fails leaves no surrogate params it made behind
+            return self._terms(model, guide, args, kwargs)
+
+    def _terms(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> tuple[Tensor, Tensor]:
         found = self.facts(model, guide, args, kwargs)
         sites = self._sites(found)
         lw, pairs = self.draw(model, guide, args, kwargs, kl_weight=self._kl_weight(_device(args)),
