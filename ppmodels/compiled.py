@@ -216,6 +216,9 @@ def build_step(
     if run is None:
         return None, info
     every = [p for g in optimizer.param_groups for p in g["params"]]
+    # CUDA graphs write each replay's outputs into the same buffers: the loss, kept by the
+    # history for later, is copied; the gradients are used before the next replay
+    replayed = kind == "compiled" and cuda_graphs and params[0].device.type == "cuda"
 
     def fast(b: tuple) -> Tensor:
         with torch.no_grad():
@@ -225,7 +228,7 @@ def build_step(
         if clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(every, clip_norm)
         optimizer.step()
-        return loss
+        return loss.clone() if replayed else loss
 
     saved = [p.detach().clone() for p in params]
     restore_optimizer = _optimizer_state(optimizer)
