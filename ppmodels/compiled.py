@@ -19,9 +19,9 @@ is deprecated in the torch the project installs.)
 **The step.** :func:`build_step` records ``loss → grads`` (``torch.autograd.grad`` inside the
 recording) as the graph; clipping and the optimizer's own ``step`` run after it, as in the plain
 step. The update was part of the graph until inductor's kernel for it proved slower than torch's
-fused Adam: on this project's 2-core CPU, the VAE's (689k parameters) update took 1.6 ms in the
-compiled graph and 0.6 ms as ``torch.optim.Adam(fused=True)`` (``torch.profiler`` with
-inductor's kernel profiling, batch 20). Keeping it outside also lets the fast path take any
+fused Adam: on this project's 2-core CPU, the VAE's (689k parameters) update took 1.6–1.8 ms in
+the compiled graph (``torch.profiler`` with inductor's kernel profiling, batch 20) and 0.4–1.1 ms
+as ``torch.optim.Adam(fused=True)`` (``benchmarks/adam_forms.py``). Keeping it outside also lets the fast path take any
 optimizer.
 
 **The rule.** A fast step is used only if, from the same parameters, optimizer state and seed,

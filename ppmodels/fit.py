@@ -87,8 +87,9 @@ def prepare(obj: Any, objective: Objective, batch: tuple, seen: program.Probe | 
 def make_optimizer(params: list[Tensor], **adam: Any) -> torch.optim.Adam:
     """One Adam over every parameter, with torch's fused kernel (one call updates them all, on
     the CPU as on CUDA; ``pyro.optim.Adam`` builds one optimizer per tensor). On this project's
-    2-core CPU the fused step of the 689k-parameter VAE took 0.6 ms, the multi-tensor (foreach)
-    one 2.4 ms and the per-tensor default 2.1 ms, at a 4 ms training step. ``adam``: the training
+    2-core CPU the fused update of the 689k-parameter VAE took 0.4–1.1 ms, the multi-tensor
+    (foreach) and the per-tensor default ones 2.1–3.1 ms, at batch 20 (``benchmarks/adam_forms.py``,
+    six runs). ``adam``: the training
     settings declared Adam's (:data:`ppmodels.settings.ADAM_DEFAULTS`: lr, betas, eps, ...), by
     name; those not given keep their defaults."""
     unknown = sorted(set(adam) - set(ADAM_DEFAULTS))
