@@ -415,6 +415,49 @@ def test_the_fast_step_takes_any_optimizer_and_leaves_its_state_as_found(optimiz
     assert np.allclose(a, b, rtol=1e-5) and all(torch.allclose(u, v, rtol=1e-5, atol=1e-7) for u, v in zip(pa, pb))
 
 
+class _HalfUsed(_Shifted):
+    """``_Shifted`` whose model reads only the first entry of ``loc``: the second's gradient is
+    exactly zero."""
+
+    def model(self, x):
+        pyro.module("shifted", self)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(self.loc * torch.tensor([1.0, 0.0]), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x)
+
+
+def test_the_rule_compares_gradients_not_the_parameters_after_the_update():
+    """Gradients that differ by rounding (1e-6 where the exact gradient is 0) are equal steps,
+    although Adam's first update moves that entry by lr·sign(g), lr against 0: the check compares
+    the loss and the gradients, not the parameters after the optimizer's step (which is the
+    optimizer's own code on both paths). A rule on the parameters would refuse this step."""
+    from ppmodels import compiled
+    from ppmodels.fit import make_optimizer, prepare, svi_step
+    from ppmodels.objectives import make
+
+    m, x = _HalfUsed(), torch.randn(20, 2, generator=torch.Generator().manual_seed(0))
+    obj = make("elbo")
+    params, pair = prepare(m, obj, (x,))
+    plist = list(params.values())
+    loc = params["module.loc"]
+    optimizer = make_optimizer(plist, lr=0.05)
+    plain_loss = lambda b: obj.differentiable_loss(pair.model, pair.guide, *b)  # noqa: E731
+    rounding = lambda: loc.grad[1].add_(1e-6)  # noqa: E731 - what a reordered sum could leave
+    plain = lambda b: svi_step(plain_loss, optimizer, b, after_backward=rounding)  # noqa: E731
+    step, info = compiled.build_step(lambda *b: plain_loss(b), (x,), plist, optimizer, plain_step=plain)
+    assert step is not None, info.reason
+    before = loc.detach().clone()
+    torch.manual_seed(0)
+    step((x,))
+    assert loc.grad[1] == 0 and loc[1] == before[1]  # the fast step: exact zero, no move
+    with torch.no_grad():
+        loc.copy_(before)
+    fresh = make_optimizer(plist, lr=0.05)
+    torch.manual_seed(0)
+    svi_step(plain_loss, fresh, (x,), after_backward=rounding)
+    assert abs(float(loc.detach()[1] - before[1])) > 0.04  # the plain step's rounding: moved by about lr
+
+
 def test_a_fast_path_not_taken_changes_nothing():
     """A step whose capture differs from the plain step (Python randomness frozen): build_step
     returns None, and the parameters, Adam's state (none yet) and the random state are as before."""
