@@ -141,6 +141,8 @@ class ProgramFacts:
     baseline_sites: tuple[str, ...]
     #: guide latents drawn from a Bernoulli (under Independent, Expanded or Masked wrappers)
     bernoulli_sites: tuple[str, ...]
+    #: guide latents drawn from a Categorical or a OneHotCategorical (under the same wrappers)
+    categorical_sites: tuple[str, ...]
     data_plate: str | None
     data_dim: int | None
     per_datapoint: bool
@@ -286,6 +288,8 @@ def facts_from_probe(seen: Probe, args: tuple, *, max_plate_nesting: int | None 
     score_sites = tuple(n for n in guide_latents if not getattr(guide_trace.nodes[n]["fn"], "has_rsample", False))
     baseline_sites = tuple(n for n in guide_latents if guide_trace.nodes[n]["infer"].get("baseline"))
     bernoulli_sites = tuple(n for n in guide_latents if isinstance(_base(guide_trace.nodes[n]["fn"]), torch.distributions.Bernoulli))
+    categorical_sites = tuple(n for n in guide_latents if isinstance(
+        _base(guide_trace.nodes[n]["fn"]), (torch.distributions.Categorical, torch.distributions.OneHotCategorical)))
     dims = [-f.dim for _, s in sample_sites(model_trace, guide_trace) for f in vectorized_frames(s)]
     mpn = max(dims, default=0) if max_plate_nesting is None else max_plate_nesting
 
@@ -343,7 +347,7 @@ def facts_from_probe(seen: Probe, args: tuple, *, max_plate_nesting: int | None 
         max_plate_nesting=mpn, model_latents=model_latents, guide_latents=guide_latents,
         observed=tuple(n for n, s in sample_sites(model_trace) if s["is_observed"]), auxiliary=auxiliary,
         model_enumerated=model_enumerated, guide_enumerable=guide_enumerable, guide_marked=tuple(marked),
-        score_sites=score_sites, baseline_sites=baseline_sites, bernoulli_sites=bernoulli_sites,
+        score_sites=score_sites, baseline_sites=baseline_sites, bernoulli_sites=bernoulli_sites, categorical_sites=categorical_sites,
         data_plate=frame.name if frame is not None else None, data_dim=frame.dim if per_datapoint else None,
         per_datapoint=per_datapoint, why_batch=why, global_latents=global_latents, subsampled=subsampled,
         inner_subsampled=tuple(inner), subsample_from_args=subsample_from_args,
