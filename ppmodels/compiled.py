@@ -1,14 +1,14 @@
 r"""The fast path: one SVI step's loss and gradients as one graph, compiled
 with ``torch.compile`` where that pays, and used only where it is proven equal to the plain step.
 
-**Capture.** :func:`capture` records the tensor operations of one call with
-``torch.fx.experimental.proxy_tensor.make_fx`` in real mode: it runs the Pyro program once and
-keeps the ATen operations it dispatched, the backward pass's included (``torch.autograd.grad``
-inside the recorded function), as an FX graph whose inputs are the tensors passed in. Tensors
-the program reads that are among those inputs (the parameters, by identity) become the graph's
-inputs; any other tensor it reads is recorded as a constant. Like a trace, this freezes Python
-control flow and shapes, so it is offered only for models that declare ``static_structure =
-True`` and objectives marked ``jit_safe``.
+**Capture.** :func:`capture` records the tensor operations of one call
+(:func:`ppmodels.recording.record`, a ``TorchDispatchMode``; why not ``make_fx`` is said there):
+it runs the Pyro program once and keeps the ATen operations it dispatched, the backward pass's
+included (``torch.autograd.grad`` inside the recorded function), as an FX graph whose inputs are
+the tensors passed in. Tensors the program reads that are among those inputs (the parameters,
+by identity) become the graph's inputs; any other tensor it reads is recorded as a constant.
+Like a trace, this freezes Python control flow and shapes, so it is offered only for models
+that declare ``static_structure = True`` and objectives marked ``jit_safe``.
 
 Why not ``torch.compile`` of the loss directly: TorchDynamo would trace Pyro's handler stack
 (messengers, site dictionaries, weak references) bytecode by bytecode, with graph breaks and
@@ -52,19 +52,20 @@ import torch
 from torch import Tensor
 
 from .program.probe import forked_rng
+from .recording import record
 
 __all__ = ["FastPath", "capture", "compile_graph", "build_step", "graph_of_call", "choose", "equal_calls", "CHECK_SEED",
            "CAPTURE_MIN_STEPS", "forked_rng"]
 
 CHECK_SEED = 12345
 
-#: a call with fewer steps stays plain. A capture of the VAE's step took 0.2–0.3 s, and the
-#: graph's step saved 1.2 ms (batch 20) and 1.7 ms (batch 128) of the plain step's 5.7 and 10.0
-#: ms: it pays back from about 250 steps (the 2-core CPU). ``make_fx`` imports TorchDynamo and
-#: inductor (1.6 s), but so does the constructor of any ``torch.optim`` optimizer, ours or a
-#: hand-written loop's (``torch._compile``'s lazy import), before the first step: not a cost of
-#: the capture.
-CAPTURE_MIN_STEPS = 300
+#: a call with fewer steps stays plain. A capture of the VAE's step and its check take about
+#: 0.03 s and 0.02 s (the 2-core CPU; ``make_fx``'s capture took 0.17 s), and the graph's step
+#: saves about 1 ms of the plain step's 3–6 ms: it pays back from about 50 steps. The capture's
+#: dispatch mode imports TorchDynamo (1.5–2.5 s), but so does the constructor of any
+#: ``torch.optim`` optimizer, ours or a hand-written loop's (``torch._compile``'s lazy import),
+#: before the first step: not a cost of the capture.
+CAPTURE_MIN_STEPS = 50
 
 
 @dataclass
@@ -94,15 +95,15 @@ def choose(steps: int, compile_min_steps: int, asked: bool | None) -> str:
     return "graph" if asked or steps >= CAPTURE_MIN_STEPS else "plain"
 
 
-def capture(fn: Callable[..., Any], inputs: Sequence[Tensor]) -> torch.fx.GraphModule:
-    """``fn``'s tensor operations on ``inputs`` as an FX graph (``make_fx``, real tensors), with
-    every random state restored afterwards, and Pyro's and torch's argument checks off (they read
-    values, which a recording cannot). Raises whatever the recording raises."""
-    from torch.fx.experimental.proxy_tensor import make_fx
-
+def capture(fn: Callable[..., Any], inputs: Sequence[Tensor], python_bindings: bool = False) -> torch.fx.GraphModule:
+    """``fn``'s tensor operations on ``inputs`` as an FX graph of ATen operations
+    (:func:`ppmodels.recording.record`), with every random state restored afterwards, and Pyro's
+    and torch's argument checks off (they read values, which a graph would freeze).
+    ``python_bindings``: for a graph run as recorded, not compiled. Raises whatever the call
+    raises."""
     with warnings.catch_warnings(), forked_rng(), pyro.validation_enabled(False):  # checks read values
         warnings.simplefilter("ignore")
-        return make_fx(fn, tracing_mode="real")(*inputs)
+        return record(fn, inputs, python_bindings)
 
 
 def compile_graph(gm: torch.fx.GraphModule, device: torch.device, cuda_graphs: bool = True) -> Callable[..., Any]:
@@ -262,7 +263,7 @@ def _graph(fn: Callable[..., Any], inputs: Sequence[Tensor], kind: str, device: 
     t0 = time.perf_counter()
     try:
         with torch.no_grad():
-            gm = capture(fn, inputs)
+            gm = capture(fn, inputs, python_bindings=kind != "compiled")
     except Exception as e:  # noqa: BLE001 - any failure means: no fast path
         return None, FastPath("plain", f"the {what} could not be captured ({type(e).__name__})")
     info = FastPath(kind, capture_seconds=time.perf_counter() - t0)
