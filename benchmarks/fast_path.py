@@ -173,7 +173,8 @@ if "numpyro" in only:
 
 env = environment(device)
 print(env)
-keys = sorted({k for r in rows for k in r}, key=lambda k: ["bench", "batch", "steps"].index(k) if k in ("bench", "batch", "steps") else 9)
+first = ("bench", "batch", "steps")  # then the columns in the order the rows name them (not a set's order)
+keys = [k for k in first if any(k in r for r in rows)] + [k for k in dict.fromkeys(k for r in rows for k in r) if k not in first]
 rows = [{k: r.get(k, "") for k in keys} for r in rows]
 print_table(rows)
 print("wrote", write_csv([{**r, **env} for r in rows], f"fast_path-{device.type}.csv"))
