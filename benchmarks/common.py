@@ -74,10 +74,11 @@ def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def ppmodels_step(model, objective, x, optimizer, kind: str = "graph"):
+def ppmodels_step(model, objective, x, optimizer, kind: str = "graph", cuda_graphs: bool = True):
     """ppmodels' training step for ``model`` on batches shaped like ``x``, as ``fit`` builds it:
-    the plain step, or the fast path's ``kind`` (``"graph"``, ``"compiled"``) where it is proven
-    equal (see ``ppmodels.compiled``). Returns (step, what ran)."""
+    the plain step, or the fast path's ``kind`` (``"graph"``, ``"compiled"``; on CUDA with CUDA
+    graphs unless ``cuda_graphs=False``) where it is proven equal (see ``ppmodels.compiled``).
+    Returns (step, what ran)."""
     import pyro
 
     from ppmodels import compiled
@@ -90,5 +91,5 @@ def ppmodels_step(model, objective, x, optimizer, kind: str = "graph"):
     if kind == "plain":
         return plain, "plain"
     step, info = compiled.build_step(lambda *b: plain_loss(b), (x,), list(params.values()), optimizer, kind=kind,
-                                     plain_step=plain)
+                                     plain_step=plain, cuda_graphs=cuda_graphs)
     return (step or plain), info.kind

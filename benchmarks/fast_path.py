@@ -20,6 +20,7 @@ its per-tensor loop), the ``ratio_default_adam`` column:
 
     python benchmarks/fast_path.py [--images 12000] [--batch 20,128] [--epochs 3] [--rounds 2]
                                    [--only steady,first,multi,nll,numpyro] [--nll-images 1000] [--device auto]
+                                   [--no-cuda-graphs]
 
 Targets (issue 21): steady <= 0.80 at batch 20 and <= 0.90 at batch 128; first <= 1.10; against
 NumPyro <= 1.2 at batch 128; IWAE-50 and DReG-50 <= 0.85.
@@ -57,6 +58,7 @@ p.add_argument("--rounds", type=int, default=2)
 p.add_argument("--steps", type=int, default=30, help="steps per round in 'multi'")
 p.add_argument("--nll-images", type=int, default=1000)
 p.add_argument("--only", default="steady,first,multi,nll,numpyro")
+p.add_argument("--no-cuda-graphs", action="store_true", help="on CUDA, 'multi' compiles without CUDA graphs")
 args = p.parse_args()
 device = resolve_device(args.device)
 only = set(args.only.split(","))
@@ -64,6 +66,12 @@ pyro.enable_validation(False)
 images, _ = synthetic_images(args.images, seed=0)
 train = TensorData(images, binarize="dynamic").to(device)
 rows = []
+
+
+def add(row: dict) -> None:
+    """Keep a result and print it at once, so that a run stopped early still shows what it measured."""
+    rows.append(row)
+    print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
 
 
 def hand_epoch(model, optimizer, B, seed=0):
@@ -101,7 +109,7 @@ for B in (int(b) for b in args.batch.split(",")):
             theirs += [timed(lambda: hand_epoch(model, opt, B)) for _ in range(args.epochs)][1:]
             opt = torch.optim.Adam(model.parameters(), lr=1e-3)
             default += [timed(lambda: hand_epoch(model, opt, B)) for _ in range(args.epochs)][1:]
-        rows.append({"bench": "steady epoch", "batch": B, "steps": steps, "ppmodels_s": statistics.median(ours),
+        add({"bench": "steady epoch", "batch": B, "steps": steps, "ppmodels_s": statistics.median(ours),
                      "torch_s": statistics.median(theirs), "ratio": statistics.median(ours) / statistics.median(theirs),
                      "ratio_default_adam": statistics.median(ours) / statistics.median(default),
                      "fast_path": attrs["fast_path"], "compile_s": attrs["compile_seconds"]})
@@ -117,7 +125,7 @@ for B in (int(b) for b in args.batch.split(",")):
                      (rd, c, torch.optim.Adam(c.parameters(), lr=1e-3))]
             for out, m, opt in loops[:: 1 if i % 2 == 0 else -1]:  # the two hand loops' order alternates
                 out.append(t_ours / timed(lambda: hand_epoch(m, opt, B)))
-        rows.append({"bench": "first-call epoch", "batch": B, "steps": steps, "ratio": statistics.median(r),
+        add({"bench": "first-call epoch", "batch": B, "steps": steps, "ratio": statistics.median(r),
                      "ratio_default_adam": statistics.median(rd), "fast_path": ",".join(sorted(kinds))})
 
 if "multi" in only:
@@ -127,13 +135,15 @@ if "multi" in only:
             model = VAE.preset("burda").to(device)
             opt = make_optimizer(list(model.parameters()))
             x = torch.bernoulli(torch.rand(128, 784, device=device) * 0.3)
-            step, kind = ppmodels_step(model, make(name, num_particles=K), x, opt, "compiled")
+            step, kind = ppmodels_step(model, make(name, num_particles=K), x, opt, "compiled",
+                                       cuda_graphs=not args.no_cuda_graphs)
             times = interleaved({"ppmodels": lambda: [step((x,)) for _ in range(args.steps)],
                                  "torch": lambda: [handwritten.step(model, opt, x, name, K) for _ in range(args.steps)]},
                                 rounds=args.rounds + 1, device=device, warmup=1)
             med, lo, hi = ratio(times["ppmodels"], times["torch"])
-            rows.append({"bench": f"{name} K={K} step", "batch": 128, "steps": args.steps, "ratio": med,
-                         "fast_path": kind, "ppmodels_s": min(times["ppmodels"]) / args.steps,
+            add({"bench": f"{name} K={K} step", "batch": 128, "steps": args.steps, "ratio": med,
+                         "fast_path": kind + (" (no CUDA graphs)" if args.no_cuda_graphs and device.type == "cuda" else ""),
+                         "ppmodels_s": min(times["ppmodels"]) / args.steps,
                          "torch_s": min(times["torch"]) / args.steps})
 
 if "nll" in only:
@@ -142,7 +152,7 @@ if "nll" in only:
     x = torch.bernoulli(torch.as_tensor(synthetic_images(args.nll_images, seed=3)[0]).float().div(255)).to(device)
     t_ours = timed(lambda: evaluate.log_likelihood(model, x, 5000))
     t_hand = timed(lambda: handwritten.log_likelihood(model, x, 5000, batch_size=100, particle_chunk=500))
-    rows.append({"bench": f"IS NLL K=5000, {args.nll_images} images", "ppmodels_s": t_ours, "torch_s": t_hand,
+    add({"bench": f"IS NLL K=5000, {args.nll_images} images", "ppmodels_s": t_ours, "torch_s": t_hand,
                  "ratio": t_ours / t_hand})
 
 if "numpyro" in only:
@@ -167,7 +177,7 @@ if "numpyro" in only:
                 break
             theirs += json.loads(out.stdout.strip().splitlines()[-1])["epoch_seconds"][1:]
         if theirs:
-            rows.append({"bench": "steady epoch vs NumPyro", "batch": 128, "steps": len(train) // 128,
+            add({"bench": "steady epoch vs NumPyro", "batch": 128, "steps": len(train) // 128,
                          "ppmodels_s": statistics.median(ours), "numpyro_s": statistics.median(theirs),
                          "ratio": statistics.median(ours) / statistics.median(theirs)})
 
