@@ -6,11 +6,11 @@
 # back), else to benchmarks/results/gpu.
 #
 # The GPU image has torch, pandas, matplotlib, tqdm, pytest, xdist, numpyro, jax and flax, but not
-# pyro-ppl or arviz. Before the run, download their wheels on the development machine into .whl
-# (ignored through .git/info/exclude; see /work/.library/device/README.md for the pip options):
+# pyro-ppl or arviz. Before the run, download their wheels (2.6 MB) on the development machine
+# into .whl, ignored through .git/info/exclude (`echo /.whl/ >> .git/info/exclude`):
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
-#       --implementation cp --platform manylinux2014_x86_64 -d .whl pyro-ppl==1.9.2 \
-#       arviz==0.22.0 xarray-einstats h5netcdf
+#       --implementation cp --platform manylinux2014_x86_64 -d .whl pyro-ppl==1.9.2 pyro-api \
+#       arviz==0.23.4 xarray-einstats h5netcdf platformdirs
 # and run, with `.whl` carried:   bash benchmarks/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
