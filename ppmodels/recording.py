@@ -23,12 +23,16 @@ through the generic operator binding, 2–3 µs a call here, against about 1 µs
 generated bindings (``Tensor.view``): about 0.4 ms of a 189-operation step.
 ``record(..., python_bindings=True)`` binds each operation to torch's binding of the same name
 (the same schema; the binding resolves the overload from the recorded argument types); an
-operation without one keeps its overload. A graph for ``torch.compile`` keeps the overloads.
+operation without one keeps its overload. Only generated bindings (C functions) count: a
+``torch.Tensor`` method written in Python may share an operator's name and not its schema
+(``Tensor.index`` is first-class dimensions' ``index(positions, dims)``, not ``aten::index``).
+A graph for ``torch.compile`` keeps the overloads.
 """
 
 from __future__ import annotations
 
 import operator
+import types
 from typing import Any, Callable, Sequence
 
 import torch
@@ -108,7 +112,13 @@ def _binding(target: Any) -> Callable[..., Any] | None:
     if not isinstance(target, torch._ops.OpOverload) or target.namespace != "aten":
         return None
     name = target.overloadpacket.__name__
-    for namespace in (torch._C._VariableFunctions, torch._C._nn, torch._C._special, torch._C._linalg):
-        if hasattr(namespace, name):
-            return getattr(namespace, name)
-    return getattr(torch.Tensor, name, None)
+    for namespace in (torch._C._VariableFunctions, torch._C._nn, torch._C._special, torch._C._linalg, torch.Tensor):
+        binding = getattr(namespace, name, None)
+        if isinstance(binding, _GENERATED):
+            return binding
+    return None
+
+
+#: the types of torch's generated Python bindings: functions of ``torch._C``'s namespaces, and
+#: ``torch.Tensor``'s methods defined in C (not those written in Python, such as ``Tensor.index``)
+_GENERATED = (types.BuiltinFunctionType, types.MethodDescriptorType)

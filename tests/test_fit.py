@@ -210,6 +210,28 @@ def test_the_fast_step_follows_the_plain_one_with_weight_decay_clipping_and_a_sc
     assert all(torch.allclose(a, b, rtol=1e-3, atol=1e-5) for a, b in zip(p_fast, p_plain))
 
 
+def test_models_that_index_with_tensors_take_the_graph(images):
+    """``image[:, target]`` (the quadrant models) and ``locs[c]`` (the mixture's components) are
+    ``aten::index``, which the uncompiled graph runs as its overload (``Tensor.index`` is
+    another function): their fast step is the graph, equal to the plain one run for run."""
+    from ppmodels.models.cvae import QuadrantBaseline
+    from ppmodels.models.discrete_vae import DiscreteVAE
+
+    x = images[0].full(torch.Generator().manual_seed(0))[0][:60]
+    cases = [(lambda: QuadrantBaseline(1, (8,)), x, {}),
+             (lambda: DiscreteVAE("mixture", 16, classes=3, z_dim=2, hidden=(8,)), x[:, :16].contiguous(),
+              {"objective": "rloo", "num_particles": 2})]
+    for make_model, data, opts in cases:
+        runs = []
+        for jit in (None, False):
+            torch.manual_seed(0)
+            runs.append(fit(make_model(), data, steps=60, batch_size=20, lr=1e-2, device="cpu", seed=0, jit=jit,
+                            log_every=1, **opts))
+        fast, plain = runs
+        assert fast.attrs["fast_path"] == "graph", fast.attrs["fast_path_reason"]
+        assert np.allclose(fast["train_loss"], plain["train_loss"], rtol=1e-4)
+
+
 class _Shifted(torch.nn.Module):
     """A static-structure model whose likelihood reads a plain tensor attribute (a capture
     records ``shift`` as a constant) and, when ``python_noise``, Python's own random numbers

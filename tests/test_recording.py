@@ -83,3 +83,19 @@ def test_python_bindings_replace_the_overloads_that_have_one():
     assert not any(isinstance(t, torch._ops.OpOverload) for t in targets(bound))
     x = torch.randn(3, 2)
     assert torch.equal(_replay(aten, x), _replay(bound, x))
+
+
+@pytest.mark.parametrize("bindings", [False, True])
+def test_tensor_indexing_replays_with_and_without_bindings(bindings):
+    """``w[idx]``, ``w[:, idx]`` and ``w[mask]`` (``aten::index``, which has no generated
+    binding; ``torch.Tensor.index`` is a Python method with another signature) replay as the
+    call does, on new inputs."""
+
+    def fn(w, idx, mask):
+        return w[idx].sum(0), w[:, idx[:2]] * 2, w[mask]
+
+    w, idx, mask = torch.randn(5, 5), torch.tensor([0, 2, 2]), torch.tensor([True, False, True, True, False])
+    gm = record(fn, (w, idx, mask), python_bindings=bindings)
+    w2, idx2 = torch.randn(5, 5), torch.tensor([4, 1, 0])
+    for got, want in zip(_replay(gm, w2, idx2, mask), fn(w2, idx2, mask)):
+        assert torch.equal(got, want)
