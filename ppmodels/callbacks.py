@@ -194,8 +194,6 @@ class KLAnnealing(Callback):
     ELBO-family objective (``elbo``, ``meanfield``, ``stl``, ``reinforce``).
     """
 
-    schedules_kl_weight = True  # fit keeps β a tensor input of the fast path's captured step
-
     def __init__(self, steps: int, start: float = 0.0, end: float = 1.0, cycles: int = 1, ratio: float = 0.5) -> None:
         where = "KLAnnealing"
         self.steps, self.cycles = COUNT.check(where, "steps", steps), COUNT.check(where, "cycles", cycles)
@@ -228,7 +226,6 @@ class KLAnnealing(Callback):
             warnings.warn(f"KLAnnealing: the warm-up of {self.steps} steps is longer than the run's {state.total_steps}; "
                           f"β ends at {self.weight(state.total_steps - 1):.3g}, not {self.end:g} (resume with more "
                           "epochs to finish it, or shorten the warm-up)", stacklevel=2)
-        state.objective.kl_scheduled = True
         state.objective.set_kl_weight(self.weight(state.step))
 
     def on_step_start(self, state: FitState) -> None:

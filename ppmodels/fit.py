@@ -279,8 +279,6 @@ def _fit(obj, train, objective, device, run: Run, out_dir, resume, validation, t
         if not group.average:  # per-row losses summed over ranks: global sites counted once
             outside = distributed.ScaleOutside(plate, 1.0 / group.world_size)
             fast = ModelGuide(outside(fast.model), outside(fast.guide), name)
-    if any(getattr(cb, "schedules_kl_weight", False) for cb in callbacks):
-        objective.kl_scheduled = True  # β stays a tensor that a captured step reads
     plain_loss = lambda b: objective.differentiable_loss(fast.model, fast.guide, *b)  # noqa: E731
     optimizer = make_optimizer(list(params.values()), **run.adam())
     after_backward = None
@@ -356,8 +354,8 @@ def fast_step(obj: Any, objective: Objective, plain_loss: Callable[[tuple], Tens
                                                 "or hooks between calls, or Pyro's own code runs it")
     if group is not None:
         return None, fastpath.FastPath("plain", "data-parallel: gradients are all-reduced between backward and step")
-    extra = []  # a scheduled or non-unit KL weight is an input of the graph, not a constant
-    if torch.is_tensor(getattr(objective, "kl_weight", None)) and (objective.kl_scheduled or objective._beta != 1.0):
+    extra = []  # the KL weight is an input of the graph, not a constant: a callback may change it
+    if torch.is_tensor(getattr(objective, "kl_weight", None)):
         objective._kl_weight(batch[0].device)
         extra = [objective.kl_weight]
     return fastpath.build_step(lambda *b: plain_loss(b), batch, list(params.values()), optimizer,

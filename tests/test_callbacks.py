@@ -50,7 +50,6 @@ def test_kl_weight_reaches_the_captured_step():
     vae = VAE(x_dim=784, z_dim=4, hidden=(16,))
     x = (synthetic_images(32, seed=0)[0] > 127).float()
     objective = make("elbo")
-    objective.kl_scheduled = True
     params, fast = prepare(vae, objective, (x,))
     objective._kl_weight(x.device)
     plain_loss = lambda b: objective.differentiable_loss(fast.model, fast.guide, *b)  # noqa: E731
@@ -313,9 +312,8 @@ def test_free_bits_refused_where_it_does_not_apply():
 
 def test_a_kl_schedule_reaches_fits_fast_path():
     """KL warm-up through fit: the captured step's losses follow β step by step, as the plain
-    step's do. fit keeps β a tensor the graph reads (``kl_scheduled``); were it the float 1.0
-    when the step is captured, the graph would keep 1.0 and the losses would part (fails when
-    fit does not set ``kl_scheduled``)."""
+    step's do. β is a tensor the graph reads; were it the float 1.0 when the step is captured,
+    the graph would keep 1.0 and the losses would part."""
     from ppmodels.callbacks import KLAnnealing
 
     x = (synthetic_images(80, seed=0)[0] > 127).float()
@@ -325,6 +323,26 @@ def test_a_kl_schedule_reaches_fits_fast_path():
         vae = VAE(x_dim=784, z_dim=4, hidden=(16,))
         runs.append(fit(vae, x, steps=8, batch_size=20, lr=1e-2, device="cpu", seed=1, jit=jit, log_every=1,
                         callbacks=[KLAnnealing(steps=8)]))
+    fast, plain = runs
+    assert fast.attrs["fast_path"] == "graph", fast.attrs["fast_path_reason"]
+    assert np.allclose(fast["train_loss"], plain["train_loss"], rtol=1e-5)
+
+
+def test_a_kl_weight_set_by_any_callback_reaches_fits_fast_path():
+    """A user's own callback that changes β through the public ``set_kl_weight`` (0 for 30
+    steps, then 1), marked in no way: the captured step (60 steps: the graph) trains as the
+    plain step does. Fails if β = 1 at the capture freezes it in the graph."""
+
+    class StepWarmup:
+        def on_step_start(self, state):
+            state.objective.set_kl_weight(0.0 if state.step < 30 else 1.0)
+
+    x = (torch.rand(200, 16, generator=torch.Generator().manual_seed(0)) < 0.3).float()
+    runs = []
+    for jit in (None, False):
+        torch.manual_seed(0)
+        runs.append(fit(VAE(16, 3, (8,), "tanh"), x, steps=60, batch_size=20, lr=1e-2, device="cpu", seed=0, jit=jit,
+                        log_every=1, callbacks=[StepWarmup()]))
     fast, plain = runs
     assert fast.attrs["fast_path"] == "graph", fast.attrs["fast_path_reason"]
     assert np.allclose(fast["train_loss"], plain["train_loss"], rtol=1e-5)

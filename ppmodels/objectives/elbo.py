@@ -77,7 +77,6 @@ class Elbo(Objective):
             raise PPModelsError(f"objective {self.name!r}: kl_weight must be a finite number >= 0, got {kl_weight!r}")
         self.kl_weight = torch.tensor(float(kl_weight))
         self._beta = float(kl_weight)  # the same value, readable without a device sync
-        self.kl_scheduled = False  # set by a schedule: β then stays a tensor input even at 1
 
     def set_kl_weight(self, value: float) -> None:
         """Change β in place (the tensor a traced loss reads, and its host copy)."""
@@ -92,11 +91,11 @@ class Elbo(Objective):
             out["free_bits"] = self.free_bits
         return out
 
-    def _kl_weight(self, device: torch.device) -> Tensor | float:
-        """β for this call: the float 1.0 (no work) while β = 1 and no schedule holds it, else the
-        tensor on ``device``."""
-        if not self.kl_scheduled and self._beta == 1.0:
-            return 1.0
+    def _kl_weight(self, device: torch.device) -> Tensor:
+        """β for this call: always the tensor (on ``device``), also at 1, so that a captured step
+        reads it as an input and follows any later :meth:`set_kl_weight`, whoever calls it. (A
+        float 1.0 here would save one multiplication a latent site, and freeze β in a graph
+        captured while it was 1.)"""
         if self.kl_weight.device != device:
             self.kl_weight = self.kl_weight.to(device)
         return self.kl_weight
