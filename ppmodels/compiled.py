@@ -52,7 +52,7 @@ import torch
 from torch import Tensor
 
 from .program.probe import forked_rng
-from .recording import record
+from .recording import ReadsValues, record
 
 __all__ = ["FastPath", "capture", "compile_graph", "build_step", "graph_of_call", "choose", "equal_calls", "CHECK_SEED",
            "CAPTURE_MIN_STEPS", "forked_rng"]
@@ -264,6 +264,8 @@ def _graph(fn: Callable[..., Any], inputs: Sequence[Tensor], kind: str, device: 
     try:
         with torch.no_grad():
             gm = capture(fn, inputs, python_bindings=kind != "compiled")
+    except ReadsValues as e:
+        return None, FastPath("plain", f"the {what} {e}")
     except Exception as e:  # noqa: BLE001 - any failure means: no fast path
         return None, FastPath("plain", f"the {what} could not be captured ({type(e).__name__})")
     info = FastPath(kind, capture_seconds=time.perf_counter() - t0)

@@ -15,8 +15,14 @@ the backward pass's operations included when the call differentiates inside (the
 engine runs them under the same mode). A tensor is the graph's input if it is (by identity)
 one of ``inputs``; a tensor made by a recorded operation is that operation's output; any other
 tensor the call reads (a buffer, a constant) is recorded as a constant, by reference. Python
-control flow and Python numbers read from tensors are frozen at their recorded values, so a
-caller must check the graph against the call it replaces (:mod:`ppmodels.compiled` does).
+control flow is frozen as recorded, so a caller must check the graph against the call it
+replaces (:mod:`ppmodels.compiled` does). A Python value the call reads from a tensor's data
+(``.item()``, ``float()``, ``bool()`` and so an ``if`` on a tensor, ``tolist()``, ``numpy()``,
+``torch.equal``, ``F.one_hot`` without ``num_classes``) would be frozen too, and that check,
+made on one input, cannot see a branch that another input takes: :func:`record` raises
+:class:`ReadsValues` instead. Those reads are watched where the program makes them, by a
+``TorchFunctionMode``, not below: the range checks inside an operation (``F.one_hot`` reads
+its input's minimum and maximum) only raise, and are no read of the program's.
 
 **Running it.** An ATen overload called from Python (``torch.ops.aten.view.default``) goes
 through the generic operator binding, 2–3 µs a call here, against about 1 µs for torch's
@@ -38,10 +44,37 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 from torch.fx import Graph, GraphModule, Node
+from torch.nn import functional as F
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 
-__all__ = ["record"]
+__all__ = ["record", "ReadsValues"]
+
+#: torch functions whose result is a Python value computed from a tensor's data
+_VALUE_READS = frozenset([Tensor.item, Tensor.__bool__, Tensor.__float__, Tensor.__int__, Tensor.__index__,
+                          Tensor.__complex__, Tensor.tolist, Tensor.numpy, Tensor.equal, Tensor.allclose, torch.equal,
+                          torch.allclose])
+
+
+class ReadsValues(Exception):
+    """The recorded call read Python values from tensors' data: a graph would keep them."""
+
+
+class _ValueReads(TorchFunctionMode):
+    """Names the torch functions by which the program reads Python values from tensors' data."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _VALUE_READS:
+            self.reads.append(func.__name__)
+        elif func is F.one_hot and (args[1] if len(args) > 1 else kwargs.get("num_classes", -1)) == -1:
+            self.reads.append("one_hot without num_classes")
+        return func(*args, **kwargs)
 
 
 class _Recorder(TorchDispatchMode):
@@ -88,15 +121,21 @@ def record(fn: Callable[..., Any], inputs: Sequence[Tensor], python_bindings: bo
     as returned). Operations whose results nothing reads are dropped (``eliminate_dead_code``,
     which keeps in-place and random ones). ``python_bindings``: each ATen operation calls
     torch's Python binding of the same name, where there is one (see the module's docstring).
-    What is frozen: see the module's docstring."""
+    What is frozen: see the module's docstring. Raises :class:`ReadsValues` if the call read a
+    Python value from a tensor's data."""
     graph = Graph()
     recorder = _Recorder(graph)
     for i, t in enumerate(inputs):
         node = graph.placeholder(f"input{i}")
         recorder.nodes.setdefault(id(t), node)  # the same tensor twice: its first position is read
         recorder.keep.append(t)
-    with recorder:
+    reads = _ValueReads()
+    with reads, recorder:
         out = fn(*inputs)
+    if reads.reads:
+        names = ", ".join(sorted(set(reads.reads)))
+        raise ReadsValues(f"reads {len(reads.reads)} Python value(s) from tensors ({names}; bool: an if on a tensor): "
+                          "a graph would keep the first batch's")
     graph.output(tree_map(recorder.arg, out))
     graph.eliminate_dead_code()
     if python_bindings:

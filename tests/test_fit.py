@@ -232,6 +232,41 @@ def test_models_that_index_with_tensors_take_the_graph(images):
         assert np.allclose(fast["train_loss"], plain["train_loss"], rtol=1e-4)
 
 
+class _Branchy(torch.nn.Module):
+    """Declares static_structure, and branches in Python on its batch's mean (a false promise)."""
+
+    static_structure = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
+
+    def model(self, x):
+        pyro.module("branchy", self)
+        loc = self.a if float(x.mean()) < 0 else self.b
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
+
+    def guide(self, x):
+        pass
+
+
+def test_a_step_that_reads_values_from_tensors_stays_plain():
+    """Two clusters, so the batches' means take either sign: the plain step trains both ``a``
+    and ``b``, a graph captured on the first batch would train one of them. The step reads a
+    Python number from a tensor, so fit runs it plain, says why, and trains as the plain run."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(100, 2, generator=g) - 3, torch.randn(100, 2, generator=g) + 3])
+    runs = []
+    for jit in (None, False):
+        m = _Branchy()
+        runs.append((fit(m, x, steps=60, batch_size=20, lr=5e-2, device="cpu", seed=0, jit=jit), m))
+    (fast, m_fast), (_, m_plain) = runs
+    assert fast.attrs["fast_path"] == "plain" and "reads 1 Python value" in fast.attrs["fast_path_reason"]
+    assert torch.equal(m_fast.a, m_plain.a) and torch.equal(m_fast.b, m_plain.b)
+    assert m_plain.a.abs().min() > 0.1 and m_plain.b.abs().min() > 0.1  # both branches ran
+
+
 class _Shifted(torch.nn.Module):
     """A static-structure model whose likelihood reads a plain tensor attribute (a capture
     records ``shift`` as a constant) and, when ``python_noise``, Python's own random numbers

@@ -99,3 +99,21 @@ def test_tensor_indexing_replays_with_and_without_bindings(bindings):
     w2, idx2 = torch.randn(5, 5), torch.tensor([4, 1, 0])
     for got, want in zip(_replay(gm, w2, idx2, mask), fn(w2, idx2, mask)):
         assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("read", [lambda x: x.sum().item(), lambda x: 1.0 if x.max() > 0 else -1.0,
+                                  lambda x: float(torch.equal(x, x)), lambda x: x.tolist()[0],
+                                  lambda x: torch.nn.functional.one_hot((x > 0).long()).sum()],
+                         ids=["item", "if", "equal", "tolist", "one_hot"])
+def test_a_python_value_read_from_a_tensor_refuses_the_recording(read):
+    """A number read from a tensor's data would be frozen in the graph, and a check on one
+    input cannot see the branch another input takes: the recording refuses. Shapes, and the
+    range checks inside an operation (``one_hot`` with its width given), are no such reads."""
+    from ppmodels.recording import ReadsValues
+
+    with pytest.raises(ReadsValues, match="reads 1 Python value"):
+        record(lambda x: x * read(x), (torch.randn(3),))
+    c = torch.tensor([0, 2, 1])
+    gm = record(lambda x, c: x * x.shape[0] * x.dim() + torch.nn.functional.one_hot(c, 4)[:, 1:].float(),
+                (torch.randn(3), c))
+    assert torch.equal(_replay(gm, torch.ones(3), torch.tensor([1, 1, 3]))[:, 0], torch.tensor([4.0, 4.0, 3.0]))
