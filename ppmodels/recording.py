@@ -133,9 +133,9 @@ def record(fn: Callable[..., Any], inputs: Sequence[Tensor], python_bindings: bo
     with reads, recorder:
         out = fn(*inputs)
     if reads.reads:
-        names = ", ".join(sorted(set(reads.reads)))
-        raise ReadsValues(f"reads {len(reads.reads)} Python value(s) from tensors ({names}; bool: an if on a tensor): "
-                          "a graph would keep the first batch's")
+        names = ", ".join(sorted({"__bool__ (an if on a tensor)" if r == "__bool__" else r for r in reads.reads}))
+        raise ReadsValues(f"reads {len(reads.reads)} Python value(s) from tensors ({names}): a graph would keep the "
+                          "first batch's")
     graph.output(tree_map(recorder.arg, out))
     graph.eliminate_dead_code()
     if python_bindings:
