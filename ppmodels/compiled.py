@@ -51,6 +51,7 @@ import pyro
 import torch
 from torch import Tensor
 
+from . import cpu_forms
 from .program.probe import forked_rng
 from .recording import ReadsValues, record
 
@@ -108,9 +109,12 @@ def capture(fn: Callable[..., Any], inputs: Sequence[Tensor], python_bindings: b
 
 def compile_graph(gm: torch.fx.GraphModule, device: torch.device, cuda_graphs: bool = True) -> Callable[..., Any]:
     """``torch.compile`` of a captured graph: static shapes, the whole graph, eager torch's random
-    draws (``fallback_random``); CUDA graphs on CUDA (``reduce-overhead``) when ``cuda_graphs``.
-    Compilation happens at the first call."""
+    draws (``fallback_random``); CUDA graphs on CUDA (``reduce-overhead``) when ``cuda_graphs``. On a
+    CPU, softplus and the Bernoulli likelihood with logits are first rewritten in a form that compiles
+    faster there (:mod:`ppmodels.cpu_forms`). Compilation happens at the first call."""
     _import_quietly("torch.utils.cpp_extension")  # inductor imports it; on a CPU it logs "No CUDA runtime is found"
+    if device.type == "cpu":
+        cpu_forms.rewrite(gm)
     options = {"fallback_random": True}
     if device.type == "cuda" and cuda_graphs:
         options["triton.cudagraphs"] = True
