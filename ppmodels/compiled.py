@@ -14,7 +14,10 @@ Why not ``torch.compile`` of the loss directly: TorchDynamo would trace Pyro's h
 (messengers, site dictionaries, weak references) bytecode by bytecode, with graph breaks and
 guards on every call; the program's operations are static here, so they are recorded once and
 the graph, pure ATen, is what ``torch.compile`` sees. (``torch.jit.trace``, which this replaces,
-is deprecated in the torch the project installs.)
+is deprecated in the torch the project installs.) On a CPU, softplus, the Bernoulli likelihood and
+tanh are first put in the forms of :mod:`ppmodels.cpu_forms` (within 2.5 ulp of torch's; SLEEF's
+``log1p`` and ``tanh``, which inductor calls, were most of a many-particle step outside its
+matmuls).
 
 **The step.** :func:`build_step` records ``loss → grads`` (``torch.autograd.grad`` inside the
 recording) as the graph; clipping and the optimizer's own ``step`` run after it, as in the plain
@@ -73,12 +76,19 @@ CAPTURE_MIN_STEPS = 50
 class FastPath:
     """What ran: ``kind`` ``"plain"``, ``"graph"`` (the captured step, run as recorded) or
     ``"compiled"`` (the captured step compiled by ``torch.compile``); ``reason``: why; the seconds
-    its capture and its compilation (the first compiled call) took."""
+    its capture and its compilation (the first compiled call) took; ``cpu_forms``: how many of its
+    operations a compiled graph on a CPU computes in :mod:`ppmodels.cpu_forms`' forms."""
 
     kind: str = "plain"
     reason: str = ""
     capture_seconds: float = 0.0
     compile_seconds: float = 0.0
+    cpu_forms: int = 0
+
+    def equal(self, what: str) -> None:
+        """Say that the graph of ``kind`` was found equal to the plain ``what``."""
+        forms = f"; {self.cpu_forms} operations in ppmodels.cpu_forms' forms" if self.cpu_forms else ""
+        self.reason = f"equal to the plain {what} ({self.kind}{forms})"
 
     def as_dict(self) -> dict[str, Any]:
         return {"fast_path": self.kind, "fast_path_reason": self.reason,
@@ -109,12 +119,9 @@ def capture(fn: Callable[..., Any], inputs: Sequence[Tensor], python_bindings: b
 
 def compile_graph(gm: torch.fx.GraphModule, device: torch.device, cuda_graphs: bool = True) -> Callable[..., Any]:
     """``torch.compile`` of a captured graph: static shapes, the whole graph, eager torch's random
-    draws (``fallback_random``); CUDA graphs on CUDA (``reduce-overhead``) when ``cuda_graphs``. On a
-    CPU, softplus and the Bernoulli likelihood with logits are first rewritten in a form that compiles
-    faster there (:mod:`ppmodels.cpu_forms`). Compilation happens at the first call."""
+    draws (``fallback_random``); CUDA graphs on CUDA (``reduce-overhead``) when ``cuda_graphs``.
+    Compilation happens at the first call."""
     _import_quietly("torch.utils.cpp_extension")  # inductor imports it; on a CPU it logs "No CUDA runtime is found"
-    if device.type == "cpu":
-        cpu_forms.rewrite(gm)
     options = {"fallback_random": True}
     if device.type == "cuda" and cuda_graphs:
         options["triton.cudagraphs"] = True
@@ -256,14 +263,16 @@ def build_step(
                        restore):
         return None, FastPath("plain", f"the {kind} step differs from the plain step on the first batch (or failed)",
                               info.capture_seconds, info.compile_seconds)
-    info.reason = f"equal to the plain step on the first batch ({kind})"
+    info.equal("step on the first batch")
     return fast, info
 
 
 def _graph(fn: Callable[..., Any], inputs: Sequence[Tensor], kind: str, device: torch.device, cuda_graphs: bool,
            what: str) -> tuple[Callable[..., Any] | None, FastPath]:
     """``fn`` captured on ``inputs`` (no gradients recorded outside it), compiled if ``kind`` is
-    ``"compiled"``, with its :class:`FastPath` (the capture's seconds); None if the capture fails."""
+    ``"compiled"`` (on a CPU with softplus, the Bernoulli likelihood and tanh first put in the forms
+    of :mod:`ppmodels.cpu_forms`, which inductor compiles faster there), with its :class:`FastPath`
+    (the capture's seconds); None if the capture fails."""
     t0 = time.perf_counter()
     try:
         with torch.no_grad():
@@ -273,7 +282,11 @@ def _graph(fn: Callable[..., Any], inputs: Sequence[Tensor], kind: str, device: 
     except Exception as e:  # noqa: BLE001 - any failure means: no fast path
         return None, FastPath("plain", f"the {what} could not be captured ({type(e).__name__})")
     info = FastPath(kind, capture_seconds=time.perf_counter() - t0)
-    return (compile_graph(gm, device, cuda_graphs) if kind == "compiled" else gm), info
+    if kind != "compiled":
+        return gm, info
+    if device.type == "cpu":
+        info.cpu_forms = cpu_forms.rewrite(gm)
+    return compile_graph(gm, device, cuda_graphs), info
 
 
 def _timed_first_call(info: FastPath, call: Callable[[], Any]) -> Any:
@@ -302,6 +315,6 @@ def graph_of_call(fn: Callable[..., Tensor], inputs: Sequence[Tensor], kind: str
     if not equal_calls(lambda: [fn(*inputs)], lambda: [_timed_first_call(info, lambda: call(*inputs))]):
         return None, FastPath("plain", f"the {kind} call differs from the plain call", info.capture_seconds,
                               info.compile_seconds)
-    info.reason = f"equal to the plain call ({kind})"
+    info.equal("call")
     return call, info
 

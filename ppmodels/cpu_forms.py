@@ -1,10 +1,11 @@
 r"""Forms of softplus, the Bernoulli likelihood and tanh that inductor compiles faster on a CPU.
 
 Inductor lowers ``log1p`` and ``tanh`` on the CPU to SLEEF's vectorized functions (1 ulp), and
-with many particles these dominate what is left of a step outside its matmuls. For the Burda
-VAE's IWAE step at K = 50 (batch 128: 50 × 128 × 784 logits, two 6400 × 200 tanh layers), on
-the 2-core CPU with inductor's kernel profiling, the likelihood's forward part took 9.0 ms (of a
-71 ms step) and each tanh layer 1.8 ms. Here, only where the graph is compiled for a CPU:
+with many particles these dominate what is left of a step outside its matmuls: in the Burda
+VAE's IWAE step at K = 50 (batch 128: 50 × 128 × 784 logits, two 6400 × 200 tanh layers; the
+2-core CPU, inductor's kernel profiling), 12.6 ms of a 71 ms step went to the likelihood's kernel,
+forward and backward, and 1.8 ms to each tanh layer. Here, only where the graph is compiled for
+a CPU:
 
 **Softplus** :math:`\max(x, 0) + \log(1 + u)`, :math:`u = e^{-|x|} \in [0, 1]`, which is also
 every Bernoulli log-likelihood with logits (Pyro's ``Bernoulli.log_prob`` is
@@ -14,17 +15,18 @@ with :math:`\log(1 + u) \approx u\,p(u)`: :math:`p` of degree 8, a Chebyshev fit
 analytic on a disc of radius 1 about the interval's left end, so a low degree suffices; the
 factor :math:`u` keeps the relative error where :math:`u` is tiny). In float32 by Horner's rule
 it is within 2.5 ulp of the exact value on all of :math:`[0, 1]`. The likelihood's forward
-kernel: 9.0 → 3.6 ms (a one-kernel probe of the same shape).
+at that shape: 8.5 → 3.8 ms (``benchmarks/cpu_forms.py``, each side compiled).
 
 **tanh** :math:`x\,q(x^2)` for :math:`|x| < 0.625` (:math:`q` of degree 5, a Chebyshev fit of
 :math:`\tanh(x)/x` in :math:`x^2`), and :math:`\operatorname{sign}(x)\,(1 - e)/(1 + e)`,
 :math:`e = e^{-2|x|}`, above (there :math:`\tanh \ge 0.55`, so the subtraction loses nothing):
-within 1.5 ulp; 1.8 → 1.0 ms a layer.
+within 1.5 ulp; a 6400 × 200 layer 2.1 → 1.2 ms (the same script).
 
 Both bounds are checked against float64 by ``tests/test_cpu_forms.py`` (3 ulp and 2 ulp). IWAE
-at K = 50 went from 71 to about 66 ms a step. :func:`rewrite` puts the forms into a captured
-graph in place of ATen's ``binary_cross_entropy_with_logits``, ``softplus`` and ``tanh``;
-:func:`ppmodels.compiled.compile_graph` calls it for a CPU. Only the values change form: the
+at K = 50 went from 71 to 65–69 ms a step (the README's Performance section). :func:`rewrite` puts the forms into a captured
+graph in place of ATen's ``binary_cross_entropy_with_logits``, ``softplus`` and ``tanh``; the
+fast path (:mod:`ppmodels.compiled`) calls it before it compiles a graph for a CPU, and the reason
+in ``fit``'s history says how many operations it replaced. Only the values change form: the
 gradients are the graph's own recorded backward operations (``tanh_backward`` reads the new
 output). On CUDA the graph is left as recorded (inductor's libdevice functions are no bottleneck
 there).
