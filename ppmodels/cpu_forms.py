@@ -29,11 +29,14 @@ fast path (:mod:`ppmodels.compiled`) calls it before it compiles a graph for a C
 in ``fit``'s history says how many operations it replaced. Only the values change form: the
 gradients are the graph's own recorded backward operations (``tanh_backward`` reads the new
 output). On CUDA the graph is left as recorded (inductor's libdevice functions are no bottleneck
-there).
+there), and so is an operation on any dtype but float32: the forms are exact to float32's
+precision only, so float64 (and half precision, whose rounding the fits do not account for) keep
+torch's operations.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, fx
 from torch.ops import aten
 
@@ -58,13 +61,16 @@ def _horner(coefficients: tuple[float, ...], s: Tensor) -> Tensor:
 
 
 def log1p_unit(u: Tensor) -> Tensor:
-    """``log(1 + u)`` for ``u`` in [0, 1], within 2.5 ulp in float32 (outside [0, 1] it is wrong)."""
+    """``log(1 + u)`` for ``u`` in [0, 1], within 2.5 ulp in float32 (outside [0, 1] it is wrong;
+    in float64 it is as inexact as in float32)."""
     return u * _horner(LOG1P_COEFFICIENTS, u)
 
 
 def softplus(x: Tensor, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
     """``torch.nn.functional.softplus(x, beta, threshold)``: ``log(1 + exp(beta x)) / beta``, and
-    ``x`` where ``beta x > threshold``."""
+    ``x`` where ``beta x > threshold``. Not float32: torch's own."""
+    if x.dtype != torch.float32:
+        return aten.softplus(x, beta, threshold)
     z = x * beta if beta != 1 else x
     out = z.clamp_min(0) + log1p_unit((-z.abs()).exp())
     if beta != 1:
@@ -73,14 +79,17 @@ def softplus(x: Tensor, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
 
 
 def log_sigmoid(x: Tensor) -> Tensor:
-    """``log σ(x) = min(x, 0) - log(1 + exp(-|x|))``."""
+    """``log σ(x) = min(x, 0) - log(1 + exp(-|x|))``, for float32."""
     return x.clamp_max(0) - log1p_unit((-x.abs()).exp())
 
 
 def binary_cross_entropy_with_logits(input: Tensor, target: Tensor, weight: Tensor | None = None,
                                      pos_weight: Tensor | None = None, reduction: int = _MEAN) -> Tensor:
     """ATen's ``binary_cross_entropy_with_logits`` (positional arguments, the reduction as ATen's
-    code), in the form of torch's own decomposition with :func:`log_sigmoid` in it."""
+    code), in the form of torch's own decomposition with :func:`log_sigmoid` in it. Not float32:
+    torch's own."""
+    if input.dtype != torch.float32:
+        return aten.binary_cross_entropy_with_logits(input, target, weight, pos_weight, reduction)
     if pos_weight is not None:
         loss = (1 - target) * input - ((pos_weight - 1) * target + 1) * log_sigmoid(input)
     else:
@@ -94,7 +103,9 @@ def binary_cross_entropy_with_logits(input: Tensor, target: Tensor, weight: Tens
 
 
 def tanh(x: Tensor) -> Tensor:
-    """``torch.tanh(x)`` within 1.5 ulp in float32."""
+    """``torch.tanh(x)`` within 1.5 ulp in float32. Not float32: torch's own."""
+    if x.dtype != torch.float32:
+        return aten.tanh(x)
     a = x.abs()
     e = (-2 * a).exp()
     return (x * _horner(TANH_COEFFICIENTS, x * x)).where(a < TANH_CUT, ((1 - e) / (1 + e)).copysign(x))
@@ -105,11 +116,14 @@ _FORMS = {aten.binary_cross_entropy_with_logits.default: binary_cross_entropy_wi
 
 
 def rewrite(gm: fx.GraphModule) -> int:
-    """Replace, in place, each call of an ATen operation this module has a form of by that form;
-    returns how many it replaced (the graph is recompiled if any)."""
+    """Replace, in place, each call of an ATen operation this module has a form of by that form,
+    where it makes a float32 tensor (``node.meta["dtype"]``, as :func:`ppmodels.recording.record`
+    notes it; a node without it is replaced, and the form checks at run time); returns how many it
+    replaced (the graph is recompiled if any)."""
     n = 0
     for node in gm.graph.nodes:
-        if node.op == "call_function" and node.target in _FORMS:
+        if (node.op == "call_function" and node.target in _FORMS
+                and node.meta.get("dtype", torch.float32) == torch.float32):
             node.target = _FORMS[node.target]
             n += 1
     if n:

@@ -107,6 +107,7 @@ class _Recorder(TorchDispatchMode):
         if isinstance(out, Tensor):
             self.nodes[id(out)] = node  # an in-place operation's result is its input: it now means this node
             self.keep.append(out)
+            node.meta["dtype"] = out.dtype
         elif isinstance(out, (tuple, list)):
             for i, o in enumerate(out):
                 if isinstance(o, Tensor):
@@ -118,7 +119,7 @@ class _Recorder(TorchDispatchMode):
 def record(fn: Callable[..., Any], inputs: Sequence[Tensor], python_bindings: bool = False) -> GraphModule:
     """``fn(*inputs)``, run once, with its tensor operations recorded: a ``GraphModule`` whose
     arguments are ``inputs`` and whose output has ``fn``'s structure (tensors, and anything else
-    as returned). Operations whose results nothing reads are dropped (``eliminate_dead_code``,
+    as returned); a node that made one tensor has its dtype in ``node.meta["dtype"]``. Operations whose results nothing reads are dropped (``eliminate_dead_code``,
     which keeps in-place and random ones). ``python_bindings``: each ATen operation calls
     torch's Python binding of the same name, where there is one (see the module's docstring).
     What is frozen: see the module's docstring. Raises :class:`ReadsValues` if the call read a

@@ -127,6 +127,22 @@ def test_rewrite_replaces_the_ops_and_keeps_the_values_and_the_gradients():
     assert cpu_forms.rewrite(gm) == 0
 
 
+def test_other_dtypes_keep_torchs_operations():
+    """The forms are exact to float32's precision only: float64 keeps torch's values exactly, and
+    a recorded float64 graph is left as it is."""
+    from ppmodels.compiled import capture
+
+    x = _logits().double()
+    y = torch.bernoulli(torch.full(x.shape, 0.5, dtype=torch.float64), generator=torch.Generator().manual_seed(3))
+    assert torch.equal(softplus(x, 2.0, 5.0), F.softplus(x, 2.0, 5.0)) and torch.equal(tanh(x), torch.tanh(x))
+    assert torch.equal(binary_cross_entropy_with_logits(x, y, None, None, 0),
+                       F.binary_cross_entropy_with_logits(x, y, reduction="none"))
+    gm = capture(lambda x, y: (F.binary_cross_entropy_with_logits(torch.tanh(F.softplus(x)), y),), [x, y])
+    assert cpu_forms.rewrite(gm) == 0
+    mixed = capture(lambda x, y: (torch.tanh(x.float()).double() + torch.tanh(x),), [x, y])
+    assert cpu_forms.rewrite(mixed) == 1  # the float32 tanh only
+
+
 def test_the_compiled_fit_step_on_a_cpu_uses_the_forms_and_equals_the_plain_step(monkeypatch):
     """A VAE (softplus layers, a Bernoulli likelihood) compiled by fit on the CPU: both operations
     are rewritten, and the run equals the plain one."""
