@@ -15,7 +15,7 @@ Why not ``torch.compile`` of the loss directly: TorchDynamo would trace Pyro's h
 guards on every call; the program's operations are static here, so they are recorded once and
 the graph, pure ATen, is what ``torch.compile`` sees. (``torch.jit.trace``, which this replaces,
 is deprecated in the torch the project installs.) On a CPU, softplus, the Bernoulli likelihood and
-tanh are first put in the forms of :mod:`ppmodels.cpu_forms` (within 2.5 ulp of torch's; SLEEF's
+tanh are first put in the forms of :mod:`ppmodels.cpu_forms` (within 3 ulp of the exact values; SLEEF's
 ``log1p`` and ``tanh``, which inductor calls, were most of a many-particle step outside its
 matmuls).
 

@@ -162,3 +162,33 @@ def test_the_compiled_fit_step_on_a_cpu_uses_the_forms_and_equals_the_plain_step
     assert rewritten and rewritten[0] >= 3  # the encoder's and decoder's softplus, the likelihood
     assert f"{rewritten[0]} operations in ppmodels.cpu_forms' forms" in runs[0].attrs["fast_path_reason"]
     assert np.allclose(runs[0]["train_loss"], runs[1]["train_loss"], rtol=1e-5)
+
+
+def test_the_forms_take_atens_defaults_as_recorded():
+    """A recording keeps only the arguments given (F.binary_cross_entropy_with_logits(x, y) is
+    recorded without its reduction, the mean): the forms' defaults must be ATen's. Also softplus at
+    its threshold (torch returns x only above it)."""
+    from ppmodels.compiled import capture
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.cat([torch.rand(1000, generator=g) * 15 + 5, torch.randn(1000, generator=g) * 3, torch.ones(1)])
+    y = torch.bernoulli(torch.full(x.shape, 0.5), generator=g)
+    calls = lambda x, y: (F.binary_cross_entropy_with_logits(x, y), F.softplus(x), F.softplus(x, 1, 1),  # noqa: E731
+                          F.softplus(x, beta=2))
+    gm = capture(calls, [x, y])
+    assert cpu_forms.rewrite(gm) == 4
+    for ours, theirs in zip(gm(x, y), calls(x, y)):
+        torch.testing.assert_close(ours, theirs, rtol=4e-7, atol=1e-30)
+    at_threshold = softplus(torch.ones(1), 1, 1)
+    torch.testing.assert_close(at_threshold, F.softplus(torch.ones(1), 1, 1), rtol=4e-7, atol=0)
+    assert at_threshold != 1.0
+
+
+def test_the_forms_compiled_keep_their_bounds():
+    """Compiled by inductor (its own exp, fused with the polynomial), against float64: tanh within
+    2 ulp, softplus within 3."""
+    x = torch.cat([torch.linspace(-12, 12, 400_001), torch.logspace(-30, 1, 10_001)])
+    both = torch.compile(lambda x: (tanh(x), softplus(x)), dynamic=False)
+    t, s = both(x)
+    assert _ulps(t, np.tanh(x.double().numpy())).max() <= 2.0
+    assert _ulps(s, F.softplus(x.double()).numpy()).max() <= 3.0
