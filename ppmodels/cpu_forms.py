@@ -3,9 +3,10 @@ r"""Forms of softplus, the Bernoulli likelihood and tanh that inductor compiles 
 Inductor lowers ``log1p`` and ``tanh`` on the CPU to SLEEF's vectorized functions (1 ulp), and
 with many particles these dominate what is left of a step outside its matmuls: in the Burda
 VAE's IWAE step at K = 50 (batch 128: 50 × 128 × 784 logits, two 6400 × 200 tanh layers; the
-2-core CPU, inductor's kernel profiling), 12.6 ms of a 71 ms step went to the likelihood's kernel,
-forward and backward, and 1.8 ms to each tanh layer. Here, only where the graph is compiled for
-a CPU:
+2-core CPU), compiled as recorded, 12.4–13.0 ms of a 69–70 ms step went to the likelihood's
+kernel, forward and backward, and 3.4 ms to the two tanh layers, against 47–48 ms of matmuls
+(``python benchmarks/profile_step.py``, two runs). Here, only where the graph is compiled for a
+CPU:
 
 **Softplus** :math:`\max(x, 0) + \log(1 + u)`, :math:`u = e^{-|x|} \in [0, 1]`, which is also
 every Bernoulli log-likelihood with logits (Pyro's ``Bernoulli.log_prob`` is
@@ -15,14 +16,15 @@ with :math:`\log(1 + u) \approx u\,p(u)`: :math:`p` of degree 8, a Chebyshev fit
 analytic on a disc of radius 1 about the interval's left end, so a low degree suffices; the
 factor :math:`u` keeps the relative error where :math:`u` is tiny). In float32 by Horner's rule
 it is within 2.5 ulp of the exact value on all of :math:`[0, 1]`. The likelihood's forward
-at that shape: 8.5 → 3.8 ms (``benchmarks/cpu_forms.py``, each side compiled).
+at that shape: 8.3–8.5 → 3.7–3.8 ms, and ``log1p`` alone 4.1 → 1.1 ms (``benchmarks/cpu_forms.py``,
+each side compiled, two runs).
 
 **tanh** :math:`x\,q(x^2)` for :math:`|x| < 0.625` (:math:`q` of degree 5, a Chebyshev fit of
 :math:`\tanh(x)/x` in :math:`x^2`), and :math:`\operatorname{sign}(x)\,(1 - e)/(1 + e)`,
 :math:`e = e^{-2|x|}`, above (there :math:`\tanh \ge 0.55`, so the subtraction loses nothing):
 within 1.5 ulp eager and 1.51 compiled (inductor's ``exp``); it reaches ±1 from :math:`|x| = 8.66`,
 where torch's stops at :math:`1 - 2^{-24}` until 9.01, so ``tanh_backward``'s :math:`1 - y^2` is 0
-there instead of 1.2e-7; a 6400 × 200 layer 2.1 → 1.2 ms (the same script).
+there instead of 1.2e-7; a 6400 × 200 layer 1.8–2.1 → 0.9–1.2 ms (the same script).
 
 Where the forms differ from torch's beyond rounding: a softplus whose ``threshold`` is above
 88/``beta`` gives ``x`` where ``exp(beta x)`` overflows float32 and torch gives ``inf``; with
@@ -30,11 +32,12 @@ Where the forms differ from torch's beyond rounding: a softplus whose ``threshol
 ATen's argument checks have passed, as in a recorded graph (called directly, an integer target or a
 target that broadcasts against the input is not refused).
 
-Both bounds are checked against float64 by ``tests/test_cpu_forms.py`` (3 ulp and 2 ulp). IWAE
-at K = 50 went from 71 to 65–69 ms a step (the README's Performance section). :func:`rewrite` puts the forms into a captured
-graph in place of ATen's ``binary_cross_entropy_with_logits``, ``softplus`` and ``tanh``; the
-fast path (:mod:`ppmodels.compiled`) calls it before it compiles a graph for a CPU, and the reason
-in ``fit``'s history says how many operations it replaced. Only the values change form: the
+Both bounds are checked against float64 by ``tests/test_cpu_forms.py`` (3 ulp and 2 ulp). The
+IWAE step at K = 50: 68.7–70.1 → 63.0–63.8 ms, its likelihood kernel 12.4–13.0 → 7.5 ms, its tanh
+kernels 3.4 → 1.7 ms (``benchmarks/profile_step.py``, two runs). :func:`rewrite` puts the forms
+into a captured graph in place of ATen's ``binary_cross_entropy_with_logits``, ``softplus`` and
+``tanh``; the fast path (:mod:`ppmodels.compiled`) calls it before it compiles a graph for a CPU,
+and the reason in ``fit``'s history says how many operations it replaced. Only the values change form: the
 gradients are the graph's own recorded backward operations (``tanh_backward`` reads the new
 output). On CUDA the graph is left as recorded (inductor's libdevice functions are no bottleneck
 there), and so is an operation on any dtype but float32: the forms are exact to float32's
@@ -74,13 +77,18 @@ def log1p_unit(u: Tensor) -> Tensor:
     return u * _horner(LOG1P_COEFFICIENTS, u)
 
 
+def _log1p_exp_neg_abs(x: Tensor) -> Tensor:
+    """``log(1 + exp(-|x|))``, the part of softplus and log σ that needs a logarithm."""
+    return log1p_unit((-x.abs()).exp())
+
+
 def softplus(x: Tensor, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
     """``torch.nn.functional.softplus(x, beta, threshold)``: ``log(1 + exp(beta x)) / beta``, and
     ``x`` where ``beta x > threshold``. Not float32: torch's own."""
     if x.dtype != torch.float32:
         return aten.softplus(x, beta, threshold)
     z = x * beta if beta != 1 else x
-    out = z.clamp_min(0) + log1p_unit((-z.abs()).exp())
+    out = z.clamp_min(0) + _log1p_exp_neg_abs(z)
     if beta != 1:
         out = out / beta
     return out.where(z <= threshold, x)
@@ -88,7 +96,7 @@ def softplus(x: Tensor, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
 
 def log_sigmoid(x: Tensor) -> Tensor:
     """``log σ(x) = min(x, 0) - log(1 + exp(-|x|))``, for float32."""
-    return x.clamp_max(0) - log1p_unit((-x.abs()).exp())
+    return x.clamp_max(0) - _log1p_exp_neg_abs(x)
 
 
 def binary_cross_entropy_with_logits(input: Tensor, target: Tensor, weight: Tensor | None = None,

@@ -119,8 +119,9 @@ class _Recorder(TorchDispatchMode):
 def record(fn: Callable[..., Any], inputs: Sequence[Tensor], python_bindings: bool = False) -> GraphModule:
     """``fn(*inputs)``, run once, with its tensor operations recorded: a ``GraphModule`` whose
     arguments are ``inputs`` and whose output has ``fn``'s structure (tensors, and anything else
-    as returned); a node that made one tensor has its dtype in ``node.meta["dtype"]``. Operations whose results nothing reads are dropped (``eliminate_dead_code``,
-    which keeps in-place and random ones). ``python_bindings``: each ATen operation calls
+    as returned); a node that made one tensor has its dtype in ``node.meta["dtype"]``. Operations
+    whose results nothing reads are dropped (``eliminate_dead_code``, which keeps in-place and
+    random ones). ``python_bindings``: each ATen operation calls
     torch's Python binding of the same name, where there is one (see the module's docstring).
     What is frozen: see the module's docstring. Raises :class:`ReadsValues` if the call read a
     Python value from a tensor's data."""
