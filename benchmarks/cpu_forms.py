@@ -1,8 +1,9 @@
 """The forms of ``ppmodels.cpu_forms`` against torch's own operations, each compiled by inductor,
 at the shapes of the fast path's multi-particle step (the ``burda`` VAE, IWAE at K = 50, batch
 128) and of the Pyro VAE at batch 128: the Bernoulli likelihood's forward (summed over pixels),
-a ``tanh`` layer and a softplus layer. Median ms over ``--repeats`` interleaved calls, the ratio
-of medians, and the largest difference between the two results in one process.
+its ``log1p`` alone, a ``tanh`` layer and a softplus layer. Median ms over ``--repeats``
+interleaved calls, the ratio of medians, and the largest difference between the two results in
+one process.
 
     python benchmarks/cpu_forms.py [--repeats 40] [--device cpu]
 """
@@ -32,6 +33,8 @@ CASES = [
     ("Bernoulli log-likelihood, 50 x 128 x 784, forward", (torch.randn(50, 128, 784, generator=g) * 3, x),
      lambda l, x: -F.binary_cross_entropy_with_logits(l, x.expand_as(l), reduction="none").sum(-1),
      lambda l, x: -cpu_forms.binary_cross_entropy_with_logits(l, x.expand_as(l), None, None, 0).sum(-1)),
+    ("log(1 + u), u in [0, 1], 50 x 128 x 784", (torch.rand(50, 128, 784, generator=g),), torch.log1p,
+     cpu_forms.log1p_unit),
     ("tanh, 6400 x 200", (torch.randn(6400, 200, generator=g) * 2,), torch.tanh, cpu_forms.tanh),
     ("softplus, 128 x 400", (torch.randn(128, 400, generator=g) * 3,), F.softplus, cpu_forms.softplus),
 ]
