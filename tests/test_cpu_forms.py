@@ -192,3 +192,68 @@ def test_the_forms_compiled_keep_their_bounds():
     t, s = both(x)
     assert _ulps(t, np.tanh(x.double().numpy())).max() <= 2.0
     assert _ulps(s, F.softplus(x.double()).numpy()).max() <= 3.0
+
+
+class _PyroExampleVAE(torch.nn.Module):
+    """The VAE as Pyro's ``examples/vae/vae.py`` writes it (softplus layers, a sigmoid decoder,
+    ``Bernoulli(probs)``, ``pyro.module`` per network), small, declared static."""
+
+    static_structure = True
+
+    def __init__(self, z_dim=3, hidden=16, x_dim=20):
+        super().__init__()
+        self.fc1, self.fc21, self.fc22 = (torch.nn.Linear(x_dim, hidden), torch.nn.Linear(hidden, z_dim),
+                                          torch.nn.Linear(hidden, z_dim))
+        self.decoder = torch.nn.Sequential(torch.nn.Linear(z_dim, hidden), torch.nn.Softplus(),
+                                           torch.nn.Linear(hidden, x_dim), torch.nn.Sigmoid())
+        self.z_dim = z_dim
+
+    def model(self, x):
+        import pyro
+        import pyro.distributions as dist
+
+        pyro.module("decoder", self.decoder)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("latent", dist.Normal(x.new_zeros(x.shape[0], self.z_dim), 1.0).to_event(1))
+            pyro.sample("obs", dist.Bernoulli(self.decoder(z), validate_args=False).to_event(1), obs=x)
+
+    def guide(self, x):
+        import pyro
+        import pyro.distributions as dist
+
+        pyro.module("encoder", torch.nn.ModuleList([self.fc1, self.fc21, self.fc22]))
+        with pyro.plate("data", x.shape[0]):
+            hidden = F.softplus(self.fc1(x))
+            pyro.sample("latent", dist.Normal(self.fc21(hidden), self.fc22(hidden).exp()).to_event(1))
+
+
+def test_a_pyro_example_vae_compiled_with_the_forms_gives_pyros_trace_elbo():
+    """Pyro's own Trace_ELBO, under one seed and the same parameters, is the reference for the
+    compiled step's loss, and its gradients for the compiled step's."""
+    import pyro
+    from pyro.infer import Trace_ELBO
+
+    from ppmodels.compiled import build_step
+    from ppmodels.fit import prepare, svi_step
+    from ppmodels.objectives import make
+
+    torch.manual_seed(0)
+    vae = _PyroExampleVAE()
+    x = torch.bernoulli(torch.full((30, 20), 0.3), generator=torch.Generator().manual_seed(5))
+    pyro.clear_param_store()
+    objective = make("elbo")
+    params, pair = prepare(vae, objective, (x,))
+    loss = lambda b: objective.differentiable_loss(pair.model, pair.guide, *b)  # noqa: E731
+    optimizer = torch.optim.SGD(list(params.values()), lr=0.0)  # lr 0: the parameters stay the reference's
+    step, info = build_step(lambda *b: loss(b), (x,), list(params.values()), optimizer, kind="compiled",
+                            plain_step=lambda b: svi_step(loss, optimizer, b))
+    assert step is not None and info.cpu_forms >= 3, info  # two softplus, the likelihood
+    torch.manual_seed(7)
+    ours = step((x,))
+    ours_grads = [p.grad.clone() for p in params.values()]
+    torch.manual_seed(7)
+    theirs = Trace_ELBO().differentiable_loss(vae.model, vae.guide, x)
+    theirs_grads = torch.autograd.grad(theirs, list(params.values()))
+    torch.testing.assert_close(ours, theirs.detach(), rtol=1e-5, atol=0)
+    for g, h in zip(ours_grads, theirs_grads):
+        torch.testing.assert_close(g, h, rtol=1e-4, atol=1e-5 * float(h.abs().max()))
